@@ -1,0 +1,186 @@
+"""The public functions: build models and look up everything plugins registered, by name."""
+
+from __future__ import annotations
+
+import fnmatch
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from .dispatch import choose_kernel, implementations
+from .errors import ConfigError, KernelUnavailableError, unknown_keys
+from .manager import REGISTRY_PLUGIN, PluginRecord, Preset, catalogue
+from .specs import BackboneSpec, MixerSpec, ScanSpec
+
+
+def _keyword_parameters(fn: Callable[..., Any]) -> tuple[dict[str, Any], bool]:
+    """Keyword parameter -> default (``inspect.Parameter.empty`` if required), and **kwargs?"""
+    params, open_ended = {}, False
+    for p in inspect.signature(fn).parameters.values():
+        if p.kind is p.VAR_KEYWORD:
+            open_ended = True
+        elif p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self":
+            params[p.name] = p.default
+    return params, open_ended
+
+
+def check_keys(what: str, fn: Callable[..., Any], keys: Any, skip: tuple[str, ...] = ()) -> None:
+    """Raise :class:`ConfigError` listing the valid keys if ``keys`` has one ``fn`` does not take."""
+    params, open_ended = _keyword_parameters(fn)
+    unknown = set(keys) - set(params)
+    if unknown and not open_ended:
+        raise unknown_keys(what, unknown, [p for p in params if p not in skip])
+
+
+# -- models ------------------------------------------------------------------------------------
+def _preset(name: str) -> Preset:
+    return catalogue().lookup("models", name)[1]
+
+
+def _backbone(preset: Preset) -> tuple[str, BackboneSpec]:
+    cat = catalogue()
+    name = preset.backbone
+    if ":" not in name and preset.plugin != REGISTRY_PLUGIN:
+        name = f"{preset.plugin}:{name}"  # a plugin's preset always means its own backbone
+    try:
+        return cat.lookup("backbones", name)
+    except LookupError as err:
+        raise ConfigError(
+            f"model {preset.name!r} (from {preset.plugin}): backbone: {err}"
+        ) from None
+
+
+def list_models(pattern: str = "*", task: str | None = None) -> list[str]:
+    """Preset names matching a shell-style ``pattern``, optionally only those of one ``task``."""
+    names = [n for n in catalogue().names("models") if fnmatch.fnmatchcase(n, pattern)]
+    if task is None:
+        return names
+    matching = []
+    for name in names:
+        try:
+            if _backbone(_preset(name))[1].task == task:
+                matching.append(name)
+        except LookupError:
+            continue  # ambiguous or broken presets are listed only without a task filter
+    return matching
+
+
+def model_config(name: str, **overrides: Any) -> dict[str, Any]:
+    """The preset's config merged with ``overrides``; unknown keys are an error listing the valid ones."""
+    preset = _preset(name)
+    _, spec = _backbone(preset)
+    builder = spec.load()
+    check_keys(f"config of model {name!r}", builder, preset.config)
+    check_keys(f"override for model {name!r}", builder, overrides)
+    return {**preset.config, **overrides}
+
+
+def create_model(name: str, **overrides: Any) -> Any:
+    """Build the model registered as ``name`` (a preset, or ``plugin:preset``).
+
+    ``overrides`` replace the preset's config values, e.g.
+    ``create_model("vim_tiny", num_classes=10, img_size=32, scan="atrous")``.
+    The model carries ``model.mambaverse_config`` = ``{"model": name, "config": {...}}`` so that
+    checkpoints can rebuild it.
+    """
+    config = model_config(name, **overrides)
+    _, spec = _backbone(_preset(name))
+    model = spec.load()(**config)
+    model.mambaverse_config = {"model": name, "config": config}
+    return model
+
+
+def count_parameters(name: str, **overrides: Any) -> int:
+    """Parameters of the model, counted on the ``meta`` device (no memory is used)."""
+    import torch
+
+    with torch.device("meta"):
+        model = create_model(name, **overrides)
+    return sum(p.numel() for p in model.parameters())
+
+
+def model_info(name: str, count_params: bool = True) -> dict[str, Any]:
+    """What ``name`` is: backbone, plugin, task, full config, parameter count, published facts."""
+    preset = _preset(name)
+    backbone_plugin, spec = _backbone(preset)
+    params, _ = _keyword_parameters(spec.load())
+    defaults = {k: v for k, v in params.items() if v is not inspect.Parameter.empty}
+    info: dict[str, Any] = {
+        "name": preset.name,
+        "backbone": spec.name,
+        "task": spec.task,
+        "preset_from": preset.plugin,
+        "backbone_from": backbone_plugin,
+        "description": preset.description or spec.description,
+        "config": {**defaults, **preset.config},
+        "published": preset.published,
+    }
+    if count_params:
+        info["parameters"] = count_parameters(name)
+    return info
+
+
+# -- plugins, kernels, scans, mixers -------------------------------------------------------------
+def list_plugins() -> list[PluginRecord]:
+    """Every plugin found, in registration order, with what it contributed or why it failed."""
+    return list(catalogue().plugins.values())
+
+
+def list_kernels(device: str | None = None) -> list[dict[str, Any]]:
+    """One row per op and implementation: where it runs, whether it can here, and the choice made."""
+    import torch
+
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    rows = []
+    ops = sorted({name.split("/")[0] for name in catalogue().names("kernels")})
+    for op in ops:
+        try:
+            chosen = choose_kernel(op, device=device)
+            chosen_impl, reason = chosen.impl, chosen.reason
+        except (KernelUnavailableError, ConfigError, LookupError) as err:
+            chosen_impl, reason = None, str(err)
+        for impl, spec in implementations(op).items():
+            rows.append(
+                {
+                    "op": op,
+                    "impl": impl,
+                    "devices": list(spec.devices),
+                    "dtypes": list(spec.dtypes),
+                    "unavailable": spec.unavailable_reason(device),
+                    "chosen": impl == chosen_impl,
+                    "reason": reason if impl == chosen_impl else "",
+                    "description": spec.description,
+                }
+            )
+    return rows
+
+
+def list_scans() -> list[str]:
+    return catalogue().names("scans")
+
+
+def get_scan(name: str) -> ScanSpec:
+    """The scan ``name``; ``flatten, merge = get_scan(name).load()``."""
+    return catalogue().lookup("scans", name)[1]
+
+
+def list_mixers(kind: str | None = None) -> list[str]:
+    cat = catalogue()
+    return [
+        n
+        for n in cat.names("mixers")
+        if kind is None or any(s.kind == kind for _, s in cat.entries["mixers"][n])
+    ]
+
+
+def get_mixer(name: str) -> MixerSpec:
+    return catalogue().lookup("mixers", name)[1]
+
+
+def create_mixer(name: str, dim: int, **config: Any) -> Any:
+    """Build mixer ``name`` for width ``dim``; unknown config keys list the valid ones."""
+    spec = get_mixer(name)
+    factory = spec.load()
+    check_keys(f"config of mixer {name!r}", factory, config, skip=("dim",))
+    return factory(dim, **config)

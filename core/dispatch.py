@@ -1,0 +1,158 @@
+"""Which implementation of a kernel op runs.
+
+Order of precedence, first match wins:
+
+1. the ``impl=`` argument of the call;
+2. the environment, ``MAMBAVERSE_KERNELS="selective_scan=reference,attention=sdpa"``;
+3. the model's config (``kernels={"attention": "sdpa"}``), applied with :func:`kernel_choices`;
+4. registry.yaml's default list for the device type: the first implementation that can run.
+
+A choice made by 1-3 that cannot run raises :class:`KernelUnavailableError` saying why; only the
+registry default falls through to the next candidate.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from .errors import ConfigError, KernelUnavailableError, unknown_name
+from .manager import catalogue
+from .registry import load_default
+from .specs import KernelSpec
+
+ENV_VAR = "MAMBAVERSE_KERNELS"
+
+_model_choices: ContextVar[tuple[tuple[str, str], ...]] = ContextVar(
+    "mambaverse_kernel_choices", default=()
+)
+
+
+@dataclass(frozen=True)
+class KernelChoice:
+    spec: KernelSpec
+    reason: str
+
+    @property
+    def impl(self) -> str:
+        return self.spec.impl
+
+
+@contextmanager
+def kernel_choices(choices: Mapping[str, str] | None) -> Iterator[None]:
+    """Use these ``op -> impl`` choices (a model's config) for the calls inside the block."""
+    token = _model_choices.set(tuple(sorted((choices or {}).items())))
+    try:
+        yield
+    finally:
+        _model_choices.reset(token)
+
+
+@lru_cache(maxsize=16)
+def _parse_env(value: str) -> tuple[tuple[str, str], ...]:
+    pairs = []
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        op, sep, impl = item.partition("=")
+        if not sep or not op.strip() or not impl.strip():
+            raise ConfigError(
+                f"{ENV_VAR}: {item!r} is not 'op=impl' (e.g. {ENV_VAR}='attention=sdpa')"
+            )
+        pairs.append((op.strip(), impl.strip()))
+    return tuple(pairs)
+
+
+def _normalise(device: Any, dtype: Any) -> tuple[str | None, str | None]:
+    device_type = getattr(device, "type", device)
+    if isinstance(device_type, str):
+        device_type = device_type.split(":")[0]
+    dtype_name = None if dtype is None else str(dtype).removeprefix("torch.")
+    return device_type, dtype_name
+
+
+def implementations(op: str) -> dict[str, KernelSpec]:
+    """impl name -> spec for ``op`` (a qualified ``plugin:impl`` when two plugins share one)."""
+    cat = catalogue()
+    found: dict[str, KernelSpec] = {}
+    for name, owners in cat.entries["kernels"].items():
+        if name.split("/")[0] != op:
+            continue
+        for plugin, spec in owners:
+            key = spec.impl if len(owners) == 1 else f"{plugin}:{spec.impl}"
+            found[key] = spec
+    if not found:
+        ops = sorted({n.split("/")[0] for n in cat.entries["kernels"]})
+        raise unknown_name("kernel op", op, ops)
+    return found
+
+
+def _explicit(
+    op: str, impl: str, reason: str, device: str | None, dtype: str | None
+) -> KernelChoice:
+    specs = implementations(op)
+    if impl not in specs:
+        raise unknown_name(f"implementation of {op!r} ({reason})", impl, specs)
+    spec = specs[impl]
+    why = spec.unavailable_reason(device, dtype)
+    if why is not None:
+        raise KernelUnavailableError(f"{op}={impl} (chosen by {reason}) cannot run: {why}")
+    return KernelChoice(spec, reason)
+
+
+@lru_cache(maxsize=512)
+def _choose(
+    op: str,
+    impl: str | None,
+    env: str,
+    model: tuple[tuple[str, str], ...],
+    device: str | None,
+    dtype: str | None,
+) -> KernelChoice:
+    if impl is not None:
+        return _explicit(op, impl, "the impl= argument", device, dtype)
+    env_choice = dict(_parse_env(env)).get(op)
+    if env_choice is not None:
+        return _explicit(op, env_choice, ENV_VAR, device, dtype)
+    model_choice = dict(model).get(op)
+    if model_choice is not None:
+        return _explicit(op, model_choice, "the model config", device, dtype)
+
+    specs = implementations(op)
+    op_entry = load_default().kernels.get(op)
+    preferred = list(op_entry.default.get(device or "cpu", [])) if op_entry else []
+    candidates = preferred + [name for name in specs if name not in preferred]
+    refusals = []
+    for name in candidates:
+        why = specs[name].unavailable_reason(device, dtype)
+        if why is None:
+            origin = "registry default" if name in preferred else "first available"
+            return KernelChoice(specs[name], f"{origin} for {device or 'any device'}")
+        refusals.append(f"{name}: {why}")
+    raise KernelUnavailableError(
+        f"no implementation of {op!r} can run here: " + "; ".join(refusals)
+    )
+
+
+def choose_kernel(
+    op: str, impl: str | None = None, device: Any = None, dtype: Any = None
+) -> KernelChoice:
+    """The implementation that a call of ``op`` on this device and dtype would use, and why."""
+    device_type, dtype_name = _normalise(device, dtype)
+    return _choose(
+        op, impl, os.environ.get(ENV_VAR, ""), _model_choices.get(), device_type, dtype_name
+    )
+
+
+def get_kernel(
+    op: str, impl: str | None = None, device: Any = None, dtype: Any = None
+) -> Callable[..., Any]:
+    """The function implementing ``op`` (see the module docstring for how it is chosen)."""
+    return choose_kernel(op, impl, device, dtype).spec.load()
+
+
+def clear_cache() -> None:
+    _choose.cache_clear()

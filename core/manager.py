@@ -1,0 +1,247 @@
+"""Plugin discovery and the catalogue of every registered name.
+
+Built-in plugins (the sub-packages of ``mambaverse.plugins``) are registered first, then the entry points of
+group ``mambaverse``. Every contributed name is attributed to its plugin. A plugin that fails to
+import, fails pluggy's validation, implements an unknown hook, or whose hook raises or returns the
+wrong type is recorded as failed and skipped as a whole; the others keep working.
+
+Discovery runs once, on the first lookup (never on ``import mambaverse``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import threading
+import traceback
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from types import ModuleType
+from typing import Any
+
+import pluggy
+
+from . import hookspecs
+from .errors import AmbiguousNameError, unknown_name
+from .registry import kernel_specs, load_default
+from .specs import BackboneSpec, KernelSpec, MixerSpec, ScanSpec
+
+ENTRY_POINT_GROUP = "mambaverse"
+REGISTRY_PLUGIN = "registry.yaml"
+
+# hook name -> (catalogue kind, spec class)
+HOOKS: dict[str, tuple[str, type]] = {
+    "mambaverse_kernels": ("kernels", KernelSpec),
+    "mambaverse_scans": ("scans", ScanSpec),
+    "mambaverse_mixers": ("mixers", MixerSpec),
+    "mambaverse_backbones": ("backbones", BackboneSpec),
+}
+KINDS = ("kernels", "scans", "mixers", "backbones", "models")
+
+
+@dataclass
+class Preset:
+    """A named model configuration: a backbone plus config overrides."""
+
+    name: str
+    backbone: str
+    config: dict[str, Any]
+    plugin: str
+    description: str = ""
+    published: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PluginRecord:
+    name: str
+    source: str  # "builtin", "entry point <dist>", or "registry"
+    module: str
+    error: str | None = None
+    contributed: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def _spec_name(kind: str, spec: Any) -> str:
+    return f"{spec.op}/{spec.impl}" if kind == "kernels" else spec.name
+
+
+def _short_error(err: BaseException) -> str:
+    frames = traceback.extract_tb(err.__traceback__)
+    where = f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+    return f"{type(err).__name__}: {err}{where}"
+
+
+class Catalogue:
+    """Every plugin, and every name each one contributed."""
+
+    def __init__(self) -> None:
+        self.plugins: dict[str, PluginRecord] = {}
+        # kind -> name -> [(plugin, spec), ...] in registration order
+        self.entries: dict[str, dict[str, list[tuple[str, Any]]]] = {k: {} for k in KINDS}
+        self.pm = pluggy.PluginManager(hookspecs.PROJECT)
+        self.pm.add_hookspecs(hookspecs)
+
+    # -- discovery -------------------------------------------------------------------------
+    def discover(self) -> None:
+        self._add_registry_file()
+        from mambaverse.plugins import builtin_plugins
+
+        for name, module in builtin_plugins().items():
+            self._add_plugin(
+                name, "builtin", lambda module=module: importlib.import_module(module), module
+            )
+        for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+            dist = getattr(ep.dist, "name", None) or "?"
+            self._add_plugin(ep.name, f"entry point of {dist}", ep.load, ep.value)
+
+    def _add_registry_file(self) -> None:
+        registry = load_default()
+        record = PluginRecord(REGISTRY_PLUGIN, "registry", "mambaverse/registry.yaml")
+        self.plugins[record.name] = record
+        self._commit(record, {"kernels": kernel_specs(registry)})
+        presets = [
+            Preset(
+                name, p.backbone, dict(p.config), REGISTRY_PLUGIN, p.description, dict(p.published)
+            )
+            for name, p in registry.models.items()
+        ]
+        self._commit(record, {"models": presets})
+
+    def _add_plugin(self, name: str, source: str, load: Any, module_name: str) -> None:
+        record = PluginRecord(name, source, module_name)
+        if name in self.plugins:
+            record.error = (
+                f"a plugin named {name!r} is already registered ({self.plugins[name].source})"
+            )
+            self.plugins[f"{name} ({source})"] = record
+            return
+        self.plugins[name] = record
+        try:
+            module = load()
+            self._check_hook_names(module)
+            self.pm.register(module, name=name)
+        except Exception as err:
+            record.error = _short_error(err)
+            return
+        try:
+            contributions = self._call_hooks(name, module)
+        except Exception as err:
+            record.error = _short_error(err)
+            self.pm.unregister(name=name)
+            return
+        self._commit(record, contributions)
+
+    @staticmethod
+    def _check_hook_names(module: ModuleType) -> None:
+        for attr in dir(module):
+            if attr.startswith("mambaverse_") and attr not in HOOKS:
+                close = difflib.get_close_matches(attr, HOOKS, n=1)
+                hint = (
+                    f" (did you mean {close[0]!r}?)"
+                    if close
+                    else f"; hooks are: {', '.join(HOOKS)}"
+                )
+                raise pluggy.PluginValidationError(module, f"unknown hook {attr!r}{hint}")
+
+    def _call_hooks(self, plugin: str, module: ModuleType) -> dict[str, list[Any]]:
+        contributions: dict[str, list[Any]] = {}
+        for hook_name, (kind, spec_cls) in HOOKS.items():
+            impls = [
+                i
+                for i in getattr(self.pm.hook, hook_name).get_hookimpls()
+                if i.plugin_name == plugin
+            ]
+            for impl in impls:
+                result = impl.function()
+                if not isinstance(result, list | tuple) or not all(
+                    isinstance(s, spec_cls) for s in result
+                ):
+                    raise TypeError(
+                        f"{hook_name}() must return a list of {spec_cls.__name__}, got {result!r:.80}"
+                    )
+                contributions.setdefault(kind, []).extend(result)
+        presets = [
+            Preset(preset, spec.name, dict(config), plugin)
+            for spec in contributions.get("backbones", [])
+            for preset, config in spec.presets.items()
+        ]
+        if presets:
+            contributions["models"] = presets
+        return contributions
+
+    def _commit(self, record: PluginRecord, contributions: dict[str, list[Any]]) -> None:
+        for kind, specs in contributions.items():
+            for spec in specs:
+                name = _spec_name(kind, spec)
+                self.entries[kind].setdefault(name, []).append((record.name, spec))
+                record.contributed.setdefault(kind, []).append(name)
+
+    # -- lookup ----------------------------------------------------------------------------
+    def names(self, kind: str) -> list[str]:
+        return sorted(self.entries[kind])
+
+    def lookup(self, kind: str, name: str) -> tuple[str, Any]:
+        """``(plugin, spec)`` for ``name`` or ``plugin:name``."""
+        table = self.entries[kind]
+        plugin, sep, bare = name.rpartition(":")
+        if sep:
+            for owner, spec in table.get(bare, []):
+                if owner == plugin:
+                    return owner, spec
+            qualified = [f"{o}:{n}" for n, owners in table.items() for o, _ in owners]
+            raise unknown_name(_SINGULAR[kind], name, qualified)
+        owners = table.get(name)
+        if not owners:
+            raise unknown_name(_SINGULAR[kind], name, table)
+        if len(owners) > 1:
+            who = " and ".join(repr(o) for o, _ in owners)
+            choices = ", ".join(repr(f"{o}:{name}") for o, _ in owners)
+            raise AmbiguousNameError(
+                f"{_SINGULAR[kind]} {name!r} is contributed by plugins {who}; use one of {choices}"
+            )
+        return owners[0]
+
+    def collisions(self) -> dict[str, dict[str, list[str]]]:
+        return {
+            kind: {
+                name: [o for o, _ in owners] for name, owners in table.items() if len(owners) > 1
+            }
+            for kind, table in self.entries.items()
+        }
+
+
+_SINGULAR = {
+    "kernels": "kernel",
+    "scans": "scan",
+    "mixers": "mixer",
+    "backbones": "backbone",
+    "models": "model",
+}
+
+_catalogue: Catalogue | None = None
+_lock = threading.Lock()
+
+
+def catalogue() -> Catalogue:
+    """The process-wide catalogue, discovered on first use."""
+    global _catalogue
+    with _lock:
+        if _catalogue is None:
+            fresh = Catalogue()
+            fresh.discover()
+            _catalogue = fresh
+        return _catalogue
+
+
+def reset() -> None:
+    """Forget the catalogue so the next lookup discovers plugins again (after installing one)."""
+    global _catalogue
+    with _lock:
+        _catalogue = None
+    load_default.cache_clear()
+    from .dispatch import clear_cache
+
+    clear_cache()
