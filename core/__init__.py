@@ -7,6 +7,7 @@ only when a lookup needs them.
 from importlib.metadata import PackageNotFoundError, version
 
 from .api import (
+    build_backbone,
     count_parameters,
     create_mixer,
     create_model,
@@ -29,6 +30,7 @@ from .errors import (
     UnknownNameError,
 )
 from .hookspecs import hookimpl
+from .pretrained import load_pretrained, save_pretrained
 from .specs import BackboneSpec, KernelSpec, MixerSpec, ScanSpec
 
 try:
@@ -47,6 +49,7 @@ __all__ = [
     "ScanSpec",
     "UnknownNameError",
     "__version__",
+    "build_backbone",
     "choose_kernel",
     "count_parameters",
     "create_mixer",
@@ -61,6 +64,8 @@ __all__ = [
     "list_models",
     "list_plugins",
     "list_scans",
+    "load_pretrained",
     "model_config",
     "model_info",
+    "save_pretrained",
 ]

@@ -80,13 +80,25 @@ def create_model(name: str, **overrides: Any) -> Any:
 
     ``overrides`` replace the preset's config values, e.g.
     ``create_model("vim_tiny", num_classes=10, img_size=32, scan="atrous")``.
-    The model carries ``model.mambaverse_config`` = ``{"model": name, "config": {...}}`` so that
-    checkpoints can rebuild it.
+    The model carries ``model.mambaverse_config`` (backbone, preset and full config) so that
+    :func:`mambaverse.save_pretrained` can write a checkpoint that rebuilds it.
     """
     config = model_config(name, **overrides)
-    _, spec = _backbone(_preset(name))
-    model = spec.load()(**config)
-    model.mambaverse_config = {"model": name, "config": config}
+    backbone_plugin, spec = _backbone(_preset(name))
+    return build_backbone(f"{backbone_plugin}:{spec.name}", config, preset=name)
+
+
+def build_backbone(backbone: str, config: dict[str, Any], preset: str | None = None) -> Any:
+    """Build backbone ``backbone`` (``name`` or ``plugin:name``) from a full config."""
+    plugin, spec = catalogue().lookup("backbones", backbone)
+    builder = spec.load()
+    check_keys(f"config of backbone {spec.name!r}", builder, config)
+    model = builder(**config)
+    model.mambaverse_config = {
+        "backbone": f"{plugin}:{spec.name}",
+        "model": preset,
+        "config": dict(config),
+    }
     return model
 
 

@@ -154,6 +154,9 @@ class BackboneSpec:
     task:    ``"vision"`` (image classifiers / feature extractors), ``"lm"`` (causal language
              models) or ``"vlm"`` (vision-language models).
     presets: preset name -> config overrides for the builder.
+    hf_model_types: Hugging Face ``config.json`` ``model_type`` -> converter
+             ``convert(hf_config: dict, tensors: dict[str, Tensor]) -> (config, state_dict)``
+             that :func:`mambaverse.load_pretrained` uses to import such a checkpoint directory.
     """
 
     name: str
@@ -161,6 +164,7 @@ class BackboneSpec:
     task: Literal["vision", "lm", "vlm"] = "vision"
     presets: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     description: str = ""
+    hf_model_types: Mapping[str, Target] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:

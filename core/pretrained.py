@@ -1,0 +1,141 @@
+"""Checkpoints: safetensors weights plus a JSON config, never pickles.
+
+A mambaverse checkpoint directory holds ``config.json`` (``{"mambaverse": {"backbone", "model",
+"config"}}``) and ``model.safetensors``. :func:`load_pretrained` also reads Hugging Face checkpoint
+directories (``config.json`` with a ``model_type`` and safetensors or ``.bin`` weights) for every
+``model_type`` a backbone declares a converter for (``BackboneSpec.hf_model_types``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .api import build_backbone
+from .errors import ConfigError, UnknownNameError
+from .manager import catalogue
+from .specs import resolve_target
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+def write_atomically(directory: str | Path, write: Any) -> Path:
+    """Call ``write(tmp_dir)`` then move ``tmp_dir`` into place; the old copy survives a failure."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    try:
+        write(tmp)
+        old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
+        if directory.exists():
+            os.replace(directory, old)
+        os.replace(tmp, directory)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
+
+
+def save_pretrained(model: Any, directory: str | Path) -> Path:
+    """Write ``model`` (built by :func:`mambaverse.create_model`) to ``directory``, atomically."""
+    from safetensors.torch import save_model
+
+    meta = getattr(model, "mambaverse_config", None)
+    if meta is None:
+        raise ConfigError(
+            "this model was not built by mambaverse.create_model, so it has no config to save"
+        )
+
+    def write(tmp: Path) -> None:
+        (tmp / CONFIG_FILE).write_text(json.dumps({"mambaverse": meta}, indent=2))
+        save_model(model, str(tmp / WEIGHTS_FILE))
+
+    return write_atomically(directory, write)
+
+
+def _read_tensors(directory: Path) -> dict[str, Any]:
+    import torch
+    from safetensors.torch import load_file
+
+    files = sorted(directory.glob("*.safetensors"))
+    if files:
+        tensors: dict[str, Any] = {}
+        for file in files:
+            tensors.update(load_file(str(file)))
+        return tensors
+    bins = sorted(directory.glob("pytorch_model*.bin"))
+    if bins:
+        tensors = {}
+        for file in bins:
+            tensors.update(torch.load(file, map_location="cpu", weights_only=True))
+        return tensors
+    raise ConfigError(f"{directory}: no *.safetensors or pytorch_model*.bin weights found")
+
+
+def _hf_converter(model_type: str) -> tuple[str, Any]:
+    cat = catalogue()
+    known = {}
+    for name, owners in cat.entries["backbones"].items():
+        for plugin, spec in owners:
+            for hf_type, converter in spec.hf_model_types.items():
+                known[hf_type] = (f"{plugin}:{name}", converter)
+    if model_type not in known:
+        raise UnknownNameError(
+            f"no backbone imports Hugging Face model_type {model_type!r}; supported: {', '.join(sorted(known)) or 'none'}"
+        )
+    backbone, converter = known[model_type]
+    return backbone, resolve_target(converter)
+
+
+def load_pretrained(path: str | Path, strict: bool = True, **overrides: Any) -> Any:
+    """Load a mambaverse or Hugging Face checkpoint directory into a mambaverse model.
+
+    ``overrides`` change config values that do not affect the weights' shapes (e.g. ``kernels``).
+    """
+    directory = Path(path)
+    config_file = directory / CONFIG_FILE
+    if not config_file.is_file():
+        raise ConfigError(f"{directory}: not a checkpoint directory (no {CONFIG_FILE})")
+    try:
+        config = json.loads(config_file.read_text())
+    except json.JSONDecodeError as err:
+        raise ConfigError(
+            f"{config_file}: not valid JSON ({err}); the checkpoint is damaged"
+        ) from None
+
+    if "mambaverse" in config:
+        meta = config["mambaverse"]
+        model = build_backbone(
+            meta["backbone"], {**meta["config"], **overrides}, preset=meta.get("model")
+        )
+        from safetensors.torch import load_model
+
+        weights = directory / WEIGHTS_FILE
+        if not weights.is_file():
+            raise ConfigError(
+                f"{directory}: {WEIGHTS_FILE} is missing; the checkpoint is incomplete"
+            )
+        try:
+            load_model(model, str(weights), strict=strict)
+        except Exception as err:
+            raise ConfigError(
+                f"{weights}: cannot be loaded into {meta['backbone']} ({err})"
+            ) from None
+        return model
+
+    if "model_type" in config:
+        backbone, convert = _hf_converter(config["model_type"])
+        our_config, state_dict = convert(config, _read_tensors(directory))
+        model = build_backbone(backbone, {**our_config, **overrides})
+        model.load_state_dict(state_dict, strict=strict)
+        return model
+
+    raise ConfigError(
+        f"{config_file}: neither a mambaverse config nor a Hugging Face one (no model_type)"
+    )
