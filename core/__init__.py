@@ -20,6 +20,7 @@ from .api import (
     list_scans,
     model_config,
     model_info,
+    register_plugin,
 )
 from .dispatch import choose_kernel, get_kernel, kernel_choices
 from .errors import (
@@ -67,5 +68,6 @@ __all__ = [
     "load_pretrained",
     "model_config",
     "model_info",
+    "register_plugin",
     "save_pretrained",
 ]

@@ -133,6 +133,15 @@ def model_info(name: str, count_params: bool = True) -> dict[str, Any]:
 
 
 # -- plugins, kernels, scans, mixers -------------------------------------------------------------
+def register_plugin(plugin: Any, name: str) -> PluginRecord:
+    """Register a plugin (a module or object with ``@hookimpl`` functions) in this process.
+
+    For notebooks and tests; packages register through the ``mambaverse`` entry-point group.
+    A failure is recorded on the returned record (``record.error``), as for any plugin.
+    """
+    return catalogue().register(plugin, name)
+
+
 def list_plugins() -> list[PluginRecord]:
     """Every plugin found, in registration order, with what it contributed or why it failed."""
     return list(catalogue().plugins.values())

@@ -134,6 +134,18 @@ class Catalogue:
             return
         self._commit(record, contributions)
 
+    def register(
+        self, plugin: Any, name: str, source: str = "registered at run time"
+    ) -> PluginRecord:
+        """Register a plugin object or module directly (no packaging), like pluggy's ``register``."""
+        self._add_plugin(
+            name, source, lambda: plugin, getattr(plugin, "__name__", type(plugin).__name__)
+        )
+        from .dispatch import clear_cache
+
+        clear_cache()
+        return self.plugins[name]
+
     @staticmethod
     def _check_hook_names(module: ModuleType) -> None:
         for attr in dir(module):

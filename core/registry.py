@@ -126,7 +126,11 @@ def load(path: str | Path) -> RegistryFile:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
-        raise ConfigError(f"{source}: not valid YAML: {err}") from None
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(
+            f"{source}: not valid YAML{where}: {getattr(err, 'problem', None) or err}"
+        ) from None
     registry = validate(RegistryFile, data, source)
     _check(registry, source)
     return registry

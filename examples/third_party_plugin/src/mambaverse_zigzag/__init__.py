@@ -1,0 +1,1 @@
+"""Example third-party mambaverse plugin (see plugin.py for the hooks)."""

@@ -1,0 +1,110 @@
+"""Public API: building by name, nearest-name and valid-key errors, dispatch precedence."""
+
+from __future__ import annotations
+
+import pytest
+
+import mambaverse
+from mambaverse import ConfigError, KernelUnavailableError, UnknownNameError
+
+from .toy_plugin import ToyPlugin
+
+
+@pytest.fixture
+def toy(fresh_catalogue):
+    record = mambaverse.register_plugin(ToyPlugin(), "toy")
+    assert record.ok, record.error
+    return record
+
+
+def test_create_model_applies_preset_then_overrides(toy):
+    model = mambaverse.create_model("toynet_small", depth=5)
+    assert (model.width, model.depth) == (4, 5)
+    assert model.mambaverse_config == {
+        "backbone": "toy:toynet",
+        "model": "toynet_small",
+        "config": {"width": 4, "depth": 5},
+    }
+
+
+def test_qualified_name_always_resolves(toy):
+    assert mambaverse.create_model("toy:toynet_large").width == 64
+
+
+def test_unknown_model_lists_nearest_names(toy):
+    with pytest.raises(UnknownNameError) as err:
+        mambaverse.create_model("toynet_smal")
+    assert "unknown model 'toynet_smal'" in str(err.value)
+    assert "'toynet_small'" in str(err.value)
+
+
+def test_unknown_override_lists_valid_keys(toy):
+    with pytest.raises(ConfigError) as err:
+        mambaverse.create_model("toynet_small", widht=3)
+    message = str(err.value)
+    assert "'widht'" in message and "did you mean 'width'" in message
+    assert "valid keys: depth, num_classes, width" in message
+
+
+def test_list_models_by_pattern_and_task(toy):
+    assert mambaverse.list_models("toynet_*") == ["toynet_large", "toynet_small"]
+    assert mambaverse.list_models("toynet_*", task="lm") == []
+    assert mambaverse.list_models("toynet_*", task="vision") == ["toynet_large", "toynet_small"]
+
+
+def test_model_info_reports_plugin_and_full_config(toy):
+    info = mambaverse.model_info("toynet_small", count_params=False)
+    assert (
+        info["backbone"] == "toynet" and info["preset_from"] == "toy" and info["task"] == "vision"
+    )
+    assert info["config"] == {"width": 4, "depth": 2, "num_classes": 10}
+
+
+def test_mixer_by_name_and_its_keys(toy):
+    assert mambaverse.create_mixer("toy_mixer", 16, expand=4) == ("toy_mixer", 16, 4)
+    assert "toy_mixer" in mambaverse.list_mixers(kind="channel")
+    assert "toy_mixer" not in mambaverse.list_mixers(kind="token")
+    with pytest.raises(ConfigError, match="valid keys: expand"):
+        mambaverse.create_mixer("toy_mixer", 16, expnad=4)
+    with pytest.raises(UnknownNameError, match="did you mean 'toy_mixer'"):
+        mambaverse.get_mixer("toy_mixr")
+
+
+class TestDispatch:
+    def call(self, impl=None, dtype="float32"):
+        fn = mambaverse.get_kernel("toy_add", impl=impl, device="cpu", dtype=dtype)
+        return fn(1, 2)[0]
+
+    def test_default_is_first_that_can_run(self, toy):
+        assert self.call() == "fast"  # no registry.yaml entry: registration order
+        assert self.call(dtype="float64") == "slow"  # "fast" takes float32 only: skipped
+
+    def test_impl_argument_beats_environment_beats_model_config(self, toy, monkeypatch):
+        with mambaverse.kernel_choices({"toy_add": "slow"}):
+            assert self.call() == "slow"
+            monkeypatch.setenv("MAMBAVERSE_KERNELS", "toy_add=fast")
+            assert self.call() == "fast"
+            assert self.call(impl="slow") == "slow"
+        choice = mambaverse.choose_kernel("toy_add", device="cpu", dtype="float32")
+        assert choice.impl == "fast" and choice.reason == "MAMBAVERSE_KERNELS"
+
+    def test_explicit_choice_never_falls_back(self, toy):
+        with pytest.raises(KernelUnavailableError, match="supports float32, not float64"):
+            self.call(impl="fast", dtype="float64")
+        with pytest.raises(KernelUnavailableError, match="runs on cuda, not on cpu"):
+            self.call(impl="gpu")
+
+    def test_no_implementation_for_the_device_says_why_for_each(self, toy):
+        with pytest.raises(KernelUnavailableError) as err:
+            mambaverse.get_kernel("toy_add", device="mps", dtype="float32")
+        assert "no implementation of 'toy_add' can run" in str(err.value)
+        assert "fast: runs on cpu, not on mps" in str(err.value)
+
+    def test_unknown_names_and_bad_environment(self, toy, monkeypatch):
+        with pytest.raises(UnknownNameError, match="did you mean 'fast'"):
+            self.call(impl="fats")
+        with pytest.raises(UnknownNameError, match="unknown kernel op 'toy_ad'"):
+            mambaverse.get_kernel("toy_ad")
+        monkeypatch.setenv("MAMBAVERSE_KERNELS", "toy_add")
+        with pytest.raises(ConfigError, match="not 'op=impl'"):
+            self.call()
