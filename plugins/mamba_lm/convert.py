@@ -1,0 +1,143 @@
+"""Import Hugging Face ``MambaForCausalLM`` ("mamba") and ``Mamba2ForCausalLM`` ("mamba2")
+checkpoints: their config.json keys and tensor names mapped to ``mamba_lm``'s.
+
+Tensor names, transformers -> mambaverse (i = layer):
+    backbone.embeddings.weight (or .embedding.)  -> embedding.weight
+    backbone.layers.i.norm.weight                -> layers.i.norm.weight
+    backbone.layers.i.mixer.<p>                  -> layers.i.mixer.<p>           (Mamba-2, and
+                                                    Mamba's in_proj / out_proj)
+    backbone.layers.i.mixer.{conv1d, x_proj, dt_proj, A_log, D}
+                                                 -> layers.i.mixer.ssm.<same>    (Mamba)
+    backbone.norm_f.weight                       -> norm_f.weight
+    lm_head.weight                               -> lm_head.weight (the embedding when tied)
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+from mambaverse.errors import ConfigError
+
+_MAMBA_SSM_PARAMS = ("conv1d.", "x_proj.", "dt_proj.", "A_log", "D")
+
+
+def from_hf_mamba(hf: dict[str, Any], tensors: dict[str, Any]) -> tuple[dict[str, Any], dict]:
+    """(mamba_lm config, state dict) from a transformers ``MambaConfig`` dict and its tensors."""
+    _require_silu(hf)
+    d_model = hf["hidden_size"]
+    expand = hf.get("expand", 2)
+    if "intermediate_size" in hf and hf["intermediate_size"] != int(expand * d_model):
+        raise ConfigError(
+            f"mamba checkpoint: intermediate_size {hf['intermediate_size']} != expand·hidden_size "
+            f"{int(expand * d_model)}; mamba_lm derives it from expand"
+        )
+    mixer_config = {
+        "d_state": hf.get("state_size", 16),
+        "d_conv": hf.get("conv_kernel", 4),
+        "expand": expand,
+        "dt_rank": hf.get("time_step_rank", "auto"),
+        "dt_min": hf.get("time_step_min", 0.001),
+        "dt_max": hf.get("time_step_max", 0.1),
+        "dt_init": hf.get("time_step_init_scheme", "random"),
+        "dt_scale": hf.get("time_step_scale", 1.0),
+        "dt_init_floor": hf.get("time_step_floor", 1e-4),
+        "conv_bias": hf.get("use_conv_bias", True),
+        "bias": hf.get("use_bias", False),
+    }
+    config = _lm_config(hf, "mamba", mixer_config, tie_default=True)
+    return config, _state_dict(tensors, config, _mamba_mixer_name)
+
+
+def from_hf_mamba2(hf: dict[str, Any], tensors: dict[str, Any]) -> tuple[dict[str, Any], dict]:
+    """(mamba_lm config, state dict) from a transformers ``Mamba2Config`` dict and its tensors."""
+    _require_silu(hf)
+    d_model, expand, headdim = hf["hidden_size"], hf.get("expand", 2), hf.get("head_dim", 64)
+    if "num_heads" in hf and hf["num_heads"] * headdim != int(expand * d_model):
+        raise ConfigError(
+            f"mamba2 checkpoint: num_heads·head_dim = {hf['num_heads'] * headdim} != "
+            f"expand·hidden_size = {int(expand * d_model)}"
+        )
+    eps = hf.get("layer_norm_epsilon", 1e-5)
+    mixer_config = {
+        "d_state": hf.get("state_size", 128),
+        "d_conv": hf.get("conv_kernel", 4),
+        "expand": expand,
+        "headdim": headdim,
+        "ngroups": hf.get("n_groups", 1),
+        "norm_eps": eps,  # transformers' gated norm uses the model's epsilon
+        "dt_min": hf.get("time_step_min", 0.001),
+        "dt_max": hf.get("time_step_max", 0.1),
+        "dt_init_floor": hf.get("time_step_floor", 1e-4),
+        "dt_limit": [_as_float(v) for v in hf.get("time_step_limit", (0.0, "inf"))],
+        "conv_bias": hf.get("use_conv_bias", True),
+        "bias": hf.get("use_bias", False),
+        "chunk_size": hf.get("chunk_size", 256),
+    }
+    config = _lm_config(hf, "mamba2", mixer_config, tie_default=False)
+    return config, _state_dict(tensors, config, lambda name: name)
+
+
+def _as_float(value: Any) -> float:
+    """A JSON number; transformers writes infinities as ``{"__float__": "Infinity"}``."""
+    return float(value["__float__"] if isinstance(value, dict) else value)
+
+
+def _require_silu(hf: dict[str, Any]) -> None:
+    act = hf.get("hidden_act", "silu")
+    if act not in ("silu", "swish"):
+        raise ConfigError(
+            f"{hf.get('model_type')} checkpoint: hidden_act {act!r} is not supported "
+            "(the Mamba blocks use silu)"
+        )
+
+
+def _lm_config(
+    hf: dict[str, Any], mixer: str, mixer_config: dict[str, Any], tie_default: bool
+) -> dict[str, Any]:
+    return {
+        "vocab_size": hf["vocab_size"],
+        "d_model": hf["hidden_size"],
+        "n_layer": hf["num_hidden_layers"],
+        "mixer": mixer,
+        "mixer_config": mixer_config,
+        "norm": "rmsnorm",
+        "norm_eps": hf.get("layer_norm_epsilon", 1e-5),
+        "residual_in_fp32": hf.get("residual_in_fp32", True),
+        "tie_embeddings": hf.get("tie_word_embeddings", tie_default),
+        # The checkpoint's vocabulary is already padded as it was trained.
+        "pad_vocab_size_multiple": 1,
+    }
+
+
+def _mamba_mixer_name(name: str) -> str:
+    """Mamba's per-direction SSM parameters live in the ``ssm`` sub-module here."""
+    return "ssm." + name if name.startswith(_MAMBA_SSM_PARAMS) else name
+
+
+_LAYER = re.compile(r"layers\.(\d+)\.mixer\.(.+)")
+
+
+def _state_dict(
+    tensors: dict[str, Any], config: dict[str, Any], mixer_name: Callable[[str], str]
+) -> dict[str, Any]:
+    state: dict[str, Any] = {}
+    for name, tensor in tensors.items():
+        name = name.removeprefix("backbone.")
+        if name.startswith("embeddings."):
+            name = "embedding." + name.removeprefix("embeddings.")
+        match = _LAYER.fullmatch(name)
+        if match:
+            name = f"layers.{match[1]}.mixer.{mixer_name(match[2])}"
+        state[name] = tensor
+    if "embedding.weight" not in state:
+        raise ConfigError("checkpoint has no backbone.embeddings.weight; it is not a causal LM")
+    if config["tie_embeddings"]:
+        # save_pretrained drops the tied copy; the model's lm_head shares the embedding anyway.
+        state["lm_head.weight"] = state["embedding.weight"]
+    elif "lm_head.weight" not in state:
+        raise ConfigError(
+            "checkpoint has untied embeddings (tie_word_embeddings=false) but no lm_head.weight"
+        )
+    return state

@@ -1,0 +1,83 @@
+"""Autoregressive generation with a recurrent state: prefill in parallel, then one step per token.
+
+    state  = model.allocate_state(B, L + max_new_tokens)
+    logits = model(input_ids, state)           parallel scan over the prompt; leaves each layer's
+                                               final state (SSM) or keys and values (attention)
+    repeat: token = choose(logits[:, -1]);  logits = model.step(token, state)
+
+For SSM layers ``state`` has a fixed size, so each new token costs the same time and memory
+however long the sequence already is. Works with any model exposing ``allocate_state``,
+``forward(input_ids, state, num_last_tokens)``, ``step(input_ids, state)`` and ``vocab_size``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from .sampling import check_sampling, next_token
+
+
+def state_nbytes(state: list[Any]) -> int:
+    """Bytes held by a model's decoding state (every layer's tensors)."""
+    return sum(layer_state.nbytes() for layer_state in state)
+
+
+@torch.inference_mode()
+def generate(
+    model: Any,
+    input_ids: torch.Tensor,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    eos_token_id: int | Sequence[int] | None = None,
+    do_sample: bool | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Continue ``input_ids`` (B, L) by up to ``max_new_tokens``; returns (B, L + new) ids.
+
+    do_sample: None = sample if temperature, top_k or top_p is set (temperature != 1), else
+    greedy (argmax). eos_token_id: a sequence that emits one stops; it is padded with the first
+    eos id until every sequence has stopped (then generation ends early).
+    generator: random source for reproducible sampling.
+    """
+    if input_ids.dim() != 2 or input_ids.shape[1] == 0:
+        raise ValueError(
+            f"generate: expected input_ids (batch, length >= 1), got {tuple(input_ids.shape)}"
+        )
+    if max_new_tokens < 0:
+        raise ValueError(f"generate: max_new_tokens must be >= 0, got {max_new_tokens}")
+    if do_sample is None:
+        do_sample = temperature != 1.0 or top_k is not None or top_p is not None
+    if do_sample:
+        check_sampling(temperature, top_k, top_p)
+    eos_ids = _as_ids(eos_token_id, input_ids.device)
+
+    batch, length = input_ids.shape
+    state = model.allocate_state(batch, length + max_new_tokens, device=input_ids.device)
+    logits = model(input_ids, state, num_last_tokens=1)[:, -1]
+    finished = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
+    new_tokens = []
+    for i in range(max_new_tokens):
+        # Padded vocabulary rows are not tokens of the tokenizer: never choose them.
+        token = next_token(
+            logits[:, : model.vocab_size], do_sample, temperature, top_k, top_p, generator
+        )
+        if eos_ids is not None:
+            token = torch.where(finished, eos_ids[0], token)
+            finished |= torch.isin(token, eos_ids)
+        new_tokens.append(token)
+        if (eos_ids is not None and bool(finished.all())) or i == max_new_tokens - 1:
+            break
+        logits = model.step(token, state)
+    return torch.cat([input_ids, *(t[:, None].to(input_ids.dtype) for t in new_tokens)], dim=1)
+
+
+def _as_ids(ids: int | Sequence[int] | None, device: torch.device) -> torch.Tensor | None:
+    if ids is None:
+        return None
+    ids = [ids] if isinstance(ids, int) else list(ids)
+    return torch.tensor(ids, device=device) if ids else None

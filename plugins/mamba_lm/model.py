@@ -1,0 +1,142 @@
+"""Mamba language models: embedding, n_layer pre-norm residual blocks, final norm, LM head.
+
+The same network as state-spaces/mamba's ``MambaLMHeadModel`` and transformers'
+``MambaForCausalLM`` / ``Mamba2ForCausalLM``:
+
+    h_0 = embedding(input_ids)                              (B, L, d_model)
+    h_i = h_{i-1} + mixer_i(norm_i(h_{i-1}))                i = 1 .. n_layer
+    logits = lm_head(norm_f(h_n))                           (B, L, padded vocab)
+
+The token mixer is any registered token mixer with a decoding state (``mamba``, ``mamba2``,
+``attention``, ...), built by name, so generation works for all of them.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from mambaverse.api import create_mixer, get_mixer
+from mambaverse.errors import ConfigError
+from mambaverse.plugins.mixers.base import kernel_scope
+from mambaverse.plugins.mixers.norms import make_norm
+
+from .block import ResidualBlock
+from .generation import generate
+
+
+def padded_vocab_size(vocab_size: int, multiple: int) -> int:
+    """vocab_size rounded up to a multiple of ``multiple`` (50277 -> 50280 for 8)."""
+    return -(-vocab_size // multiple) * multiple
+
+
+class MambaLM(nn.Module):
+    """A causal language model of ``n_layer`` blocks of one token mixer.
+
+    vocab_size: tokens of the tokenizer; the embedding has ``vocab_size`` rounded up to a multiple
+    of ``pad_vocab_size_multiple`` rows (faster matmuls; the extra ids are never generated).
+    d_model: width. n_layer: blocks. mixer: token mixer name ("mamba", "mamba2", ...).
+    mixer_config: that mixer's config keys. norm: "rmsnorm" or "layernorm", norm_eps its epsilon.
+    residual_in_fp32: float32 residual stream. tie_embeddings: lm_head shares the embedding.
+    initializer_range: std of the embedding init. rescale_prenorm_residual: divide each mixer's
+    out_proj init by sqrt(n_layer) (GPT-2's scheme, as mamba_ssm). kernels: op -> impl.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int = 50277,
+        d_model: int = 768,
+        n_layer: int = 24,
+        mixer: str = "mamba",
+        mixer_config: dict[str, Any] | None = None,
+        norm: str = "rmsnorm",
+        norm_eps: float = 1e-5,
+        residual_in_fp32: bool = True,
+        tie_embeddings: bool = True,
+        pad_vocab_size_multiple: int = 8,
+        initializer_range: float = 0.02,
+        rescale_prenorm_residual: bool = True,
+        kernels: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__()
+        if get_mixer(mixer).kind != "token":
+            raise ConfigError(
+                f"mamba_lm: mixer {mixer!r} is a channel mixer; choose a token mixer "
+                "such as 'mamba' or 'mamba2'"
+            )
+        self.vocab_size = vocab_size
+        self.padded_vocab_size = padded_vocab_size(vocab_size, pad_vocab_size_multiple)
+        self.d_model, self.n_layer = d_model, n_layer
+        self.kernels = dict(kernels) if kernels else None
+
+        self.embedding = nn.Embedding(self.padded_vocab_size, d_model)
+        self.layers = nn.ModuleList(
+            ResidualBlock(
+                create_mixer(mixer, d_model, **(mixer_config or {})),
+                make_norm(norm, d_model, norm_eps),
+                residual_in_fp32,
+            )
+            for _ in range(n_layer)
+        )
+        self.norm_f = make_norm(norm, d_model, norm_eps)
+        self.lm_head = nn.Linear(d_model, self.padded_vocab_size, bias=False)
+        if tie_embeddings:
+            self.lm_head.weight = self.embedding.weight
+
+        nn.init.normal_(self.embedding.weight, std=initializer_range)
+        if rescale_prenorm_residual:
+            with torch.no_grad():
+                for name, p in self.layers.named_parameters():
+                    if name.endswith("mixer.out_proj.weight"):
+                        p /= math.sqrt(n_layer)
+
+    def forward(
+        self, input_ids: torch.Tensor, state: list[Any] | None = None, num_last_tokens: int = 0
+    ) -> torch.Tensor:
+        """input_ids (B, L) -> logits (B, L, padded vocab).
+
+        state: from :meth:`allocate_state`; filled with each layer's state after the last token.
+        num_last_tokens: if > 0, only the logits of the last that many positions.
+        """
+        self._check_ids(input_ids, 2, "(batch, length)")
+        with kernel_scope(self.kernels):
+            h = self.embedding(input_ids)
+            for i, block in enumerate(self.layers):
+                h = block(h, None if state is None else state[i])
+            if num_last_tokens > 0:
+                h = h[:, -num_last_tokens:]
+            return self.lm_head(self.norm_f(h.to(self.norm_f.weight.dtype)))
+
+    def step(self, input_ids: torch.Tensor, state: list[Any]) -> torch.Tensor:
+        """One decoding step: input_ids (B,) -> logits (B, padded vocab); ``state`` updated in place."""
+        self._check_ids(input_ids, 1, "(batch,)")
+        with kernel_scope(self.kernels):
+            h = self.embedding(input_ids)
+            for block, layer_state in zip(self.layers, state, strict=True):
+                h = block.step(h, layer_state)
+            return self.lm_head(self.norm_f(h.to(self.norm_f.weight.dtype)))
+
+    def allocate_state(
+        self,
+        batch_size: int,
+        max_seqlen: int,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> list[Any]:
+        """One empty decoding state per layer (SSM layers: fixed size whatever ``max_seqlen``)."""
+        return [
+            block.mixer.allocate_state(batch_size, max_seqlen, dtype=dtype, device=device)
+            for block in self.layers
+        ]
+
+    generate = generate
+
+    def _check_ids(self, input_ids: torch.Tensor, ndim: int, layout: str) -> None:
+        if input_ids.dim() != ndim or input_ids.dtype not in (torch.int64, torch.int32):
+            raise ValueError(
+                f"mamba_lm: expected integer token ids {layout}, got {input_ids.dtype} "
+                f"of shape {tuple(input_ids.shape)}"
+            )

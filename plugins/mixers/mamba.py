@@ -1,0 +1,245 @@
+"""The Mamba (S6) block of Gu & Dao, "Mamba: Linear-Time Sequence Modeling with Selective State
+Spaces" (2023), as ``Mamba`` in state-spaces/mamba (mamba_ssm/modules/mamba_simple.py).
+
+    x, z  = in_proj(u)                                  u: (B, L, dim) -> 2 × (B, d_inner, L)
+    y     = SelectiveSSM(x) * silu(z)                   (B, d_inner, L)
+    out   = out_proj(y)                                 (B, L, dim)
+
+SelectiveSSM is one scan direction: a causal depthwise conv and silu, then the input-dependent
+(Δ, B, C) = x_proj(x), Δ = softplus(dt_proj(Δ)), and the selective scan
+    h_t = exp(Δ_t A) h_{t-1} + Δ_t B_t x_t,    y_t = C_t h_t + D x_t
+with A = -exp(A_log) (d_inner, d_state). It is its own module so that bidirectional variants
+(Vision Mamba's "v2": shared in_proj/out_proj, one SelectiveSSM per direction) can reuse it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mambaverse.errors import ConfigError
+from mambaverse.kernels import (
+    causal_conv1d,
+    causal_conv1d_update,
+    selective_scan,
+    selective_state_update,
+)
+
+from .base import TokenMixer
+from .state import SSMState
+
+DT_INITS = ("random", "constant")
+
+
+def inverse_softplus(y: torch.Tensor) -> torch.Tensor:
+    """x with softplus(x) = log(1 + e^x) = y, i.e. x = y + log(1 - e^-y) (stable for small y)."""
+    return y + torch.log(-torch.expm1(-y))
+
+
+def init_dt_bias(bias: torch.Tensor, dt_min: float, dt_max: float, dt_init_floor: float) -> None:
+    """Set ``bias`` so that softplus(bias) = Δ ~ exp(U[log dt_min, log dt_max]), Δ >= dt_init_floor."""
+    if not 0 < dt_min <= dt_max:
+        raise ConfigError(f"need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
+    log_dt = torch.rand_like(bias, dtype=torch.float32) * (
+        math.log(dt_max) - math.log(dt_min)
+    ) + math.log(dt_min)
+    dt = torch.exp(log_dt).clamp(min=dt_init_floor)
+    with torch.no_grad():
+        bias.copy_(inverse_softplus(dt))
+
+
+class SelectiveSSM(nn.Module):
+    """One direction of Mamba's SSM path: conv1d -> x_proj -> dt_proj -> selective scan.
+
+    Parameters (names as in mamba_ssm): conv1d (d_inner, 1, d_conv), x_proj (dt_rank + 2·d_state
+    outputs, no bias), dt_proj (dt_rank -> d_inner, with bias), A_log (d_inner, d_state) =
+    log(1..d_state) per channel (S4D-real), D (d_inner,) = 1.
+    """
+
+    def __init__(
+        self,
+        d_inner: int,
+        d_state: int,
+        d_conv: int,
+        dt_rank: int,
+        dt_min: float = 0.001,
+        dt_max: float = 0.1,
+        dt_init: Literal["random", "constant"] = "random",
+        dt_scale: float = 1.0,
+        dt_init_floor: float = 1e-4,
+        conv_bias: bool = True,
+    ) -> None:
+        super().__init__()
+        if dt_init not in DT_INITS:
+            raise ConfigError(f"dt_init must be one of {', '.join(DT_INITS)}, got {dt_init!r}")
+        self.d_inner, self.d_state, self.d_conv, self.dt_rank = d_inner, d_state, d_conv, dt_rank
+        self.conv1d = nn.Conv1d(
+            d_inner, d_inner, d_conv, groups=d_inner, padding=d_conv - 1, bias=conv_bias
+        )
+        self.x_proj = nn.Linear(d_inner, dt_rank + 2 * d_state, bias=False)
+        self.dt_proj = nn.Linear(dt_rank, d_inner, bias=True)
+
+        # dt_proj keeps the variance of Δ's pre-activation at dt_scale² / 3 (random) or fixed.
+        dt_init_std = dt_rank**-0.5 * dt_scale
+        if dt_init == "constant":
+            nn.init.constant_(self.dt_proj.weight, dt_init_std)
+        else:
+            nn.init.uniform_(self.dt_proj.weight, -dt_init_std, dt_init_std)
+        init_dt_bias(self.dt_proj.bias, dt_min, dt_max, dt_init_floor)
+
+        # S4D-real: A = -(1, 2, ..., d_state) for every channel; kept in float32.
+        A = torch.arange(1, d_state + 1, dtype=torch.float32).repeat(d_inner, 1)
+        self.A_log = nn.Parameter(torch.log(A))
+        self.D = nn.Parameter(torch.ones(d_inner))
+
+    def forward(
+        self, x: torch.Tensor, z: torch.Tensor | None = None, state: SSMState | None = None
+    ) -> torch.Tensor:
+        """x, z: (B, d_inner, L) -> y (B, d_inner, L), y = scan(conv(x)) * silu(z).
+
+        With ``state`` (starting from empty), store the last d_conv inputs and the final SSM state.
+        """
+        length = x.shape[-1]
+        if state is not None:
+            # F.pad left-pads with zeros when length < d_conv and crops when it is longer.
+            state.conv.copy_(F.pad(x, (self.d_conv - length, 0)))
+        x = causal_conv1d(x, self.conv1d.weight.squeeze(1), self.conv1d.bias, activation="silu")
+        dt, B, C = self._dt_B_C(x.transpose(1, 2))  # (B, L, d_inner), (B, L, d_state) × 2
+        y = selective_scan(
+            x,
+            dt.transpose(1, 2),
+            self.A,
+            B.transpose(1, 2),
+            C.transpose(1, 2),
+            D=self.D.float(),
+            z=z,
+            delta_bias=self.dt_proj.bias.float(),
+            delta_softplus=True,
+            return_last_state=state is not None,
+        )
+        if state is None:
+            return y
+        y, last_state = y
+        state.ssm.copy_(last_state)
+        return y
+
+    def step(self, x: torch.Tensor, z: torch.Tensor | None, state: SSMState) -> torch.Tensor:
+        """x, z: (B, d_inner) for one new token -> y (B, d_inner); ``state`` updated in place."""
+        x = causal_conv1d_update(
+            state.conv, x, self.conv1d.weight.squeeze(1), self.conv1d.bias, activation="silu"
+        )
+        dt, B, C = self._dt_B_C(x)
+        return selective_state_update(
+            state.ssm,
+            x,
+            dt,
+            self.A,
+            B,
+            C,
+            D=self.D.float(),
+            z=z,
+            dt_bias=self.dt_proj.bias.float(),
+            dt_softplus=True,
+        )
+
+    @property
+    def A(self) -> torch.Tensor:
+        return -torch.exp(self.A_log.float())  # (d_inner, d_state), in float32 even in bf16
+
+    def _dt_B_C(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x (..., d_inner) -> Δ before bias and softplus (..., d_inner), B, C (..., d_state)."""
+        dt, B, C = self.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        # The bias is added (in float32) inside the scan, together with the softplus.
+        return F.linear(dt, self.dt_proj.weight), B, C
+
+    def allocate_state(
+        self,
+        batch_size: int,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> SSMState:
+        return SSMState.zeros(
+            (batch_size, self.d_inner, self.d_conv),
+            (batch_size, self.d_inner, self.d_state),
+            like=self.x_proj.weight,
+            dtype=dtype,
+            device=device,
+        )
+
+
+class Mamba(TokenMixer):
+    """Mamba-1 mixer ``(B, L, dim) -> (B, L, dim)``; config keys as mamba_ssm's ``Mamba``.
+
+    d_state: SSM state size N per channel. d_conv: causal conv width. expand: d_inner / dim.
+    dt_rank: rank of Δ's projection ("auto" = ceil(dim / 16)). dt_min, dt_max, dt_init_floor:
+    range of the initial Δ. dt_init ("random" | "constant"), dt_scale: dt_proj weight init.
+    conv_bias: conv1d bias. bias: in_proj / out_proj bias. kernels: op -> impl for this mixer.
+    """
+
+    mixer_name = "mamba"
+
+    def __init__(
+        self,
+        dim: int,
+        d_state: int = 16,
+        d_conv: int = 4,
+        expand: float = 2,
+        dt_rank: int | Literal["auto"] = "auto",
+        dt_min: float = 0.001,
+        dt_max: float = 0.1,
+        dt_init: Literal["random", "constant"] = "random",
+        dt_scale: float = 1.0,
+        dt_init_floor: float = 1e-4,
+        conv_bias: bool = True,
+        bias: bool = False,
+        kernels: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(dim, kernels)
+        self.d_inner = int(expand * dim)
+        if dt_rank == "auto":
+            dt_rank = math.ceil(dim / 16)
+        elif not isinstance(dt_rank, int) or dt_rank <= 0:
+            raise ConfigError(
+                f"mamba mixer: dt_rank must be 'auto' or a positive int, got {dt_rank!r}"
+            )
+        self.in_proj = nn.Linear(dim, 2 * self.d_inner, bias=bias)
+        self.ssm = SelectiveSSM(
+            self.d_inner,
+            d_state,
+            d_conv,
+            dt_rank,
+            dt_min=dt_min,
+            dt_max=dt_max,
+            dt_init=dt_init,
+            dt_scale=dt_scale,
+            dt_init_floor=dt_init_floor,
+            conv_bias=conv_bias,
+        )
+        self.out_proj = nn.Linear(self.d_inner, dim, bias=bias)
+        for linear in (self.in_proj, self.out_proj):
+            if linear.bias is not None:
+                nn.init.zeros_(linear.bias)
+
+    def mix(self, u: torch.Tensor, state: SSMState | None) -> torch.Tensor:
+        xz = self.in_proj(u).transpose(1, 2)  # (B, 2·d_inner, L)
+        x, z = xz.chunk(2, dim=1)
+        y = self.ssm(x, z, state)  # (B, d_inner, L)
+        return self.out_proj(y.transpose(1, 2).to(u.dtype))
+
+    def mix_step(self, u: torch.Tensor, state: SSMState) -> torch.Tensor:
+        x, z = self.in_proj(u).chunk(2, dim=-1)  # (B, d_inner) each
+        return self.out_proj(self.ssm.step(x, z, state).to(u.dtype))
+
+    def allocate_state(
+        self,
+        batch_size: int,
+        max_seqlen: int = 0,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> SSMState:
+        """Zero state; its size is independent of ``max_seqlen`` (accepted for a common API)."""
+        return self.ssm.allocate_state(batch_size, dtype=dtype, device=device)

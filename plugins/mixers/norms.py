@@ -1,0 +1,81 @@
+"""Normalisation layers of the Mamba family: RMSNorm and Mamba-2's gated, grouped RMSNorm."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mambaverse.errors import unknown_name
+
+
+class RMSNorm(nn.Module):
+    """y = x / sqrt(mean(x², last dim) + eps) * weight, computed in float32 (at least)."""
+
+    def __init__(self, dim: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _rms(x, self.eps, group_size=x.shape[-1]) * self.weight
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}, eps={self.eps}"
+
+
+class GatedRMSNorm(nn.Module):
+    """Mamba-2's output norm: RMSNorm over groups of ``group_size`` channels, gated by silu(z).
+
+    norm_before_gate=False (Mamba-2's choice): y = rms(x * silu(z)) * weight
+    norm_before_gate=True:                     y = rms(x) * weight * silu(z)
+    The mean of x² is taken per group, so with ngroups > 1 each group of heads is normalised
+    on its own (this keeps the norm local to a tensor-parallel shard in the original code).
+    """
+
+    def __init__(
+        self, dim: int, group_size: int, eps: float = 1e-5, norm_before_gate: bool = False
+    ) -> None:
+        super().__init__()
+        if dim % group_size:
+            raise ValueError(
+                f"GatedRMSNorm: dim {dim} is not a multiple of group_size {group_size}"
+            )
+        self.eps = eps
+        self.group_size = group_size
+        self.norm_before_gate = norm_before_gate
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        gate = F.silu(z.to(torch.promote_types(z.dtype, torch.float32)))
+        if self.norm_before_gate:
+            return (_rms(x, self.eps, self.group_size) * self.weight * gate).to(dtype)
+        return (_rms(x * gate, self.eps, self.group_size) * self.weight).to(dtype)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.weight.shape[0]}, group_size={self.group_size}, eps={self.eps}, "
+            f"norm_before_gate={self.norm_before_gate}"
+        )
+
+
+def _rms(x: torch.Tensor, eps: float, group_size: int) -> torch.Tensor:
+    """x / sqrt(mean over each group of ``group_size`` last-dim channels of x² + eps), in x's dtype."""
+    dtype = x.dtype
+    x = x.to(torch.promote_types(dtype, torch.float32))
+    groups = x.unflatten(-1, (-1, group_size))  # (..., ngroups, group_size)
+    groups = groups * torch.rsqrt(groups.pow(2).mean(-1, keepdim=True) + eps)
+    return groups.flatten(-2).to(dtype)
+
+
+NORMS = ("rmsnorm", "layernorm")
+
+
+def make_norm(kind: str, dim: int, eps: float) -> nn.Module:
+    """``"rmsnorm"`` -> :class:`RMSNorm`, ``"layernorm"`` -> ``nn.LayerNorm``."""
+    if kind == "rmsnorm":
+        return RMSNorm(dim, eps=eps)
+    if kind == "layernorm":
+        return nn.LayerNorm(dim, eps=eps)
+    raise unknown_name("norm", kind, NORMS)
