@@ -57,7 +57,8 @@ class SelectiveSSM(nn.Module):
 
     Parameters (names as in mamba_ssm): conv1d (d_inner, 1, d_conv), x_proj (dt_rank + 2·d_state
     outputs, no bias), dt_proj (dt_rank -> d_inner, with bias), A_log (d_inner, d_state) =
-    log(1..d_state) per channel (S4D-real), D (d_inner,) = 1.
+    log(1..d_state) per channel (S4D-real), D (d_inner,) = 1. d_conv = 0: no conv1d and no silu,
+    the path starts at x_proj (VMamba's SS2D convolves the 2-D grid before its scans).
     """
 
     def __init__(
@@ -77,8 +78,10 @@ class SelectiveSSM(nn.Module):
         if dt_init not in DT_INITS:
             raise ConfigError(f"dt_init must be one of {', '.join(DT_INITS)}, got {dt_init!r}")
         self.d_inner, self.d_state, self.d_conv, self.dt_rank = d_inner, d_state, d_conv, dt_rank
-        self.conv1d = nn.Conv1d(
-            d_inner, d_inner, d_conv, groups=d_inner, padding=d_conv - 1, bias=conv_bias
+        self.conv1d = (
+            nn.Conv1d(d_inner, d_inner, d_conv, groups=d_inner, padding=d_conv - 1, bias=conv_bias)
+            if d_conv > 0
+            else None
         )
         self.x_proj = nn.Linear(d_inner, dt_rank + 2 * d_state, bias=False)
         self.dt_proj = nn.Linear(dt_rank, d_inner, bias=True)
@@ -107,7 +110,8 @@ class SelectiveSSM(nn.Module):
         if state is not None:
             # F.pad left-pads with zeros when length < d_conv and crops when it is longer.
             state.conv.copy_(F.pad(x, (self.d_conv - length, 0)))
-        x = causal_conv1d(x, self.conv1d.weight.squeeze(1), self.conv1d.bias, activation="silu")
+        if self.conv1d is not None:
+            x = causal_conv1d(x, self.conv1d.weight.squeeze(1), self.conv1d.bias, activation="silu")
         dt, B, C = self._dt_B_C(x.transpose(1, 2))  # (B, L, d_inner), (B, L, d_state) × 2
         y = selective_scan(
             x,
@@ -129,9 +133,10 @@ class SelectiveSSM(nn.Module):
 
     def step(self, x: torch.Tensor, z: torch.Tensor | None, state: SSMState) -> torch.Tensor:
         """x, z: (B, d_inner) for one new token -> y (B, d_inner); ``state`` updated in place."""
-        x = causal_conv1d_update(
-            state.conv, x, self.conv1d.weight.squeeze(1), self.conv1d.bias, activation="silu"
-        )
+        if self.conv1d is not None:
+            x = causal_conv1d_update(
+                state.conv, x, self.conv1d.weight.squeeze(1), self.conv1d.bias, activation="silu"
+            )
         dt, B, C = self._dt_B_C(x)
         return selective_state_update(
             state.ssm,
