@@ -58,7 +58,9 @@ class Attention(TokenMixer):
     num_heads: query heads. num_kv_heads: key/value heads (None = num_heads; fewer gives
     grouped-query attention, 1 multi-query). head_dim: None = dim / num_heads. causal: mask the
     future. rope_theta: rotary base (None = no rotary embeddings). rotary_dim: channels rotated
-    per head (None = head_dim). qkv_bias, out_bias: projection biases. kernels: op -> impl.
+    per head (None = head_dim). qkv_bias, out_bias: projection biases. out_dim: width of the
+    output (None = dim; Zamba's shared attention reads 2·d_model channels and writes d_model).
+    scale: softmax scale (None = 1/sqrt(head_dim)). kernels: op -> impl.
     """
 
     mixer_name = "attention"
@@ -74,6 +76,8 @@ class Attention(TokenMixer):
         rotary_dim: int | None = None,
         qkv_bias: bool = False,
         out_bias: bool = False,
+        out_dim: int | None = None,
+        scale: float | None = None,
         kernels: dict[str, str] | None = None,
     ) -> None:
         super().__init__(dim, kernels)
@@ -96,10 +100,11 @@ class Attention(TokenMixer):
             )
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
         self.causal, self.rope_theta, self.rotary_dim = causal, rope_theta, rotary_dim
+        self.scale = scale
         self.q_proj = nn.Linear(dim, num_heads * head_dim, bias=qkv_bias)
         self.k_proj = nn.Linear(dim, num_kv_heads * head_dim, bias=qkv_bias)
         self.v_proj = nn.Linear(dim, num_kv_heads * head_dim, bias=qkv_bias)
-        self.out_proj = nn.Linear(num_heads * head_dim, dim, bias=out_bias)
+        self.out_proj = nn.Linear(num_heads * head_dim, out_dim or dim, bias=out_bias)
 
     def mix(self, x: torch.Tensor, state: KVCache | None) -> torch.Tensor:
         if state is not None and state.length:
@@ -111,7 +116,7 @@ class Attention(TokenMixer):
         q, k, v = self._qkv(x, positions)
         if state is not None:
             state.append(k, v)
-        y = attention(q, k, v, causal=self.causal)  # (B, num_heads, L, head_dim)
+        y = attention(q, k, v, causal=self.causal, scale=self.scale)  # (B, num_heads, L, head_dim)
         return self.out_proj(y.transpose(1, 2).flatten(2))
 
     def mix_step(self, x: torch.Tensor, state: KVCache) -> torch.Tensor:
@@ -123,7 +128,7 @@ class Attention(TokenMixer):
         q, k, v = self._qkv(x[:, None], positions)  # (B, heads, 1, head_dim)
         keys, values = state.append(k, v)
         # The new query may see every cached token, so no mask is needed.
-        y = attention(q, keys, values, causal=False)
+        y = attention(q, keys, values, causal=False, scale=self.scale)
         return self.out_proj(y.flatten(1))
 
     def _qkv(

@@ -30,6 +30,7 @@ from mambaverse.kernels import (
 )
 
 from .base import TokenMixer
+from .norms import RMSNorm
 from .state import SSMState
 
 DT_INITS = ("random", "constant")
@@ -59,6 +60,11 @@ class SelectiveSSM(nn.Module):
     outputs, no bias), dt_proj (dt_rank -> d_inner, with bias), A_log (d_inner, d_state) =
     log(1..d_state) per channel (S4D-real), D (d_inner,) = 1. d_conv = 0: no conv1d and no silu,
     the path starts at x_proj (VMamba's SS2D convolves the 2-D grid before its scans).
+
+    nheads > 1 (Zamba): the d_inner channels form nheads contiguous heads, each with its own
+    x_proj and dt_proj block (block-diagonal projections, the same parameter count), so B and C
+    are per head: the scan's grouped (b, nheads, d_state, L) layout. dt_bc_norm_eps (Jamba):
+    RMSNorms with this epsilon on Δ, B and C right after x_proj (None = none).
     """
 
     def __init__(
@@ -73,8 +79,12 @@ class SelectiveSSM(nn.Module):
         dt_scale: float = 1.0,
         dt_init_floor: float = 1e-4,
         conv_bias: bool = True,
+        nheads: int = 1,
+        dt_bc_norm_eps: float | None = None,
     ) -> None:
         super().__init__()
+        if nheads <= 0 or d_inner % nheads:
+            raise ConfigError(f"mamba: nheads {nheads} must divide d_inner {d_inner}")
         if dt_init not in DT_INITS:
             raise ConfigError(f"dt_init must be one of {', '.join(DT_INITS)}, got {dt_init!r}")
         self.d_inner, self.d_state, self.d_conv, self.dt_rank = d_inner, d_state, d_conv, dt_rank
@@ -83,8 +93,16 @@ class SelectiveSSM(nn.Module):
             if d_conv > 0
             else None
         )
-        self.x_proj = nn.Linear(d_inner, dt_rank + 2 * d_state, bias=False)
+        self.nheads = nheads
+        # Head h's x_proj block is rows h·(dt_rank + 2·d_state) ... of the weight; its dt_proj
+        # block is rows h·head_dim ... (with one head: the plain mamba_ssm layers).
+        self.x_proj = nn.Linear(d_inner // nheads, nheads * (dt_rank + 2 * d_state), bias=False)
         self.dt_proj = nn.Linear(dt_rank, d_inner, bias=True)
+        self.dt_bc_norm_eps = dt_bc_norm_eps
+        if dt_bc_norm_eps is not None:
+            self.dt_norm = RMSNorm(dt_rank, eps=dt_bc_norm_eps)
+            self.B_norm = RMSNorm(d_state, eps=dt_bc_norm_eps)
+            self.C_norm = RMSNorm(d_state, eps=dt_bc_norm_eps)
 
         # dt_proj keeps the variance of Δ's pre-activation at dt_scale² / 3 (random) or fixed.
         dt_init_std = dt_rank**-0.5 * dt_scale
@@ -112,13 +130,13 @@ class SelectiveSSM(nn.Module):
             state.conv.copy_(F.pad(x, (self.d_conv - length, 0)))
         if self.conv1d is not None:
             x = causal_conv1d(x, self.conv1d.weight.squeeze(1), self.conv1d.bias, activation="silu")
-        dt, B, C = self._dt_B_C(x.transpose(1, 2))  # (B, L, d_inner), (B, L, d_state) × 2
+        dt, B, C = self._dt_B_C(x.transpose(1, 2))  # (B, L, d_inner), (B, L, [nheads,] d_state) × 2
         y = selective_scan(
             x,
             dt.transpose(1, 2),
             self.A,
-            B.transpose(1, 2),
-            C.transpose(1, 2),
+            B.movedim(1, -1),  # (B, [nheads,] d_state, L)
+            C.movedim(1, -1),
             D=self.D.float(),
             z=z,
             delta_bias=self.dt_proj.bias.float(),
@@ -156,10 +174,21 @@ class SelectiveSSM(nn.Module):
         return -torch.exp(self.A_log.float())  # (d_inner, d_state), in float32 even in bf16
 
     def _dt_B_C(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x (..., d_inner) -> Δ before bias and softplus (..., d_inner), B, C (..., d_state)."""
-        dt, B, C = self.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        """x (..., d_inner) -> Δ before bias and softplus (..., d_inner), B, C (..., d_state),
+        or (..., nheads, d_state) with several heads."""
+        heads = x.unflatten(-1, (self.nheads, -1))  # (..., nheads, head_dim)
+        x_proj = self.x_proj.weight.unflatten(0, (self.nheads, -1))  # (nheads, R + 2N, head_dim)
+        dt, B, C = torch.einsum("...hc,hoc->...ho", heads, x_proj).split(
+            [self.dt_rank, self.d_state, self.d_state], dim=-1
+        )
+        if self.dt_bc_norm_eps is not None:
+            dt, B, C = self.dt_norm(dt), self.B_norm(B), self.C_norm(C)
+        dt_proj = self.dt_proj.weight.unflatten(0, (self.nheads, -1))  # (nheads, head_dim, R)
         # The bias is added (in float32) inside the scan, together with the softplus.
-        return F.linear(dt, self.dt_proj.weight), B, C
+        dt = torch.einsum("...hr,hcr->...hc", dt, dt_proj).flatten(-2)
+        if self.nheads == 1:  # the ungrouped B, C layout of plain Mamba
+            B, C = B.squeeze(-2), C.squeeze(-2)
+        return dt, B, C
 
     def allocate_state(
         self,
@@ -182,7 +211,9 @@ class Mamba(TokenMixer):
     d_state: SSM state size N per channel. d_conv: causal conv width. expand: d_inner / dim.
     dt_rank: rank of Δ's projection ("auto" = ceil(dim / 16)). dt_min, dt_max, dt_init_floor:
     range of the initial Δ. dt_init ("random" | "constant"), dt_scale: dt_proj weight init.
-    conv_bias: conv1d bias. bias: in_proj / out_proj bias. kernels: op -> impl for this mixer.
+    conv_bias: conv1d bias. bias: in_proj / out_proj bias. nheads: independent SSM heads
+    (Zamba; see SelectiveSSM). dt_bc_norm_eps: RMSNorms on Δ, B, C (Jamba; None = none).
+    kernels: op -> impl for this mixer.
     """
 
     mixer_name = "mamba"
@@ -201,6 +232,8 @@ class Mamba(TokenMixer):
         dt_init_floor: float = 1e-4,
         conv_bias: bool = True,
         bias: bool = False,
+        nheads: int = 1,
+        dt_bc_norm_eps: float | None = None,
         kernels: dict[str, str] | None = None,
     ) -> None:
         super().__init__(dim, kernels)
@@ -223,6 +256,8 @@ class Mamba(TokenMixer):
             dt_scale=dt_scale,
             dt_init_floor=dt_init_floor,
             conv_bias=conv_bias,
+            nheads=nheads,
+            dt_bc_norm_eps=dt_bc_norm_eps,
         )
         self.out_proj = nn.Linear(self.d_inner, dim, bias=bias)
         for linear in (self.in_proj, self.out_proj):
