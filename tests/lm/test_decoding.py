@@ -1,0 +1,140 @@
+"""Step-by-step decoding with the recurrent state reproduces the parallel forward, in constant memory."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import mambaverse
+from mambaverse.plugins.mamba_lm.generation import state_nbytes
+
+MIXERS = {
+    "mamba": {"d_state": 8, "d_conv": 4},
+    "mamba2": {"d_state": 8, "d_conv": 4, "headdim": 8, "ngroups": 2, "chunk_size": 4},
+    "attention": {"num_heads": 4, "num_kv_heads": 2},
+}
+
+
+def tiny_lm(mixer: str, dtype: torch.dtype = torch.float64, seed: int = 0):
+    torch.manual_seed(seed)
+    model = mambaverse.create_model(
+        "mamba_micro", d_model=32, n_layer=2, vocab_size=50, mixer=mixer, mixer_config=MIXERS[mixer]
+    )
+    with torch.no_grad():  # move D, norms and biases away from their regular init values
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return model.to(dtype).eval()
+
+
+@pytest.mark.parametrize("mixer", MIXERS)
+@pytest.mark.parametrize("prompt_length", [2, 7])  # shorter and longer than the conv window
+def test_prefill_then_steps_reproduce_full_forward(mixer, prompt_length):
+    model = tiny_lm(mixer)
+    input_ids = torch.randint(0, 50, (3, 13))
+    with torch.no_grad():
+        expected = model(input_ids)  # (3, 13, V)
+        state = model.allocate_state(3, max_seqlen=13)
+        prefill = model(input_ids[:, :prompt_length], state)
+        steps = [model.step(input_ids[:, t], state) for t in range(prompt_length, 13)]
+    actual = torch.cat([prefill, torch.stack(steps, dim=1)], dim=1)
+    torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-10)
+
+
+def test_decoding_from_an_empty_state_matches_forward():
+    model = tiny_lm("mamba2")
+    input_ids = torch.randint(0, 50, (2, 6))
+    with torch.no_grad():
+        state = model.allocate_state(2, max_seqlen=6)
+        steps = torch.stack([model.step(input_ids[:, t], state) for t in range(6)], dim=1)
+        torch.testing.assert_close(steps, model(input_ids), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("mixer", ["mamba", "mamba2"])
+def test_ssm_state_has_constant_size_and_is_updated_in_place(mixer):
+    model = tiny_lm(mixer, dtype=torch.float32)
+    short, long = model.allocate_state(2, max_seqlen=8), model.allocate_state(2, max_seqlen=10_000)
+    assert state_nbytes(short) == state_nbytes(long)
+
+    state = model.allocate_state(2, max_seqlen=8)
+    buffers = [(s.conv.data_ptr(), s.ssm.data_ptr()) for s in state]
+    size = state_nbytes(state)
+    with torch.no_grad():
+        model(torch.randint(0, 50, (2, 5)), state)
+        for _ in range(40):
+            model.step(torch.randint(0, 50, (2,)), state)
+    assert state_nbytes(state) == size
+    assert [(s.conv.data_ptr(), s.ssm.data_ptr()) for s in state] == buffers
+
+    mixer_module = model.layers[0].mixer
+    channels = mixer_module.d_inner if mixer == "mamba" else mixer_module.conv_dim
+    per_layer = 2 * channels * 4 * 4 + 2 * mixer_module.d_inner * 8 * 4  # conv + ssm, float32
+    assert size == model.n_layer * per_layer
+
+
+def test_attention_cache_refuses_to_overflow():
+    model = tiny_lm("attention")
+    state = model.allocate_state(1, max_seqlen=3)
+    with torch.no_grad():
+        model(torch.randint(0, 50, (1, 3)), state)
+        with pytest.raises(ValueError, match="exceed its max_seqlen 3"):
+            model.step(torch.tensor([1]), state)
+
+
+def test_generate_greedy_equals_argmax_of_full_forward():
+    model = tiny_lm("mamba")
+    prompt = torch.randint(0, 50, (2, 4))
+    generated = model.generate(prompt, max_new_tokens=6)
+    assert generated.shape == (2, 10)
+    assert torch.equal(generated[:, :4], prompt)
+    with torch.no_grad():
+        logits = model(generated)[:, 3:-1, : model.vocab_size]  # predictions of tokens 4..9
+    assert torch.equal(logits.argmax(-1), generated[:, 4:])
+
+
+def test_generate_never_picks_padded_vocabulary_rows():
+    model = tiny_lm("mamba")  # vocab 50 padded to 56
+    assert model.padded_vocab_size == 56
+    with torch.no_grad():
+        model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.clone())
+        model.lm_head.weight[50:] = 100.0  # the padding rows would win every argmax
+    generated = model.generate(torch.randint(0, 50, (2, 3)), max_new_tokens=5)
+    assert int(generated.max()) < 50
+
+
+def test_generate_stops_at_eos_and_pads_finished_sequences():
+    model = tiny_lm("mamba2")
+    prompt = torch.randint(0, 50, (2, 4))
+    free = model.generate(prompt, max_new_tokens=8)
+    eos = int(free[0, 6])  # the 3rd token sequence 0 generates
+    stopped = model.generate(prompt, max_new_tokens=8, eos_token_id=[eos, 49])
+    first_eos = [
+        next((i for i in range(4, free.shape[1]) if int(free[b, i]) in (eos, 49)), None)
+        for b in range(2)
+    ]
+    for b in range(2):
+        end = first_eos[b]
+        if end is None:
+            assert torch.equal(stopped[b], free[b])
+        else:
+            assert torch.equal(stopped[b, : end + 1], free[b, : end + 1])
+            assert (stopped[b, end + 1 :] == eos).all()
+    if all(end is not None for end in first_eos):
+        assert stopped.shape[1] == max(first_eos) + 1
+
+
+def test_sampling_is_reproducible_with_a_generator_and_top_k_1_is_greedy():
+    model = tiny_lm("mamba")
+    prompt = torch.randint(0, 50, (2, 3))
+
+    def sample(seed, **options):
+        generator = torch.Generator().manual_seed(seed)
+        return model.generate(prompt, max_new_tokens=6, generator=generator, **options)
+
+    assert torch.equal(sample(0, temperature=0.7), sample(0, temperature=0.7))
+    assert torch.equal(sample(1, top_k=1, do_sample=True), model.generate(prompt, 6))
+
+
+def test_kernel_choice_in_the_model_config_reaches_the_mixers():
+    model = mambaverse.create_model("mamba_micro", kernels={"selective_scan": "no_such_impl"})
+    with pytest.raises(mambaverse.UnknownNameError, match="no_such_impl"):
+        model(torch.randint(0, 256, (1, 4)))

@@ -1,0 +1,132 @@
+"""mamba_lm imports transformers' Mamba / Mamba-2 checkpoints with the same logits and generations."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import mambaverse
+
+from .hf_reference import random_hf_lm, save
+
+pytest.importorskip("transformers")
+
+MAMBA_CASES = {
+    "default-shape": (dict(hidden_size=32, num_hidden_layers=2, state_size=8), 2, 11),
+    "biases-untied-conv3": (
+        dict(
+            hidden_size=48,
+            num_hidden_layers=3,
+            state_size=4,
+            expand=3,
+            conv_kernel=3,
+            time_step_rank=5,
+            use_bias=True,
+            use_conv_bias=False,
+            tie_word_embeddings=False,
+            layer_norm_epsilon=1e-6,
+        ),
+        3,
+        7,
+    ),
+    "one-token": (dict(hidden_size=16, num_hidden_layers=1, state_size=16), 1, 1),
+}
+
+MAMBA2_CASES = {
+    "groups2-length-not-chunk-multiple": (
+        dict(
+            hidden_size=32,
+            num_hidden_layers=2,
+            state_size=8,
+            num_heads=8,
+            head_dim=8,
+            n_groups=2,
+            chunk_size=4,
+        ),
+        2,
+        11,
+    ),
+    "tied-biases-several-chunks": (
+        dict(
+            hidden_size=24,
+            num_hidden_layers=2,
+            state_size=16,
+            num_heads=6,
+            head_dim=8,
+            n_groups=1,
+            chunk_size=8,
+            tie_word_embeddings=True,
+            use_bias=True,
+            use_conv_bias=False,
+        ),
+        3,
+        19,
+    ),
+    "groups4-dt-limit-conv2": (
+        dict(
+            hidden_size=32,
+            num_hidden_layers=1,
+            expand=1,
+            state_size=4,
+            num_heads=8,
+            head_dim=4,
+            n_groups=4,
+            chunk_size=5,
+            conv_kernel=2,
+            time_step_limit=(0.0, 0.05),
+            layer_norm_epsilon=1e-3,
+        ),
+        2,
+        5,
+    ),
+}
+
+
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    return ((actual - expected).norm() / expected.norm()).item()
+
+
+def _check_logits(model_type: str, hf_config: dict, batch: int, length: int, tmp_path) -> None:
+    hf = random_hf_lm(model_type, **hf_config)
+    ours = mambaverse.load_pretrained(save(hf, tmp_path)).eval()
+    input_ids = torch.randint(0, hf.config.vocab_size, (batch, length))
+    with torch.no_grad():
+        expected = hf(input_ids).logits
+        actual = ours(input_ids)
+    assert actual.shape == expected.shape
+    assert relative_error(actual, expected) < 1e-4
+
+
+@pytest.mark.parametrize("case", MAMBA_CASES)
+def test_mamba_logits_match_transformers(case, tmp_path):
+    _check_logits("mamba", *MAMBA_CASES[case], tmp_path)
+
+
+@pytest.mark.parametrize("case", MAMBA2_CASES)
+def test_mamba2_logits_match_transformers(case, tmp_path):
+    _check_logits("mamba2", *MAMBA2_CASES[case], tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("model_type", "hf_config"),
+    [
+        ("mamba", MAMBA_CASES["biases-untied-conv3"][0]),
+        ("mamba2", MAMBA2_CASES["groups2-length-not-chunk-multiple"][0]),
+    ],
+)
+def test_greedy_generate_matches_transformers(model_type, hf_config, tmp_path):
+    hf = random_hf_lm(model_type, seed=1, **hf_config)
+    ours = mambaverse.load_pretrained(save(hf, tmp_path)).eval()
+    prompt = torch.randint(0, hf.config.vocab_size, (2, 6))
+    expected = hf.generate(prompt, max_new_tokens=10, do_sample=False)
+    assert torch.equal(ours.generate(prompt, max_new_tokens=10), expected)
+
+
+def test_imported_checkpoint_round_trips_through_save_pretrained(tmp_path):
+    hf = random_hf_lm("mamba2", **MAMBA2_CASES["groups2-length-not-chunk-multiple"][0])
+    ours = mambaverse.load_pretrained(save(hf, tmp_path / "hf")).eval()
+    mambaverse.save_pretrained(ours, tmp_path / "ours")
+    again = mambaverse.load_pretrained(tmp_path / "ours").eval()
+    input_ids = torch.randint(0, hf.config.vocab_size, (1, 9))
+    with torch.no_grad():
+        assert torch.equal(again(input_ids), ours(input_ids))
