@@ -1,0 +1,554 @@
+"""Selective scan (Mamba-1) in Triton: forward, backward and the one-step decoding update.
+
+Per channel d and state n, with δ = softplus(δ_raw + bias) (or δ_raw + bias):
+
+    a_t = exp(δ_t A[d, n])        b_t = δ_t u_t B_t[n]
+    h_t = a_t h_{t-1} + b_t       y_t = Σ_n C_t[n] h_t + D u_t       out_t = y_t · silu(z_t)
+
+Shapes: u, δ, z, out (b, d, l); A (d, n); B, C (b, n, l) or grouped (b, g, n, l) where channel d
+reads group d // (d / g); D, bias (d,); last state (b, d, n) fp32.
+
+Forward: one program per (batch, block of BLOCK_D channels) walks the sequence in chunks of CHUNK
+steps; inside a chunk the recurrence is an associative scan over (a, b) pairs (the composition of
+h ↦ a h + b is associative), so the CHUNK steps run in parallel across threads, and the state
+(BLOCK_D, n) in fp32 is carried from chunk to chunk. When gradients are needed it also stores the
+state entering each chunk (b, d, chunks, n), so the backward can restart any chunk.
+
+Backward: the same programs walk the chunks in reverse. For each chunk it recomputes h_t from the
+stored state, then runs the adjoint recurrence e_t = C_t dy_t + a_{t+1} e_{t+1} (e_t = ∂L/∂h_t)
+as a reverse associative scan, and reads every gradient off e and h:
+
+    ∂L/∂δ_t = Σ_n e_t (A (h_t − b_t) + B_t u_t)     (a_t h_{t-1} = h_t − b_t: no division)
+    ∂L/∂A   = Σ_t δ_t e_t (h_t − b_t)               ∂L/∂u_t = δ_t Σ_n e_t B_t + D dy_t
+    ∂L/∂B_t = Σ_d δ_t u_t e_t                       ∂L/∂C_t = Σ_d dy_t h_t
+
+∂L/∂B and ∂L/∂C sum over the channels of a group: each program reduces its BLOCK_D channels
+and adds the result into an fp32 buffer atomically.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from mambaverse.kernels.triton_support import (
+    LOG2E,
+    check_device,
+    check_float,
+    check_rank,
+    check_shape,
+    interpreting,
+    next_pow2,
+    silu_and_grad,
+    softplus,
+)
+
+OP = "selective_scan"
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    block_d: int  # channels per program
+    chunk: int  # time steps scanned in parallel
+    warps: int
+
+
+# Chosen on an H100 with examples/benchmarks/tune_selective_scan.py (docs/kernels_notes.md).
+FORWARD = LaunchConfig(block_d=4, chunk=64, warps=4)
+BACKWARD = LaunchConfig(block_d=4, chunk=64, warps=4)
+# The interpreter runs every element in Python: small tiles, several chunks even at tiny lengths.
+INTERPRETED = LaunchConfig(block_d=2, chunk=8, warps=1)
+
+
+# -- the two associative operators ----------------------------------------------------------------
+@triton.jit
+def _compose(a_first, b_first, a_then, b_then):
+    # h ↦ a_then (a_first h + b_first) + b_then
+    return a_first * a_then, b_first * a_then + b_then
+
+
+@triton.jit
+def _compose_adjoint(a_later, q_later, s_later, a_earlier, q_earlier, s_earlier):
+    # Segment [t..s] of the adjoint recurrence, summarised by (a_t, Q = Π_{r=t+1..s} a_r,
+    # S = Σ_k Π_{r=t+1..k} a_r c_k), so that e_t = S + Q · a_{s+1} e_{s+1}. A reverse scan hands
+    # the combine the later segment first.
+    bridge = q_earlier * a_later
+    return a_earlier, bridge * q_later, s_earlier + bridge * s_later
+
+
+@triton.jit
+def _channel_params(D_ptr, bias_ptr, offs_d, mask_d, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr,
+                    BLOCK_D: tl.constexpr):  # fmt: skip
+    """D and the δ bias of a block of channels (zeros when absent)."""
+    Dv = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    bias = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    return Dv, bias
+
+
+@triton.jit
+def _discretise(dt_raw, bias, u, A2, B, mask_t, SOFTPLUS: tl.constexpr):
+    """δ (BD, T), its softplus slope, a = exp(δA) and b = δ u B, both (BD, N, T)."""
+    dt = dt_raw + bias[:, None]
+    slope = tl.full(dt.shape, 1.0, tl.float32)  # dδ/dδ_raw
+    if SOFTPLUS:
+        slope = tl.sigmoid(dt)
+        dt = softplus(dt)
+    # Steps past the end become the identity map (a = 1, b = 0), so the carried state is exact.
+    dt = tl.where(mask_t[None, :], dt, 0.0)
+    a = tl.exp2(dt[:, None, :] * A2[:, :, None])
+    dtu = dt * u
+    b = dtu[:, None, :] * B[None, :, :]
+    return dt, slope, dtu, a, b
+
+
+@triton.jit
+def _fwd_kernel(
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
+    y_ptr, last_ptr, ckpt_ptr,
+    dim, dstate, seqlen, d_per_group, n_chunks,
+    s_u_b, s_u_d, s_u_l, s_dt_b, s_dt_d, s_dt_l, s_A_d, s_A_n,
+    s_B_b, s_B_g, s_B_n, s_B_l, s_C_b, s_C_g, s_C_n, s_C_l, s_z_b, s_z_d, s_z_l,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    STORE_LAST: tl.constexpr, STORE_CKPT: tl.constexpr,
+    BLOCK_D: tl.constexpr, N_PAD: tl.constexpr, CHUNK: tl.constexpr,
+):  # fmt: skip
+    pid_d = tl.program_id(0)
+    pid_b = tl.program_id(1).to(tl.int64)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, N_PAD)
+    offs_c = tl.arange(0, CHUNK)
+    mask_d = offs_d < dim
+    mask_n = offs_n < dstate
+    mask_dn = mask_d[:, None] & mask_n[None, :]
+    group = (pid_d * BLOCK_D) // d_per_group  # BLOCK_D divides d_per_group
+
+    A = tl.load(A_ptr + offs_d[:, None] * s_A_d + offs_n[None, :] * s_A_n, mask=mask_dn, other=0.0)
+    A2 = A.to(tl.float32) * LOG2E
+    Dv, bias = _channel_params(D_ptr, bias_ptr, offs_d, mask_d, HAS_D, HAS_BIAS, BLOCK_D)
+
+    u_base = u_ptr + pid_b * s_u_b + offs_d[:, None] * s_u_d
+    dt_base = dt_ptr + pid_b * s_dt_b + offs_d[:, None] * s_dt_d
+    z_base = z_ptr + pid_b * s_z_b + offs_d[:, None] * s_z_d
+    y_base = y_ptr + (pid_b * dim + offs_d[:, None]) * seqlen
+    B_base = B_ptr + pid_b * s_B_b + group * s_B_g + offs_n[:, None] * s_B_n
+    C_base = C_ptr + pid_b * s_C_b + group * s_C_g + offs_n[:, None] * s_C_n
+    ckpt_base = ckpt_ptr + ((pid_b * dim + offs_d[:, None]) * n_chunks) * dstate + offs_n[None, :]
+
+    h = tl.zeros((BLOCK_D, N_PAD), dtype=tl.float32)
+    for chunk in range(n_chunks):
+        if STORE_CKPT:
+            tl.store(ckpt_base + chunk * dstate, h, mask=mask_dn)
+        offs_t = chunk * CHUNK + offs_c
+        mask_t = offs_t < seqlen
+        mask_dt = mask_d[:, None] & mask_t[None, :]
+        mask_nt = mask_n[:, None] & mask_t[None, :]
+        u = tl.load(u_base + offs_t[None, :] * s_u_l, mask=mask_dt, other=0.0).to(tl.float32)
+        dt_raw = tl.load(dt_base + offs_t[None, :] * s_dt_l, mask=mask_dt, other=0.0)
+        B = tl.load(B_base + offs_t[None, :] * s_B_l, mask=mask_nt, other=0.0).to(tl.float32)
+        C = tl.load(C_base + offs_t[None, :] * s_C_l, mask=mask_nt, other=0.0).to(tl.float32)
+
+        _, _, _, a, b = _discretise(dt_raw.to(tl.float32), bias, u, A2, B, mask_t, SOFTPLUS)
+        a_cum, b_cum = tl.associative_scan((a, b), 2, _compose)
+        hs = a_cum * h[:, :, None] + b_cum  # (BD, N, T): the state after each step
+        y = tl.sum(hs * C[None, :, :], axis=1) + Dv[:, None] * u
+        if HAS_Z:
+            zv = tl.load(z_base + offs_t[None, :] * s_z_l, mask=mask_dt, other=0.0)
+            silu, _ = silu_and_grad(zv.to(tl.float32))
+            y = y * silu
+        tl.store(y_base + offs_t[None, :], y.to(y_ptr.dtype.element_ty), mask=mask_dt)
+        # Padded steps are identities, so the last column is the state after the last real step.
+        h = tl.sum(tl.where(offs_c[None, None, :] == CHUNK - 1, hs, 0.0), axis=2)
+
+    if STORE_LAST:
+        last = last_ptr + (pid_b * dim + offs_d[:, None]) * dstate + offs_n[None, :]
+        tl.store(last, h, mask=mask_dn)
+
+
+@triton.jit
+def _bwd_kernel(
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, ckpt_ptr,
+    du_ptr, ddt_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
+    dim, dstate, seqlen, d_per_group, n_groups, n_chunks,
+    s_u_b, s_u_d, s_u_l, s_dt_b, s_dt_d, s_dt_l, s_A_d, s_A_n,
+    s_B_b, s_B_g, s_B_n, s_B_l, s_C_b, s_C_g, s_C_n, s_C_l, s_z_b, s_z_d, s_z_l,
+    s_o_b, s_o_d, s_o_l,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    BLOCK_D: tl.constexpr, N_PAD: tl.constexpr, CHUNK: tl.constexpr,
+):  # fmt: skip
+    pid_d = tl.program_id(0)
+    pid_b = tl.program_id(1).to(tl.int64)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, N_PAD)
+    offs_c = tl.arange(0, CHUNK)
+    mask_d = offs_d < dim
+    mask_n = offs_n < dstate
+    mask_dn = mask_d[:, None] & mask_n[None, :]
+    group = (pid_d * BLOCK_D) // d_per_group
+
+    A = tl.load(A_ptr + offs_d[:, None] * s_A_d + offs_n[None, :] * s_A_n, mask=mask_dn, other=0.0)
+    A = A.to(tl.float32)
+    A2 = A * LOG2E
+    Dv, bias = _channel_params(D_ptr, bias_ptr, offs_d, mask_d, HAS_D, HAS_BIAS, BLOCK_D)
+
+    u_base = u_ptr + pid_b * s_u_b + offs_d[:, None] * s_u_d
+    dt_base = dt_ptr + pid_b * s_dt_b + offs_d[:, None] * s_dt_d
+    z_base = z_ptr + pid_b * s_z_b + offs_d[:, None] * s_z_d
+    dout_base = dout_ptr + pid_b * s_o_b + offs_d[:, None] * s_o_d
+    B_base = B_ptr + pid_b * s_B_b + group * s_B_g + offs_n[:, None] * s_B_n
+    C_base = C_ptr + pid_b * s_C_b + group * s_C_g + offs_n[:, None] * s_C_n
+    ckpt_base = ckpt_ptr + ((pid_b * dim + offs_d[:, None]) * n_chunks) * dstate + offs_n[None, :]
+    # Gradients we allocate are contiguous: (b, d, l), and (b, g, n, l) fp32 for dB and dC.
+    grad_base = (pid_b * dim + offs_d[:, None]) * seqlen
+    dBC_base = ((pid_b * n_groups + group) * dstate + offs_n[:, None]) * seqlen
+
+    carry = tl.zeros((BLOCK_D, N_PAD), dtype=tl.float32)  # a_{t+1} e_{t+1} from the later chunk
+    dA = tl.zeros((BLOCK_D, N_PAD), dtype=tl.float32)
+    dD = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    dbias = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    ones = tl.full((BLOCK_D, N_PAD, CHUNK), 1.0, tl.float32)
+    for step in range(n_chunks):
+        chunk = n_chunks - 1 - step
+        offs_t = chunk * CHUNK + offs_c
+        mask_t = offs_t < seqlen
+        mask_dt = mask_d[:, None] & mask_t[None, :]
+        mask_nt = mask_n[:, None] & mask_t[None, :]
+        u = tl.load(u_base + offs_t[None, :] * s_u_l, mask=mask_dt, other=0.0).to(tl.float32)
+        dt_raw = tl.load(dt_base + offs_t[None, :] * s_dt_l, mask=mask_dt, other=0.0)
+        dout = tl.load(dout_base + offs_t[None, :] * s_o_l, mask=mask_dt, other=0.0)
+        dout = dout.to(tl.float32)
+        B = tl.load(B_base + offs_t[None, :] * s_B_l, mask=mask_nt, other=0.0).to(tl.float32)
+        C = tl.load(C_base + offs_t[None, :] * s_C_l, mask=mask_nt, other=0.0).to(tl.float32)
+        h0 = tl.load(ckpt_base + chunk * dstate, mask=mask_dn, other=0.0)
+
+        # Recompute the chunk's forward pass.
+        dt, slope, dtu, a, b = _discretise(dt_raw.to(tl.float32), bias, u, A2, B, mask_t, SOFTPLUS)
+        a_cum, b_cum = tl.associative_scan((a, b), 2, _compose)
+        hs = a_cum * h0[:, :, None] + b_cum
+        if HAS_Z:
+            y = tl.sum(hs * C[None, :, :], axis=1) + Dv[:, None] * u
+            zv = tl.load(z_base + offs_t[None, :] * s_z_l, mask=mask_dt, other=0.0)
+            silu, dsilu = silu_and_grad(zv.to(tl.float32))
+            dz = dout * y * dsilu
+            tl.store(
+                dz_ptr + grad_base + offs_t[None, :], dz.to(dz_ptr.dtype.element_ty), mask=mask_dt
+            )
+            dy = dout * silu
+        else:
+            dy = dout
+
+        # Adjoint: e_t = ∂L/∂h_t, by a reverse scan over the chunk plus the later chunks' carry.
+        direct = C[None, :, :] * dy[:, None, :]
+        _, q, s = tl.associative_scan((a, ones, direct), 2, _compose_adjoint, reverse=True)
+        e = s + q * carry[:, :, None]
+        carry = tl.sum(tl.where(offs_c[None, None, :] == 0, a * e, 0.0), axis=2)
+
+        e_prev = e * (hs - b)  # e_t · a_t h_{t-1}
+        dA += tl.sum(e_prev * dt[:, None, :], axis=2)
+        eB = tl.sum(e * B[None, :, :], axis=1)  # (BD, T)
+        ddt = tl.sum(e_prev * A[:, :, None], axis=1) + u * eB
+        du = dt * eB + Dv[:, None] * dy
+        dD += tl.sum(dy * u, axis=1)
+        if SOFTPLUS:
+            ddt = ddt * slope
+        ddt = tl.where(mask_dt, ddt, 0.0)
+        dbias += tl.sum(ddt, axis=1)
+        tl.store(du_ptr + grad_base + offs_t[None, :], du.to(du_ptr.dtype.element_ty), mask=mask_dt)
+        tl.store(
+            ddt_ptr + grad_base + offs_t[None, :], ddt.to(ddt_ptr.dtype.element_ty), mask=mask_dt
+        )
+        dB = tl.sum(e * dtu[:, None, :], axis=0)  # (N, T), summed over this block's channels
+        dC = tl.sum(hs * dy[:, None, :], axis=0)
+        tl.atomic_add(dB_ptr + dBC_base + offs_t[None, :], dB, mask=mask_nt)
+        tl.atomic_add(dC_ptr + dBC_base + offs_t[None, :], dC, mask=mask_nt)
+
+    # Per-batch partial sums of the parameter gradients, added up by the caller.
+    tl.store(dA_ptr + (pid_b * dim + offs_d[:, None]) * dstate + offs_n[None, :], dA, mask=mask_dn)
+    tl.store(dD_ptr + pid_b * dim + offs_d, dD, mask=mask_d)
+    tl.store(dbias_ptr + pid_b * dim + offs_d, dbias, mask=mask_d)
+
+
+@triton.jit
+def _state_update_kernel(
+    state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, y_ptr,
+    dim, dstate, d_per_group,
+    s_s_b, s_s_d, s_s_n, s_x_b, s_x_d, s_dt_b, s_dt_d, s_A_d, s_A_n,
+    s_B_b, s_B_g, s_B_n, s_C_b, s_C_g, s_C_n, s_z_b, s_z_d,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    BLOCK_D: tl.constexpr, N_PAD: tl.constexpr,
+):  # fmt: skip
+    pid_d = tl.program_id(0)
+    pid_b = tl.program_id(1).to(tl.int64)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, N_PAD)
+    mask_d = offs_d < dim
+    mask_dn = mask_d[:, None] & (offs_n < dstate)[None, :]
+    group = (pid_d * BLOCK_D) // d_per_group
+
+    state_ptrs = state_ptr + pid_b * s_s_b + offs_d[:, None] * s_s_d + offs_n[None, :] * s_s_n
+    state = tl.load(state_ptrs, mask=mask_dn, other=0.0).to(tl.float32)
+    x = tl.load(x_ptr + pid_b * s_x_b + offs_d * s_x_d, mask=mask_d, other=0.0).to(tl.float32)
+    dt = tl.load(dt_ptr + pid_b * s_dt_b + offs_d * s_dt_d, mask=mask_d, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        dt += tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    if SOFTPLUS:
+        dt = softplus(dt)
+    A = tl.load(A_ptr + offs_d[:, None] * s_A_d + offs_n[None, :] * s_A_n, mask=mask_dn, other=0.0)
+    B = tl.load(
+        B_ptr + pid_b * s_B_b + group * s_B_g + offs_n * s_B_n, mask=offs_n < dstate, other=0.0
+    )
+    C = tl.load(
+        C_ptr + pid_b * s_C_b + group * s_C_g + offs_n * s_C_n, mask=offs_n < dstate, other=0.0
+    )
+
+    a = tl.exp2(dt[:, None] * A.to(tl.float32) * LOG2E)
+    state = a * state + (dt * x)[:, None] * B.to(tl.float32)[None, :]
+    tl.store(state_ptrs, state.to(state_ptr.dtype.element_ty), mask=mask_dn)
+    y = tl.sum(state * C.to(tl.float32)[None, :], axis=1)
+    if HAS_D:
+        y += tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32) * x
+    if HAS_Z:
+        z = tl.load(z_ptr + pid_b * s_z_b + offs_d * s_z_d, mask=mask_d, other=0.0)
+        silu, _ = silu_and_grad(z.to(tl.float32))
+        y = y * silu
+    tl.store(y_ptr + pid_b * dim + offs_d, y.to(y_ptr.dtype.element_ty), mask=mask_d)
+
+
+# -- launch helpers -----------------------------------------------------------------------------
+def _block_d(config: LaunchConfig, d_per_group: int) -> int:
+    """The configured block, shrunk so that no block straddles two B/C groups."""
+    block = config.block_d
+    while d_per_group % block:
+        block //= 2
+    return block
+
+
+def _grouped(BC: torch.Tensor) -> torch.Tensor:
+    return BC if BC.dim() == 4 else BC.unsqueeze(1)
+
+
+def _or(t: torch.Tensor | None, placeholder: torch.Tensor) -> torch.Tensor:
+    """An absent optional input is passed as any tensor; its constexpr flag keeps it unread."""
+    return t if t is not None else placeholder
+
+
+def _strides(t: torch.Tensor | None, rank: int) -> tuple[int, ...]:
+    return tuple(t.stride()) if t is not None else (0,) * rank
+
+
+def _launch_forward(
+    u, delta, A, B, C, D, z, delta_bias, softplus_: bool, store_last: bool, store_ckpt: bool,
+    config: LaunchConfig, chunk: int,
+):  # fmt: skip
+    """y (b, d, l), last state or None, chunk-start states (b, d, chunks, n) or None."""
+    batch, dim, seqlen = u.shape
+    dstate = A.shape[1]
+    B4, C4 = _grouped(B), _grouped(C)
+    d_per_group = dim // B4.shape[1]
+    n_chunks = triton.cdiv(seqlen, chunk)
+    y = torch.empty((batch, dim, seqlen), device=u.device, dtype=u.dtype)
+    f32 = {"device": u.device, "dtype": torch.float32}
+    last = torch.empty((batch, dim, dstate), **f32) if store_last else y
+    ckpt = torch.empty((batch, dim, n_chunks, dstate), **f32) if store_ckpt else y
+    block_d = _block_d(config, d_per_group)
+    grid = (triton.cdiv(dim, block_d), batch)
+    _fwd_kernel[grid](
+        u, delta, A, B4, C4, _or(D, u), _or(z, u), _or(delta_bias, u),
+        y, last, ckpt,
+        dim, dstate, seqlen, d_per_group, n_chunks,
+        *u.stride(), *delta.stride(), *A.stride(), *B4.stride(), *C4.stride(), *_strides(z, 3),
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+        SOFTPLUS=softplus_,
+        STORE_LAST=store_last, STORE_CKPT=store_ckpt,
+        BLOCK_D=block_d, N_PAD=next_pow2(dstate), CHUNK=chunk, num_warps=config.warps,
+    )  # fmt: skip
+    return y, (last if store_last else None), (ckpt if store_ckpt else None)
+
+
+def _launch_backward(
+    dout, u, delta, A, B, C, D, z, delta_bias, softplus_: bool, ckpt, config: LaunchConfig,
+    chunk: int,
+):  # fmt: skip
+    batch, dim, seqlen = u.shape
+    dstate = A.shape[1]
+    B4, C4 = _grouped(B), _grouped(C)
+    n_groups = B4.shape[1]
+    d_per_group = dim // n_groups
+    f32 = {"device": u.device, "dtype": torch.float32}
+    du = torch.empty_like(u, memory_format=torch.contiguous_format)
+    ddelta = torch.empty_like(delta, memory_format=torch.contiguous_format)
+    dz = torch.empty_like(z, memory_format=torch.contiguous_format) if z is not None else du
+    dB = torch.zeros((batch, n_groups, dstate, seqlen), **f32)
+    dC = torch.zeros((batch, n_groups, dstate, seqlen), **f32)
+    dA = torch.empty((batch, dim, dstate), **f32)
+    dD = torch.empty((batch, dim), **f32)
+    dbias = torch.empty((batch, dim), **f32)
+    block_d = _block_d(config, d_per_group)
+    grid = (triton.cdiv(dim, block_d), batch)
+    _bwd_kernel[grid](
+        u, delta, A, B4, C4, _or(D, u), _or(z, u), _or(delta_bias, u), dout,
+        ckpt, du, ddelta, dz, dA, dB, dC, dD, dbias,
+        dim, dstate, seqlen, d_per_group, n_groups, ckpt.shape[2],
+        *u.stride(), *delta.stride(), *A.stride(), *B4.stride(), *C4.stride(), *_strides(z, 3),
+        *dout.stride(),
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+        SOFTPLUS=softplus_,
+        BLOCK_D=block_d, N_PAD=next_pow2(dstate), CHUNK=chunk, num_warps=config.warps,
+    )  # fmt: skip
+    return {
+        "u": du,
+        "delta": ddelta,
+        "A": dA.sum(0),
+        "B": dB.reshape(B.shape),
+        "C": dC.reshape(C.shape),
+        "D": dD.sum(0),
+        "z": dz if z is not None else None,
+        "delta_bias": dbias.sum(0),
+    }
+
+
+def _configs() -> tuple[LaunchConfig, LaunchConfig]:
+    return (INTERPRETED, INTERPRETED) if interpreting() else (FORWARD, BACKWARD)
+
+
+class _SelectiveScanFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, softplus_, return_last_state):
+        fwd, bwd = _configs()
+        needs_grad = any(ctx.needs_input_grad[:8])
+        y, last, ckpt = _launch_forward(
+            u, delta, A, B, C, D, z, delta_bias, softplus_, return_last_state, needs_grad,
+            fwd, bwd.chunk,
+        )  # fmt: skip
+        if needs_grad:
+            ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, ckpt)
+            ctx.softplus = softplus_
+        if last is None:
+            return y
+        ctx.mark_non_differentiable(last)
+        return y, last
+
+    @staticmethod
+    def backward(ctx, dout, *_unused_last_state_grad):
+        u, delta, A, B, C, D, z, delta_bias, ckpt = ctx.saved_tensors
+        bwd = _configs()[1]
+        grads = _launch_backward(
+            dout, u, delta, A, B, C, D, z, delta_bias, ctx.softplus, ckpt, bwd, bwd.chunk
+        )
+        inputs = {"u": u, "delta": delta, "A": A, "B": B, "C": C, "D": D, "z": z}
+        inputs["delta_bias"] = delta_bias
+        out = []
+        for (name, t), needed in zip(inputs.items(), ctx.needs_input_grad[:8]):
+            out.append(grads[name].to(t.dtype) if needed and t is not None else None)
+        return (*out, None, None)
+
+
+# -- public functions -----------------------------------------------------------------------------
+def _check_scan_inputs(u, delta, A, B, C, D, z, delta_bias) -> None:
+    tensors = {"u": u, "delta": delta, "A": A, "B": B, "C": C, "D": D, "z": z}
+    tensors["delta_bias"] = delta_bias
+    check_device(OP, tensors)
+    check_float(OP, tensors)
+    check_rank(OP, "u", u, (3,), "(batch, dim, length)")
+    batch, dim, seqlen = u.shape
+    check_rank(OP, "A", A, (2,), "(dim, dstate)")
+    check_shape(OP, "A", A, (dim, A.shape[1]))
+    dstate = A.shape[1]
+    for name, t in (("delta", delta), ("z", z)):
+        check_shape(OP, name, t, (batch, dim, seqlen))
+    for name, t in (("D", D), ("delta_bias", delta_bias)):
+        check_shape(OP, name, t, (dim,))
+    for name, t in (("B", B), ("C", C)):
+        layout = "(batch, dstate, length) or (batch, groups, dstate, length)"
+        check_rank(OP, name, t, (3, 4), layout)
+        groups = t.shape[1] if t.dim() == 4 else 1
+        expected = (batch, dstate, seqlen) if t.dim() == 3 else (batch, groups, dstate, seqlen)
+        check_shape(OP, name, t, expected)
+        if dim % groups:
+            raise ValueError(
+                f"{OP} (triton): {name} has {groups} groups, which do not divide dim={dim}"
+            )
+    if B.dim() != C.dim() or B.shape != C.shape:
+        raise ValueError(f"{OP} (triton): B has shape {tuple(B.shape)} but C has {tuple(C.shape)}")
+
+
+def selective_scan(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+    return_last_state: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Triton selective scan; see the module docstring. The last state carries no gradient."""
+    _check_scan_inputs(u, delta, A, B, C, D, z, delta_bias)
+    return _SelectiveScanFn.apply(
+        u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), bool(return_last_state)
+    )
+
+
+def selective_state_update(
+    state: torch.Tensor,
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    dt_bias: torch.Tensor | None = None,
+    dt_softplus: bool = False,
+) -> torch.Tensor:
+    """One decoding step: ``state`` (b, d, n) is updated in place; returns y (b, d).
+
+    x, dt, z: (b, d); B, C: (b, n) or (b, g, n). For generation only: it records no gradient.
+    """
+    op = "selective_state_update"
+    tensors = {"state": state, "x": x, "dt": dt, "A": A, "B": B, "C": C, "D": D, "z": z}
+    tensors["dt_bias"] = dt_bias
+    check_device(op, tensors)
+    check_float(op, tensors)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors.values()):
+        raise RuntimeError(
+            f"{op} (triton) updates the state in place and records no gradient; "
+            "call it under torch.no_grad() (generation) or use selective_scan for training"
+        )
+    check_rank(op, "state", state, (3,), "(batch, dim, dstate)")
+    batch, dim, dstate = state.shape
+    if state.dtype != torch.float32 and state.dtype not in (torch.float16, torch.bfloat16):
+        raise TypeError(f"{op} (triton): state has dtype {state.dtype}")
+    for name, t in (("x", x), ("dt", dt), ("z", z)):
+        check_shape(op, name, t, (batch, dim))
+    check_shape(op, "A", A, (dim, dstate))
+    for name, t in (("D", D), ("dt_bias", dt_bias)):
+        check_shape(op, name, t, (dim,))
+    B3, C3 = (B, C) if B.dim() == 3 else (B.unsqueeze(1), C.unsqueeze(1))
+    groups = B3.shape[1]
+    for name, t in (("B", B3), ("C", C3)):
+        check_shape(op, name, t, (batch, groups, dstate))
+    if dim % groups:
+        raise ValueError(f"{op} (triton): B has {groups} groups, which do not divide dim={dim}")
+
+    y = torch.empty((batch, dim), device=x.device, dtype=x.dtype)
+    block_d = _block_d(LaunchConfig(block_d=16, chunk=1, warps=4), dim // groups)
+    grid = (triton.cdiv(dim, block_d), batch)
+    _state_update_kernel[grid](
+        state, x, dt, A, B3, C3, _or(D, x), _or(z, x), _or(dt_bias, x), y,
+        dim, dstate, dim // groups,
+        *state.stride(), *x.stride(), *dt.stride(), *A.stride(), *B3.stride(), *C3.stride(),
+        *_strides(z, 2),
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=dt_bias is not None,
+        SOFTPLUS=bool(dt_softplus),
+        BLOCK_D=block_d, N_PAD=next_pow2(dstate), num_warps=1 if interpreting() else 4,
+    )  # fmt: skip
+    return y

@@ -1,0 +1,81 @@
+"""What every Triton kernel wrapper shares: input checks with clear errors, and small jit helpers.
+
+The checks run before any launch so that a wrong input fails with one line naming the tensor,
+what was expected and what was given, instead of an illegal memory access inside a kernel.
+Triton kernels read any strides, so no input has to be contiguous.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import torch
+import triton
+import triton.language as tl
+
+from mambaverse.errors import KernelUnavailableError
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+LOG2E = 1.4426950408889634  # exp(x) = exp2(x * log2(e)); exp2 is the hardware instruction
+
+
+def interpreting() -> bool:
+    """Whether Triton runs kernels on the CPU through its interpreter (TRITON_INTERPRET=1)."""
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def check_device(op: str, tensors: dict[str, torch.Tensor | None]) -> torch.device:
+    """All given tensors on one device, and that device one a Triton kernel can run on."""
+    present = {name: t for name, t in tensors.items() if t is not None}
+    first_name, first = next(iter(present.items()))
+    device = first.device
+    for name, t in present.items():
+        if t.device != device:
+            raise ValueError(
+                f"{op} (triton): {name} is on {t.device} but {first_name} is on {device}; "
+                "move every input to one device"
+            )
+    if device.type != "cuda" and not (device.type == "cpu" and interpreting()):
+        raise KernelUnavailableError(
+            f"{op} (triton): inputs are on {device}; the Triton kernels need CUDA tensors "
+            "(or TRITON_INTERPRET=1 to interpret them on the CPU)"
+        )
+    return device
+
+
+def check_float(op: str, tensors: dict[str, torch.Tensor | None]) -> None:
+    for name, t in tensors.items():
+        if t is not None and t.dtype not in FLOAT_DTYPES:
+            raise TypeError(
+                f"{op} (triton): {name} has dtype {t.dtype}; expected float16, bfloat16 or float32"
+            )
+
+
+def check_shape(op: str, name: str, t: torch.Tensor | None, expected: Sequence[int]) -> None:
+    if t is not None and tuple(t.shape) != tuple(expected):
+        raise ValueError(
+            f"{op} (triton): {name} has shape {tuple(t.shape)}; expected {tuple(expected)}"
+        )
+
+
+def check_rank(op: str, name: str, t: torch.Tensor, ranks: Sequence[int], layout: str) -> None:
+    if t.dim() not in ranks:
+        raise ValueError(f"{op} (triton): {name} has shape {tuple(t.shape)}; expected {layout}")
+
+
+def next_pow2(n: int) -> int:
+    return triton.next_power_of_2(max(int(n), 1))
+
+
+@triton.jit
+def softplus(x):
+    # log(1 + e^x), exact to fp32 rounding; above 20 it equals x (torch's threshold).
+    return tl.where(x > 20.0, x, tl.log(1.0 + tl.exp(tl.minimum(x, 20.0))))
+
+
+@triton.jit
+def silu_and_grad(z):
+    """silu(z) = z·σ(z) and its derivative σ(z)·(1 + z·(1 − σ(z)))."""
+    sig = tl.sigmoid(z)
+    return z * sig, sig * (1.0 + z * (1.0 - sig))
