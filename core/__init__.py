@@ -20,6 +20,7 @@ from .api import (
     list_scans,
     model_config,
     model_info,
+    model_summary,
     register_plugin,
 )
 from .dispatch import choose_kernel, get_kernel, kernel_choices
@@ -68,6 +69,7 @@ __all__ = [
     "load_pretrained",
     "model_config",
     "model_info",
+    "model_summary",
     "register_plugin",
     "save_pretrained",
 ]

@@ -111,22 +111,27 @@ def count_parameters(name: str, **overrides: Any) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def model_info(name: str, count_params: bool = True) -> dict[str, Any]:
-    """What ``name`` is: backbone, plugin, task, full config, parameter count, published facts."""
+def model_summary(name: str) -> dict[str, Any]:
+    """Backbone, task and origin of a preset, without importing its model code."""
     preset = _preset(name)
     backbone_plugin, spec = _backbone(preset)
-    params, _ = _keyword_parameters(spec.load())
-    defaults = {k: v for k, v in params.items() if v is not inspect.Parameter.empty}
-    info: dict[str, Any] = {
+    return {
         "name": preset.name,
         "backbone": spec.name,
         "task": spec.task,
         "preset_from": preset.plugin,
         "backbone_from": backbone_plugin,
         "description": preset.description or spec.description,
-        "config": {**defaults, **preset.config},
         "published": preset.published,
     }
+
+
+def model_info(name: str, count_params: bool = True) -> dict[str, Any]:
+    """What ``name`` is: :func:`model_summary` plus the full config and the parameter count."""
+    info = model_summary(name)
+    params, _ = _keyword_parameters(_backbone(_preset(name))[1].load())
+    defaults = {k: v for k, v in params.items() if v is not inspect.Parameter.empty}
+    info["config"] = {**defaults, **_preset(name).config}
     if count_params:
         info["parameters"] = count_parameters(name)
     return info

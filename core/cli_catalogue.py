@@ -32,8 +32,8 @@ def _run_list(args: argparse.Namespace) -> int:
         return 1
     table = Table("model", "backbone", "task", "from")
     for name in names:
-        info = api.model_info(name, count_params=False)
-        table.add_row(name, info["backbone"], info["task"], info["preset_from"])
+        summary = api.model_summary(name)
+        table.add_row(name, summary["backbone"], summary["task"], summary["preset_from"])
     console().print(table)
     return 0
 
