@@ -36,8 +36,12 @@ def generate(
     eos_token_id: int | Sequence[int] | None = None,
     do_sample: bool | None = None,
     generator: torch.Generator | None = None,
+    prefix_embeds: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Continue ``input_ids`` (B, L) by up to ``max_new_tokens``; returns (B, L + new) ids.
+
+    prefix_embeds: (B, P, d_model) embeddings read before ``input_ids`` (a vision-language
+    model's image tokens); the model's ``forward`` must take ``prefix_embeds``.
 
     do_sample: None = sample if temperature, top_k or top_p is set (temperature != 1), else
     greedy (argmax). eos_token_id: a sequence that emits one stops; it is padded with the first
@@ -57,8 +61,12 @@ def generate(
     eos_ids = _as_ids(eos_token_id, input_ids.device)
 
     batch, length = input_ids.shape
-    state = model.allocate_state(batch, length + max_new_tokens, device=input_ids.device)
-    logits = model(input_ids, state, num_last_tokens=1)[:, -1]
+    prefix = {} if prefix_embeds is None else {"prefix_embeds": prefix_embeds}
+    prefix_length = 0 if prefix_embeds is None else prefix_embeds.shape[1]
+    state = model.allocate_state(
+        batch, prefix_length + length + max_new_tokens, device=input_ids.device
+    )
+    logits = model(input_ids, state, num_last_tokens=1, **prefix)[:, -1]
     finished = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
     new_tokens = []
     for i in range(max_new_tokens):

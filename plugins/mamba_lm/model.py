@@ -33,6 +33,26 @@ def padded_vocab_size(vocab_size: int, multiple: int) -> int:
     return -(-vocab_size // multiple) * multiple
 
 
+def embed_tokens(
+    embedding: nn.Embedding, input_ids: torch.Tensor, prefix_embeds: torch.Tensor | None = None
+) -> torch.Tensor:
+    """embedding(input_ids) (B, L, d), preceded by ``prefix_embeds`` (B, P, d) when given:
+    embeddings made elsewhere (a vision-language model's image tokens) -> (B, P + L, d)."""
+    h = embedding(input_ids)
+    if prefix_embeds is None:
+        return h
+    if (
+        prefix_embeds.dim() != 3
+        or prefix_embeds.shape[0] != h.shape[0]
+        or prefix_embeds.shape[2] != h.shape[2]
+    ):
+        raise ValueError(
+            f"prefix_embeds: expected ({h.shape[0]}, length, {h.shape[2]}), "
+            f"got {tuple(prefix_embeds.shape)}"
+        )
+    return torch.cat([prefix_embeds.to(h.dtype), h], dim=1)
+
+
 class MambaLM(nn.Module):
     """A causal language model of ``n_layer`` blocks of one token mixer.
 
@@ -94,16 +114,21 @@ class MambaLM(nn.Module):
                         p /= math.sqrt(n_layer)
 
     def forward(
-        self, input_ids: torch.Tensor, state: list[Any] | None = None, num_last_tokens: int = 0
+        self,
+        input_ids: torch.Tensor,
+        state: list[Any] | None = None,
+        num_last_tokens: int = 0,
+        prefix_embeds: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """input_ids (B, L) -> logits (B, L, padded vocab).
+        """input_ids (B, L) -> logits (B, L, padded vocab) (B, P + L, ... with a prefix).
 
         state: from :meth:`allocate_state`; filled with each layer's state after the last token.
         num_last_tokens: if > 0, only the logits of the last that many positions.
+        prefix_embeds: (B, P, d_model) embeddings placed before the tokens (a VLM's image tokens).
         """
         self._check_ids(input_ids, 2, "(batch, length)")
         with kernel_scope(self.kernels):
-            h = self.embedding(input_ids)
+            h = embed_tokens(self.embedding, input_ids, prefix_embeds)
             for i, block in enumerate(self.layers):
                 h = block(h, None if state is None else state[i])
             if num_last_tokens > 0:
