@@ -7,10 +7,20 @@ implementation through :func:`mambaverse.get_kernel`). The ops are imported on f
 """
 
 import importlib
+import sys
+import types
 from typing import Any
 
 # public name -> op folder that defines it
-_EXPORTS: dict[str, str] = {}
+_EXPORTS: dict[str, str] = {
+    "selective_scan": "selective_scan",
+    "selective_state_update": "selective_scan",
+    "ssd_scan": "ssd_scan",
+    "ssd_state_update": "ssd_scan",
+    "causal_conv1d": "causal_conv1d",
+    "causal_conv1d_update": "causal_conv1d",
+    "attention": "attention",
+}
 
 
 def __getattr__(name: str) -> Any:
@@ -21,3 +31,20 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted([*globals(), *_EXPORTS])
+
+
+class _KernelsModule(types.ModuleType):
+    """Keeps ``mambaverse.kernels.selective_scan`` the function, not the folder of the same name.
+
+    Importing a sub-package binds it as an attribute of its parent; an op's folder shares its
+    public function's name, so that binding would shadow the function for every later
+    ``from mambaverse.kernels import selective_scan``.
+    """
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _EXPORTS and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _KernelsModule

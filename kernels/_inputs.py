@@ -1,0 +1,69 @@
+"""Checking kernel inputs, and the small steps every reference scan shares.
+
+The public function of every op checks its inputs here before dispatching, so that every
+implementation sees valid shapes and a mistake reads as one line: what was expected, what came.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+def require_ndim(op: str, name: str, tensor: torch.Tensor, layouts: Mapping[int, str]) -> None:
+    """``tensor`` must have one of the numbers of dimensions in ``layouts`` (ndim -> layout)."""
+    if tensor.dim() not in layouts:
+        wanted = " or ".join(layouts.values())
+        raise ValueError(f"{op}: {name} must be {wanted}, got shape {tuple(tensor.shape)}")
+
+
+def require_shape(
+    op: str, name: str, tensor: torch.Tensor | None, expected: Sequence[int], layout: str
+) -> None:
+    """``tensor`` (skipped when None) must have exactly the shape ``expected``, named ``layout``."""
+    if tensor is not None and tuple(tensor.shape) != tuple(expected):
+        raise ValueError(
+            f"{op}: {name} must have shape {layout} = {tuple(expected)}, got {tuple(tensor.shape)}"
+        )
+
+
+def require_multiple(op: str, whole: str, size: int, part: str, parts: int) -> None:
+    """``size`` (of ``whole``) must split evenly into ``parts`` (of ``part``)."""
+    if parts < 1 or size % parts:
+        raise ValueError(f"{op}: {whole}={size} must be a multiple of {part}={parts}")
+
+
+def compute_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
+    """float64 when any input is float64, otherwise float32 (half inputs accumulate in fp32)."""
+    if any(t is not None and t.dtype == torch.float64 for t in tensors):
+        return torch.float64
+    return torch.float32
+
+
+def step_sizes(
+    dt: torch.Tensor, bias: torch.Tensor | None, softplus: bool, dtype: torch.dtype
+) -> torch.Tensor:
+    """Δ = softplus(dt + bias) in ``dtype`` (bias / softplus only if given / asked).
+
+    ``bias`` must broadcast against ``dt``.
+    """
+    dt = dt.to(dtype)
+    if bias is not None:
+        dt = dt + bias.to(dtype)
+    return F.softplus(dt) if softplus else dt
+
+
+def skip_and_gate(
+    y: torch.Tensor, x: torch.Tensor, D: torch.Tensor | None, z: torch.Tensor | None
+) -> torch.Tensor:
+    """y + D ⊙ x (the skip connection), then y ⊙ silu(z) (the gate), each only if given.
+
+    Computed in y's dtype; ``D`` must broadcast against ``x``.
+    """
+    if D is not None:
+        y = y + x.to(y.dtype) * D.to(y.dtype)
+    if z is not None:
+        y = y * F.silu(z.to(y.dtype))
+    return y
