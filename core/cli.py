@@ -29,6 +29,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "mambaverse.cli_catalogue:kernels_command",
         "list kernel implementations and which one runs here",
     ),
+    "bench": (
+        "mambaverse.bench:bench_command",
+        "benchmark suites: kernels, scaling, vision, generation, synthetic",
+    ),
 }
 
 
