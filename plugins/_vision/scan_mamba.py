@@ -1,0 +1,134 @@
+"""Mamba over the K walks of a 2-D scan: the token mixer of Vim, VMamba and EfficientVMamba.
+
+One input projection and one output projection are shared; each walk k gets its own SSM path
+(``SelectiveSSM`` of the mamba mixer: conv1d, x_proj, dt_proj, A_log, D and the selective scan)::
+
+    x, z   = in_proj(u)                           u: (B, L, dim) -> (B, L, d_inner) [× 2 with a gate]
+    x      = silu(dwconv2d(x))                    only with conv="2d" (VMamba, EfficientVMamba)
+    y_k    = SSM_k(walk_k(x))                     the scan's K sequences, one SSM each
+    y      = unwalk(y_1 .. y_K)                   the scan's merge: each token summed over the walks
+                                                  (divided by how many walks visit it: divide_out)
+    y      = LayerNorm(y)                         only with out_norm (VMamba, EfficientVMamba)
+    out    = out_proj(y * silu(z))                the gate only with gate=True (Vim, EfficientVMamba)
+
+Settings of the papers:
+
+- Vim ``bimamba_type="v2"``: scan "bidirectional", conv="1d" (d_conv 4), gate, divide_out
+  (``if_divide_out``: the mean of the two directions), no out_norm. The official code gates each
+  direction inside its scan; silu(z) is the same per token in both, so gating the merged sum is
+  the same function.
+- VMamba ``forward_type="v05_noz"``: scan "cross2d", conv="2d" (3×3, no bias), no gate, out_norm.
+- EfficientVMamba ES2D: scan "atrous", conv="2d" (3×3, bias), gate, out_norm.
+- with scan "causal" and conv="1d" this is exactly the 1-D Mamba block.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mambaverse.errors import ConfigError
+from mambaverse.plugins.mixers.base import kernel_scope
+from mambaverse.plugins.mixers.mamba import SelectiveSSM
+
+from .walker import Walker, join_class_token, split_class_token
+
+CONVS = ("1d", "2d", "none")
+
+
+class ScanMamba(nn.Module):
+    """(B, L, dim) tokens of an H×W grid (+ a class token) -> (B, L, dim).
+
+    d_state, d_conv, expand, dt_rank ("auto" = ceil(dim / 16)), dt_min, dt_max, dt_init_floor,
+    conv_bias, bias: as the mamba mixer. conv: "1d" (causal, along each walk), "2d" (depthwise
+    d_conv×d_conv on the grid, before the walks) or "none". gate, out_norm, divide_out: see the
+    module docstring. kernels: op -> impl for this mixer.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        walker: Walker,
+        d_state: int = 16,
+        d_conv: int = 4,
+        expand: float = 2.0,
+        dt_rank: int | Literal["auto"] = "auto",
+        dt_min: float = 0.001,
+        dt_max: float = 0.1,
+        dt_init_floor: float = 1e-4,
+        conv: Literal["1d", "2d", "none"] = "1d",
+        conv_bias: bool = True,
+        bias: bool = False,
+        gate: bool = True,
+        out_norm: bool = False,
+        divide_out: bool = False,
+        kernels: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__()
+        if conv not in CONVS:
+            raise ConfigError(f"scan mamba: conv must be one of {', '.join(CONVS)}, got {conv!r}")
+        if dt_rank == "auto":
+            dt_rank = math.ceil(dim / 16)
+        self.walker, self.gate, self.divide_out = walker, gate, divide_out
+        self.kernels = dict(kernels) if kernels else None
+        self.d_inner = d_inner = int(expand * dim)
+        self.in_proj = nn.Linear(dim, d_inner * (2 if gate else 1), bias=bias)
+        self.conv2d = (
+            nn.Conv2d(
+                d_inner, d_inner, d_conv, padding=(d_conv - 1) // 2, groups=d_inner, bias=conv_bias
+            )
+            if conv == "2d"
+            else None
+        )
+        self.ssms = nn.ModuleList(
+            SelectiveSSM(
+                d_inner,
+                d_state,
+                d_conv if conv == "1d" else 0,
+                dt_rank,
+                dt_min=dt_min,
+                dt_max=dt_max,
+                dt_init_floor=dt_init_floor,
+                conv_bias=conv_bias,
+            )
+            for _ in range(walker.num_walks)
+        )
+        self.out_norm = nn.LayerNorm(d_inner) if out_norm else None
+        self.out_proj = nn.Linear(d_inner, dim, bias=bias)
+
+    def forward(
+        self, tokens: torch.Tensor, grid: tuple[int, int], cls_index: int | None = None
+    ) -> torch.Tensor:
+        with kernel_scope(self.kernels):
+            xz = self.in_proj(tokens)
+            x, z = xz.chunk(2, dim=-1) if self.gate else (xz, None)
+            if self.conv2d is not None:
+                x = F.silu(self._conv_grid(x, grid, cls_index))
+            walks = self.walker.walk(x, grid, cls_index)  # (B, K, L_walk, d_inner)
+            y = torch.stack(
+                [
+                    ssm(seq.transpose(1, 2)).transpose(1, 2)
+                    for ssm, seq in zip(self.ssms, walks.unbind(1))
+                ],
+                dim=1,
+            )
+            y = self.walker.unwalk(y, grid, cls_index, average=self.divide_out).to(tokens.dtype)
+            if self.out_norm is not None:
+                y = self.out_norm(y)
+            if z is not None:
+                y = y * F.silu(z)
+            return self.out_proj(y)
+
+    def _conv_grid(
+        self, x: torch.Tensor, grid: tuple[int, int], cls_index: int | None
+    ) -> torch.Tensor:
+        """The depthwise 2-D conv over the grid's cells; a class token has no cell and skips it."""
+        cells, cls = split_class_token(x, cls_index)
+        B, (H, W) = x.shape[0], grid
+        maps = cells.reshape(B, H, W, -1).permute(0, 3, 1, 2)  # (B, d_inner, H, W)
+        cells = self.conv2d(maps).permute(0, 2, 3, 1).reshape(B, H * W, -1)
+        return join_class_token(cells, cls, cls_index)
