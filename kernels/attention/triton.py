@@ -1,6 +1,6 @@
 """Flash attention in Triton: forward and backward without materialising the L×L scores.
 
-    O = softmax(scale · Q Kᵀ + mask) V        q (b, h, lq, d); k, v (b, h_kv, lk, d)
+    O = softmax(scale · Q Kᵀ + mask) V        q (b, h, lq, d); k (b, h_kv, lk, d); v (b, h_kv, lk, e)
 
 Query head i reads key/value head i // (h / h_kv) (grouped-query attention). With ``causal``
 the mask is aligned to the end: query i sees keys j ≤ i + (lk − lq), so a query block appended
@@ -58,9 +58,14 @@ BACKWARD_Q = {64: LaunchConfig(128, 64, 8, 3), 256: LaunchConfig(128, 64, 8, 2)}
 INTERPRETED = LaunchConfig(16, 16, 1, 1)
 
 
-def _pick(table: dict[int, LaunchConfig], head_dim: int) -> LaunchConfig:
+FLOAT32 = LaunchConfig(64, 32, 4, 2)  # fp32 tiles take twice the shared memory
+
+
+def _pick(table: dict[int, LaunchConfig], head_dim: int, dtype: torch.dtype) -> LaunchConfig:
     if interpreting():
         return INTERPRETED
+    if dtype == torch.float32:
+        return FLOAT32
     return table[64] if head_dim <= 64 else table[256]
 
 
@@ -74,17 +79,19 @@ def _visible(offs_m, offs_n, lk, causal_offset, CAUSAL: tl.constexpr):
 
 
 @triton.jit
-def _fwd_keys(acc, l_i, m_i, q, k_base, v_base, lo, hi, offs_m, offs_d, lk, causal_offset,
-              qk_scale, s_k_l, s_v_l, d_mask, MASK: tl.constexpr, CAUSAL: tl.constexpr,
+def _fwd_keys(acc, l_i, m_i, q, k_base, v_base, lo, hi, offs_m, offs_d, offs_e, lk, causal_offset,
+              qk_scale, s_k_l, s_v_l, d_mask, e_mask, MASK: tl.constexpr, CAUSAL: tl.constexpr,
               BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr):  # fmt: skip
     """Fold key blocks [lo, hi) into the running softmax of one query block."""
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        kv_mask = d_mask
+        k_mask = d_mask
+        v_mask = e_mask
         if MASK:
-            kv_mask = kv_mask & (offs_n < lk)[:, None]
+            k_mask = k_mask & (offs_n < lk)[:, None]
+            v_mask = v_mask & (offs_n < lk)[:, None]
         kT = tl.load(
-            k_base + offs_n[None, :] * s_k_l + offs_d[:, None], mask=tl.trans(kv_mask), other=0.0
+            k_base + offs_n[None, :] * s_k_l + offs_d[:, None], mask=tl.trans(k_mask), other=0.0
         )
         s = tl.dot(q, kT, input_precision=DOT_PRECISION) * qk_scale  # (M, N), base 2
         if MASK:
@@ -95,7 +102,7 @@ def _fwd_keys(acc, l_i, m_i, q, k_base, v_base, lo, hi, offs_m, offs_d, lk, caus
         p = tl.exp2(s - m_new[:, None])
         alpha = tl.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(v_base + offs_n[:, None] * s_v_l + offs_d[None, :], mask=kv_mask, other=0.0)
+        v = tl.load(v_base + offs_n[:, None] * s_v_l + offs_e[None, :], mask=v_mask, other=0.0)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         m_i = m_new
     return acc, l_i, m_i
@@ -117,10 +124,10 @@ def _key_ranges(m0, lk, causal_offset, CAUSAL: tl.constexpr, BLOCK_M: tl.constex
 @triton.jit
 def _attn_fwd(
     q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr,
-    nheads, kv_group, lq, lk, head_dim, causal_offset, qk_scale,
+    nheads, kv_group, lq, lk, head_dim, v_dim, causal_offset, qk_scale,
     s_q_b, s_q_h, s_q_l, s_k_b, s_k_h, s_k_l, s_v_b, s_v_h, s_v_l,
     CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D_PAD: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    E_PAD: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):  # fmt: skip
     m0 = tl.program_id(0) * BLOCK_M
     pid_bh = tl.program_id(1)
@@ -129,45 +136,46 @@ def _attn_fwd(
     kv_head = head // kv_group
     offs_m = m0 + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, D_PAD)
+    offs_e = tl.arange(0, E_PAD)
     d_mask = (offs_d < head_dim)[None, :]
-    q_mask = (offs_m < lq)[:, None] & d_mask
+    e_mask = (offs_e < v_dim)[None, :]
     q = tl.load(q_ptr + b * s_q_b + head * s_q_h + offs_m[:, None] * s_q_l + offs_d[None, :],
-                mask=q_mask, other=0.0)  # fmt: skip
+                mask=(offs_m < lq)[:, None] & d_mask, other=0.0)  # fmt: skip
     k_base = k_ptr + b * s_k_b + kv_head * s_k_h
     v_base = v_ptr + b * s_v_b + kv_head * s_v_h
 
-    acc = tl.zeros((BLOCK_M, D_PAD), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_M, E_PAD), dtype=tl.float32)
     l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
     m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
     full, hi = _key_ranges(m0, lk, causal_offset, CAUSAL, BLOCK_M, BLOCK_N)
-    acc, l_i, m_i = _fwd_keys(acc, l_i, m_i, q, k_base, v_base, 0, full, offs_m, offs_d, lk,
-                              causal_offset, qk_scale, s_k_l, s_v_l, d_mask, False, CAUSAL,
-                              BLOCK_N, DOT_PRECISION)  # fmt: skip
-    acc, l_i, m_i = _fwd_keys(acc, l_i, m_i, q, k_base, v_base, full, hi, offs_m, offs_d, lk,
-                              causal_offset, qk_scale, s_k_l, s_v_l, d_mask, True, CAUSAL,
-                              BLOCK_N, DOT_PRECISION)  # fmt: skip
+    acc, l_i, m_i = _fwd_keys(acc, l_i, m_i, q, k_base, v_base, 0, full, offs_m, offs_d, offs_e,
+                              lk, causal_offset, qk_scale, s_k_l, s_v_l, d_mask, e_mask, False,
+                              CAUSAL, BLOCK_N, DOT_PRECISION)  # fmt: skip
+    acc, l_i, m_i = _fwd_keys(acc, l_i, m_i, q, k_base, v_base, full, hi, offs_m, offs_d, offs_e,
+                              lk, causal_offset, qk_scale, s_k_l, s_v_l, d_mask, e_mask, True,
+                              CAUSAL, BLOCK_N, DOT_PRECISION)  # fmt: skip
 
     seen = l_i > 0.0  # false only for a query that sees no key
     o = acc / tl.where(seen, l_i, 1.0)[:, None]
-    out_off = (pid_bh.to(tl.int64) * lq + offs_m[:, None]) * head_dim + offs_d[None, :]
-    tl.store(o_ptr + out_off, o.to(o_ptr.dtype.element_ty), mask=q_mask)
+    out_off = (pid_bh.to(tl.int64) * lq + offs_m[:, None]) * v_dim + offs_e[None, :]
+    tl.store(o_ptr + out_off, o.to(o_ptr.dtype.element_ty), mask=(offs_m < lq)[:, None] & e_mask)
     lse = tl.where(seen, m_i + tl.log2(tl.where(seen, l_i, 1.0)), float("inf"))
     tl.store(lse_ptr + pid_bh.to(tl.int64) * lq + offs_m, lse, mask=offs_m < lq)
 
 
 @triton.jit
-def _bwd_delta(o_ptr, do_ptr, delta_ptr, lq, head_dim, s_do_b, s_do_h, s_do_l, nheads,
-               BLOCK_M: tl.constexpr, D_PAD: tl.constexpr):  # fmt: skip
-    """Δ_i = Σ_d O_id dO_id, the row term of the softmax gradient."""
+def _bwd_delta(o_ptr, do_ptr, delta_ptr, lq, v_dim, s_do_b, s_do_h, s_do_l, nheads,
+               BLOCK_M: tl.constexpr, E_PAD: tl.constexpr):  # fmt: skip
+    """Δ_i = Σ_e O_ie dO_ie, the row term of the softmax gradient."""
     pid_bh = tl.program_id(1)
     b = (pid_bh // nheads).to(tl.int64)
     head = pid_bh % nheads
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, D_PAD)
-    mask = (offs_m < lq)[:, None] & (offs_d < head_dim)[None, :]
-    o = tl.load(o_ptr + (pid_bh.to(tl.int64) * lq + offs_m[:, None]) * head_dim + offs_d[None, :],
+    offs_e = tl.arange(0, E_PAD)
+    mask = (offs_m < lq)[:, None] & (offs_e < v_dim)[None, :]
+    o = tl.load(o_ptr + (pid_bh.to(tl.int64) * lq + offs_m[:, None]) * v_dim + offs_e[None, :],
                 mask=mask, other=0.0)  # fmt: skip
-    do = tl.load(do_ptr + b * s_do_b + head * s_do_h + offs_m[:, None] * s_do_l + offs_d[None, :],
+    do = tl.load(do_ptr + b * s_do_b + head * s_do_h + offs_m[:, None] * s_do_l + offs_e[None, :],
                  mask=mask, other=0.0)  # fmt: skip
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
     tl.store(delta_ptr + pid_bh.to(tl.int64) * lq + offs_m, delta, mask=offs_m < lq)
@@ -175,22 +183,24 @@ def _bwd_delta(o_ptr, do_ptr, delta_ptr, lq, head_dim, s_do_b, s_do_h, s_do_l, n
 
 @triton.jit
 def _bwd_kv_queries(dk, dv, k, v, q_base, do_base, lse_base, delta_base, lo, hi, offs_n, offs_d,
-                    lq, lk, causal_offset, qk_scale, s_q_l, s_do_l, d_mask,
+                    offs_e, lq, lk, causal_offset, qk_scale, s_q_l, s_do_l, d_mask, e_mask,
                     MASK: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr,
                     DOT_PRECISION: tl.constexpr):  # fmt: skip
     """Add the query blocks [lo, hi) of one head to dK, dV of one key block (all transposed)."""
     for start_m in range(lo, hi, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         q_mask = d_mask
+        do_mask = e_mask
         if MASK:
             q_mask = q_mask & (offs_m < lq)[:, None]
+            do_mask = do_mask & (offs_m < lq)[:, None]
         q = tl.load(q_base + offs_m[:, None] * s_q_l + offs_d[None, :], mask=q_mask, other=0.0)
         lse = tl.load(lse_base + offs_m, mask=offs_m < lq, other=float("inf"))
         sT = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * qk_scale  # (N, M)
         pT = tl.exp2(sT - lse[None, :])
         if MASK:
             pT = tl.where(tl.trans(_visible(offs_m, offs_n, lk, causal_offset, CAUSAL)), pT, 0.0)
-        do = tl.load(do_base + offs_m[:, None] * s_do_l + offs_d[None, :], mask=q_mask, other=0.0)
+        do = tl.load(do_base + offs_m[:, None] * s_do_l + offs_e[None, :], mask=do_mask, other=0.0)
         dv += tl.dot(pT.to(do.dtype), do, input_precision=DOT_PRECISION)
         delta = tl.load(delta_base + offs_m, mask=offs_m < lq, other=0.0)
         dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
@@ -202,10 +212,10 @@ def _bwd_kv_queries(dk, dv, k, v, q_base, do_base, lse_base, delta_base, lo, hi,
 @triton.jit
 def _attn_bwd_kv(
     q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
-    nheads, kv_heads, kv_group, lq, lk, head_dim, causal_offset, qk_scale, scale,
+    nheads, kv_heads, kv_group, lq, lk, head_dim, v_dim, causal_offset, qk_scale, scale,
     s_q_b, s_q_h, s_q_l, s_k_b, s_k_h, s_k_l, s_v_b, s_v_h, s_v_l, s_do_b, s_do_h, s_do_l,
     CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D_PAD: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    E_PAD: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):  # fmt: skip
     n0 = tl.program_id(0) * BLOCK_N
     pid_bkv = tl.program_id(1)
@@ -213,15 +223,17 @@ def _attn_bwd_kv(
     kv_head = pid_bkv % kv_heads
     offs_n = n0 + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, D_PAD)
+    offs_e = tl.arange(0, E_PAD)
     d_mask = (offs_d < head_dim)[None, :]
-    kv_mask = (offs_n < lk)[:, None] & d_mask
+    e_mask = (offs_e < v_dim)[None, :]
+    n_mask = (offs_n < lk)[:, None]
     k = tl.load(k_ptr + b * s_k_b + kv_head * s_k_h + offs_n[:, None] * s_k_l + offs_d[None, :],
-                mask=kv_mask, other=0.0)  # fmt: skip
-    v = tl.load(v_ptr + b * s_v_b + kv_head * s_v_h + offs_n[:, None] * s_v_l + offs_d[None, :],
-                mask=kv_mask, other=0.0)  # fmt: skip
+                mask=n_mask & d_mask, other=0.0)  # fmt: skip
+    v = tl.load(v_ptr + b * s_v_b + kv_head * s_v_h + offs_n[:, None] * s_v_l + offs_e[None, :],
+                mask=n_mask & e_mask, other=0.0)  # fmt: skip
 
     # Query blocks that see this key block: [lo, mid) cross the diagonal (masked), [mid, end)
-    # see all of it (unmasked unless the key block is ragged), [end, lq) are the ragged tail.
+    # see all of it (unmasked unless the key block is ragged), [tail, lq) are the ragged end.
     lq_floor = lq // BLOCK_M * BLOCK_M
     lo = 0
     mid = 0
@@ -234,7 +246,7 @@ def _attn_bwd_kv(
     tail = tl.maximum(end, lo)
 
     dk = tl.zeros((BLOCK_N, D_PAD), dtype=tl.float32)
-    dv = tl.zeros((BLOCK_N, D_PAD), dtype=tl.float32)
+    dv = tl.zeros((BLOCK_N, E_PAD), dtype=tl.float32)
     for i in range(kv_group):
         head = kv_head * kv_group + i
         pid_bh = b * nheads + head
@@ -243,35 +255,39 @@ def _attn_bwd_kv(
         lse_base = lse_ptr + pid_bh * lq
         delta_base = delta_ptr + pid_bh * lq
         dk, dv = _bwd_kv_queries(dk, dv, k, v, q_base, do_base, lse_base, delta_base, lo, mid,
-                                 offs_n, offs_d, lq, lk, causal_offset, qk_scale, s_q_l, s_do_l,
-                                 d_mask, True, CAUSAL, BLOCK_M, DOT_PRECISION)  # fmt: skip
+                                 offs_n, offs_d, offs_e, lq, lk, causal_offset, qk_scale, s_q_l,
+                                 s_do_l, d_mask, e_mask, True, CAUSAL, BLOCK_M, DOT_PRECISION)  # fmt: skip
         dk, dv = _bwd_kv_queries(dk, dv, k, v, q_base, do_base, lse_base, delta_base, mid, end,
-                                 offs_n, offs_d, lq, lk, causal_offset, qk_scale, s_q_l, s_do_l,
-                                 d_mask, False, CAUSAL, BLOCK_M, DOT_PRECISION)  # fmt: skip
+                                 offs_n, offs_d, offs_e, lq, lk, causal_offset, qk_scale, s_q_l,
+                                 s_do_l, d_mask, e_mask, False, CAUSAL, BLOCK_M, DOT_PRECISION)  # fmt: skip
         dk, dv = _bwd_kv_queries(dk, dv, k, v, q_base, do_base, lse_base, delta_base, tail, lq,
-                                 offs_n, offs_d, lq, lk, causal_offset, qk_scale, s_q_l, s_do_l,
-                                 d_mask, True, CAUSAL, BLOCK_M, DOT_PRECISION)  # fmt: skip
+                                 offs_n, offs_d, offs_e, lq, lk, causal_offset, qk_scale, s_q_l,
+                                 s_do_l, d_mask, e_mask, True, CAUSAL, BLOCK_M, DOT_PRECISION)  # fmt: skip
 
-    out_off = (pid_bkv.to(tl.int64) * lk + offs_n[:, None]) * head_dim + offs_d[None, :]
-    tl.store(dk_ptr + out_off, (dk * scale).to(dk_ptr.dtype.element_ty), mask=kv_mask)
-    tl.store(dv_ptr + out_off, dv.to(dv_ptr.dtype.element_ty), mask=kv_mask)
+    rows = pid_bkv.to(tl.int64) * lk + offs_n[:, None]
+    tl.store(dk_ptr + rows * head_dim + offs_d[None, :], (dk * scale).to(dk_ptr.dtype.element_ty),
+             mask=n_mask & d_mask)  # fmt: skip
+    tl.store(dv_ptr + rows * v_dim + offs_e[None, :], dv.to(dv_ptr.dtype.element_ty),
+             mask=n_mask & e_mask)  # fmt: skip
 
 
 @triton.jit
-def _bwd_q_keys(dq, q, do, lse, delta, k_base, v_base, lo, hi, offs_m, offs_d, lk,
-                causal_offset, qk_scale, s_k_l, s_v_l, d_mask, MASK: tl.constexpr,
+def _bwd_q_keys(dq, q, do, lse, delta, k_base, v_base, lo, hi, offs_m, offs_d, offs_e, lk,
+                causal_offset, qk_scale, s_k_l, s_v_l, d_mask, e_mask, MASK: tl.constexpr,
                 CAUSAL: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr):  # fmt: skip
     """Add the key blocks [lo, hi) to dQ of one query block."""
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        kv_mask = d_mask
+        k_mask = d_mask
+        v_mask = e_mask
         if MASK:
-            kv_mask = kv_mask & (offs_n < lk)[:, None]
+            k_mask = k_mask & (offs_n < lk)[:, None]
+            v_mask = v_mask & (offs_n < lk)[:, None]
         kT = tl.load(
-            k_base + offs_n[None, :] * s_k_l + offs_d[:, None], mask=tl.trans(kv_mask), other=0.0
+            k_base + offs_n[None, :] * s_k_l + offs_d[:, None], mask=tl.trans(k_mask), other=0.0
         )
         vT = tl.load(
-            v_base + offs_n[None, :] * s_v_l + offs_d[:, None], mask=tl.trans(kv_mask), other=0.0
+            v_base + offs_n[None, :] * s_v_l + offs_e[:, None], mask=tl.trans(v_mask), other=0.0
         )
         s = tl.dot(q, kT, input_precision=DOT_PRECISION) * qk_scale
         p = tl.exp2(s - lse[:, None])
@@ -286,10 +302,10 @@ def _bwd_q_keys(dq, q, do, lse, delta, k_base, v_base, lo, hi, offs_m, offs_d, l
 @triton.jit
 def _attn_bwd_q(
     q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr,
-    nheads, kv_group, lq, lk, head_dim, causal_offset, qk_scale, scale,
+    nheads, kv_group, lq, lk, head_dim, v_dim, causal_offset, qk_scale, scale,
     s_q_b, s_q_h, s_q_l, s_k_b, s_k_h, s_k_l, s_v_b, s_v_h, s_v_l, s_do_b, s_do_h, s_do_l,
     CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D_PAD: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    E_PAD: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):  # fmt: skip
     m0 = tl.program_id(0) * BLOCK_M
     pid_bh = tl.program_id(1)
@@ -298,12 +314,14 @@ def _attn_bwd_q(
     kv_head = head // kv_group
     offs_m = m0 + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, D_PAD)
+    offs_e = tl.arange(0, E_PAD)
     d_mask = (offs_d < head_dim)[None, :]
-    q_mask = (offs_m < lq)[:, None] & d_mask
+    e_mask = (offs_e < v_dim)[None, :]
+    m_mask = (offs_m < lq)[:, None]
     q = tl.load(q_ptr + b * s_q_b + head * s_q_h + offs_m[:, None] * s_q_l + offs_d[None, :],
-                mask=q_mask, other=0.0)  # fmt: skip
-    do = tl.load(do_ptr + b * s_do_b + head * s_do_h + offs_m[:, None] * s_do_l + offs_d[None, :],
-                 mask=q_mask, other=0.0)  # fmt: skip
+                mask=m_mask & d_mask, other=0.0)  # fmt: skip
+    do = tl.load(do_ptr + b * s_do_b + head * s_do_h + offs_m[:, None] * s_do_l + offs_e[None, :],
+                 mask=m_mask & e_mask, other=0.0)  # fmt: skip
     lse = tl.load(lse_ptr + pid_bh.to(tl.int64) * lq + offs_m, mask=offs_m < lq, other=float("inf"))
     delta = tl.load(delta_ptr + pid_bh.to(tl.int64) * lq + offs_m, mask=offs_m < lq, other=0.0)
     k_base = k_ptr + b * s_k_b + kv_head * s_k_h
@@ -311,14 +329,14 @@ def _attn_bwd_q(
 
     dq = tl.zeros((BLOCK_M, D_PAD), dtype=tl.float32)
     full, hi = _key_ranges(m0, lk, causal_offset, CAUSAL, BLOCK_M, BLOCK_N)
-    dq = _bwd_q_keys(dq, q, do, lse, delta, k_base, v_base, 0, full, offs_m, offs_d, lk,
-                     causal_offset, qk_scale, s_k_l, s_v_l, d_mask, False, CAUSAL, BLOCK_N,
-                     DOT_PRECISION)  # fmt: skip
-    dq = _bwd_q_keys(dq, q, do, lse, delta, k_base, v_base, full, hi, offs_m, offs_d, lk,
-                     causal_offset, qk_scale, s_k_l, s_v_l, d_mask, True, CAUSAL, BLOCK_N,
-                     DOT_PRECISION)  # fmt: skip
+    dq = _bwd_q_keys(dq, q, do, lse, delta, k_base, v_base, 0, full, offs_m, offs_d, offs_e, lk,
+                     causal_offset, qk_scale, s_k_l, s_v_l, d_mask, e_mask, False, CAUSAL,
+                     BLOCK_N, DOT_PRECISION)  # fmt: skip
+    dq = _bwd_q_keys(dq, q, do, lse, delta, k_base, v_base, full, hi, offs_m, offs_d, offs_e, lk,
+                     causal_offset, qk_scale, s_k_l, s_v_l, d_mask, e_mask, True, CAUSAL,
+                     BLOCK_N, DOT_PRECISION)  # fmt: skip
     out_off = (pid_bh.to(tl.int64) * lq + offs_m[:, None]) * head_dim + offs_d[None, :]
-    tl.store(dq_ptr + out_off, (dq * scale).to(dq_ptr.dtype.element_ty), mask=q_mask)
+    tl.store(dq_ptr + out_off, (dq * scale).to(dq_ptr.dtype.element_ty), mask=m_mask & d_mask)
 
 
 # -- launch helpers -----------------------------------------------------------------------------
@@ -333,47 +351,49 @@ def _head_strides(t: torch.Tensor) -> tuple[int, int, int]:
 
 def _forward(q, k, v, causal: bool, scale: float):
     batch, nheads, lq, head_dim = q.shape
-    kv_heads, lk = k.shape[1], k.shape[2]
-    cfg = _pick(FORWARD, head_dim)
-    o = torch.empty((batch, nheads, lq, head_dim), device=q.device, dtype=q.dtype)
+    kv_heads, lk, v_dim = k.shape[1], k.shape[2], v.shape[3]
+    cfg = _pick(FORWARD, max(head_dim, v_dim), q.dtype)
+    o = torch.empty((batch, nheads, lq, v_dim), device=q.device, dtype=q.dtype)
     lse = torch.empty((batch, nheads, lq), device=q.device, dtype=torch.float32)
     grid = (triton.cdiv(lq, cfg.block_m), batch * nheads)
     _attn_fwd[grid](
-        q, k, v, o, lse, nheads, nheads // kv_heads, lq, lk, head_dim, lk - lq, scale * LOG2E,
-        *_head_strides(q), *_head_strides(k), *_head_strides(v),
+        q, k, v, o, lse, nheads, nheads // kv_heads, lq, lk, head_dim, v_dim, lk - lq,
+        scale * LOG2E, *_head_strides(q), *_head_strides(k), *_head_strides(v),
         CAUSAL=causal, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, D_PAD=next_pow2(head_dim),
-        DOT_PRECISION=_precision(q), num_warps=cfg.warps, num_stages=cfg.stages,
+        E_PAD=next_pow2(v_dim), DOT_PRECISION=_precision(q), num_warps=cfg.warps,
+        num_stages=cfg.stages,
     )  # fmt: skip
     return o, lse
 
 
 def _backward(do, q, k, v, o, lse, causal: bool, scale: float):
     batch, nheads, lq, head_dim = q.shape
-    kv_heads, lk = k.shape[1], k.shape[2]
-    d_pad = next_pow2(head_dim)
+    kv_heads, lk, v_dim = k.shape[1], k.shape[2], v.shape[3]
+    pads = {"D_PAD": next_pow2(head_dim), "E_PAD": next_pow2(v_dim)}
     precision = _precision(q)
+    widest = max(head_dim, v_dim)
     delta = torch.empty_like(lse)
     block = 16 if interpreting() else 64
     _bwd_delta[(triton.cdiv(lq, block), batch * nheads)](
-        o, do, delta, lq, head_dim, *_head_strides(do), nheads, BLOCK_M=block, D_PAD=d_pad
+        o, do, delta, lq, v_dim, *_head_strides(do), nheads, BLOCK_M=block, E_PAD=pads["E_PAD"]
     )
     dk = torch.empty((batch, kv_heads, lk, head_dim), device=q.device, dtype=k.dtype)
-    dv = torch.empty((batch, kv_heads, lk, head_dim), device=q.device, dtype=v.dtype)
-    cfg = _pick(BACKWARD_KV, head_dim)
+    dv = torch.empty((batch, kv_heads, lk, v_dim), device=q.device, dtype=v.dtype)
+    cfg = _pick(BACKWARD_KV, widest, q.dtype)
     _attn_bwd_kv[(triton.cdiv(lk, cfg.block_n), batch * kv_heads)](
         q, k, v, do, lse, delta, dk, dv,
-        nheads, kv_heads, nheads // kv_heads, lq, lk, head_dim, lk - lq, scale * LOG2E, scale,
-        *_head_strides(q), *_head_strides(k), *_head_strides(v), *_head_strides(do),
-        CAUSAL=causal, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, D_PAD=d_pad,
+        nheads, kv_heads, nheads // kv_heads, lq, lk, head_dim, v_dim, lk - lq, scale * LOG2E,
+        scale, *_head_strides(q), *_head_strides(k), *_head_strides(v), *_head_strides(do),
+        CAUSAL=causal, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, **pads,
         DOT_PRECISION=precision, num_warps=cfg.warps, num_stages=cfg.stages,
     )  # fmt: skip
     dq = torch.empty((batch, nheads, lq, head_dim), device=q.device, dtype=q.dtype)
-    cfg = _pick(BACKWARD_Q, head_dim)
+    cfg = _pick(BACKWARD_Q, widest, q.dtype)
     _attn_bwd_q[(triton.cdiv(lq, cfg.block_m), batch * nheads)](
         q, k, v, do, lse, delta, dq,
-        nheads, nheads // kv_heads, lq, lk, head_dim, lk - lq, scale * LOG2E, scale,
+        nheads, nheads // kv_heads, lq, lk, head_dim, v_dim, lk - lq, scale * LOG2E, scale,
         *_head_strides(q), *_head_strides(k), *_head_strides(v), *_head_strides(do),
-        CAUSAL=causal, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, D_PAD=d_pad,
+        CAUSAL=causal, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, **pads,
         DOT_PRECISION=precision, num_warps=cfg.warps, num_stages=cfg.stages,
     )  # fmt: skip
     return dq, dk, dv
@@ -407,7 +427,10 @@ def attention(
     causal: bool = False,
     scale: float | None = None,
 ) -> torch.Tensor:
-    """Triton flash attention; see the module docstring. Returns o (b, h, lq, d)."""
+    """Triton flash attention; see the module docstring. v may have its own head dim e.
+
+    Returns o (b, h, lq, e).
+    """
     tensors = {"q": q, "k": k, "v": v}
     check_device(OP, tensors)
     check_float(OP, tensors)
@@ -416,14 +439,17 @@ def attention(
     batch, nheads, _, head_dim = q.shape
     kv_heads, lk = k.shape[1], k.shape[2]
     check_shape(OP, "k", k, (batch, kv_heads, lk, head_dim))
-    check_shape(OP, "v", v, (batch, kv_heads, lk, head_dim))
+    check_rank(OP, "v", v, (4,), "(batch, kv_heads, length, v_dim)")
+    check_shape(OP, "v", v, (batch, kv_heads, lk, v.shape[3]))
     if kv_heads == 0 or nheads % kv_heads:
         raise ValueError(
             f"{OP} (triton): q has {nheads} heads, not a multiple of k's {kv_heads} heads"
         )
     if not q.dtype == k.dtype == v.dtype:
         raise TypeError(f"{OP} (triton): q, k, v have dtypes {q.dtype}, {k.dtype}, {v.dtype}")
-    if head_dim > 256:
-        raise ValueError(f"{OP} (triton): head_dim is {head_dim}; expected at most 256")
+    if max(head_dim, v.shape[3]) > 256:
+        raise ValueError(
+            f"{OP} (triton): head dims are {head_dim} (q, k) and {v.shape[3]} (v); expected at most 256"
+        )
     scale = head_dim**-0.5 if scale is None else float(scale)
     return _AttentionFn.apply(q, k, v, bool(causal), scale)

@@ -1,0 +1,199 @@
+"""Triton selective scan and state update against the reference, forward and every gradient.
+
+Without CUDA the kernels run interpreted at tiny sizes (several chunks, a ragged last one); the
+tests marked ``gpu`` run them compiled at realistic and odd sizes, in fp32 and bf16.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mambaverse.kernels.selective_scan import selective_scan as public_selective_scan
+from mambaverse.kernels.selective_scan import reference
+from mambaverse.kernels.selective_scan import triton as kernels
+from tests.kernels.triton_helpers import (
+    DEVICE,
+    gpu,
+    grads,
+    leaves,
+    rel_err,
+    report,
+    run_interpreted,
+    tiny,
+)
+
+NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
+TOL = {torch.float32: 1e-4, torch.bfloat16: 1e-2, torch.float16: 5e-3}
+
+
+def make_inputs(batch, dim, dstate, length, groups=None, gate=True, device=DEVICE, seed=0):
+    """Mamba-like inputs: small step sizes after softplus, A < 0, unit-scale B, C, u."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def randn(*shape, scale=1.0, shift=0.0):
+        return (torch.randn(*shape, generator=gen) * scale + shift).to(device)
+
+    bc = (batch, dstate, length) if groups is None else (batch, groups, dstate, length)
+    return {
+        "u": randn(batch, dim, length),
+        "delta": randn(batch, dim, length, scale=0.5, shift=-1.5),
+        "A": -(torch.rand(dim, dstate, generator=gen) * 3 + 0.2).to(device),
+        "B": randn(*bc),
+        "C": randn(*bc),
+        "D": randn(dim),
+        "z": randn(batch, dim, length) if gate else None,
+        "delta_bias": randn(dim, scale=0.3),
+    }
+
+
+def check(inputs, dtype, softplus=True, tol=None, label=""):
+    """Triton in ``dtype`` against the reference in float64 on the same (rounded) inputs."""
+    tol = tol or TOL[dtype]
+    params = ("A", "D", "delta_bias")  # kept in fp32 as a model keeps them
+    ours = leaves(inputs, dtype, params)
+    ref = leaves(inputs, dtype, params, float64=True)
+    args = [ours[k] for k in NAMES]
+    ref_args = [ref[k] for k in NAMES]
+
+    y, last = kernels.selective_scan(*args, delta_softplus=softplus, return_last_state=True)
+    y_ref, last_ref = reference.selective_scan(
+        *ref_args, delta_softplus=softplus, return_last_state=True
+    )
+    assert y.dtype == dtype and last.dtype == torch.float32
+    errors = {"y": rel_err(y, y_ref), "last_state": rel_err(last, last_ref)}
+
+    weight = torch.randn(y_ref.shape, dtype=torch.float64, device=y.device)
+    g = grads(lambda *a: kernels.selective_scan(*a, delta_softplus=softplus), args, [weight])
+    g_ref = grads(
+        lambda *a: reference.selective_scan(*a, delta_softplus=softplus), ref_args, [weight]
+    )
+    wanted = [k for k in NAMES if ours[k] is not None]
+    for name, a, b in zip(wanted, g, g_ref):
+        assert a.dtype == ours[name].dtype, name
+        errors[f"d{name}"] = rel_err(a, b)
+    report(label or f"selective_scan {dtype}", errors, tol)
+
+
+# -- tiny cases: interpreted on CPU (through test_interpreted), compiled on CUDA ---------------------
+def test_interpreted():
+    run_interpreted(__file__)
+
+
+@tiny
+def test_matches_reference_with_every_input():
+    # 19 steps in chunks of 8: two full chunks and a ragged one; dstate not a power of 2.
+    check(make_inputs(1, 4, 3, 19), torch.float32, label="cpu plain")
+
+
+@tiny
+def test_grouped_B_C_without_gate_or_softplus():
+    check(
+        make_inputs(1, 8, 4, 13, groups=2, gate=False),
+        torch.float32,
+        softplus=False,
+        label="cpu grouped",
+    )
+
+
+@tiny
+def test_bfloat16_inputs_keep_fp32_state():
+    check(make_inputs(1, 2, 4, 9), torch.bfloat16, label="cpu bf16")
+
+
+@tiny
+def test_public_op_dispatches_to_triton():
+    x = make_inputs(1, 4, 4, 9)
+    args = [x[k] for k in NAMES]
+    y = public_selective_scan(*args, delta_softplus=True, impl="triton")
+    y_ref = reference.selective_scan(
+        *[None if t is None else t.double() for t in args], delta_softplus=True
+    )
+    assert rel_err(y, y_ref) < 1e-5
+
+
+@tiny
+@pytest.mark.parametrize("groups", [None, 2])
+def test_state_update_matches_reference(groups):
+    gen = torch.Generator().manual_seed(1)
+    batch, dim, dstate = 2, 6, 5
+    bc = (batch, dstate) if groups is None else (batch, groups, dstate)
+    t = {
+        "state": torch.randn(batch, dim, dstate, generator=gen),
+        "x": torch.randn(batch, dim, generator=gen),
+        "dt": torch.randn(batch, dim, generator=gen),
+        "A": -torch.rand(dim, dstate, generator=gen),
+        "B": torch.randn(*bc, generator=gen),
+        "C": torch.randn(*bc, generator=gen),
+        "D": torch.randn(dim, generator=gen),
+        "z": torch.randn(batch, dim, generator=gen),
+        "dt_bias": torch.randn(dim, generator=gen),
+    }
+    t = {k: v.to(DEVICE) for k, v in t.items()}
+    state_ref = t["state"].double().clone()
+    rest = {k: v for k, v in t.items() if k != "state"}
+    y = kernels.selective_state_update(t["state"], **rest, dt_softplus=True)
+    y_ref = reference.selective_state_update(
+        state_ref, **{k: v.double() for k, v in rest.items()}, dt_softplus=True
+    )
+    assert rel_err(y, y_ref) < 1e-5 and rel_err(t["state"], state_ref) < 1e-5
+
+
+@tiny
+def test_errors_name_the_problem():
+    x = make_inputs(1, 4, 4, 9)
+    args = [x[k] for k in NAMES]
+    with pytest.raises(ValueError, match=r"delta has shape \(1, 4, 8\); expected \(1, 4, 9\)"):
+        kernels.selective_scan(args[0], args[1][..., :8], *args[2:])
+    with pytest.raises(TypeError, match="float64"):
+        kernels.selective_scan(args[0].double(), *args[1:])
+    with pytest.raises(RuntimeError, match="no_grad"):
+        state = torch.zeros(1, 4, 4, device=DEVICE)
+        kernels.selective_state_update(
+            state,
+            x["u"][..., 0].requires_grad_(),
+            x["delta"][..., 0],
+            x["A"],
+            x["B"][..., 0],
+            x["C"][..., 0],
+        )
+
+
+# -- GPU: compiled, realistic and odd shapes ----------------------------------------------------------
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(
+    "shape",
+    [
+        (2, 1536, 16, 2048, None),  # Mamba-130m block
+        (3, 200, 16, 1000, None),  # ragged everything
+        (2, 96, 13, 777, 3),  # odd dstate, grouped B/C
+        (1, 64, 16, 4099, None),  # long, one step past a multiple of the chunk
+    ],
+)
+def test_gpu_matches_reference(shape, dtype):
+    batch, dim, dstate, length, groups = shape
+    check(make_inputs(batch, dim, dstate, length, groups, seed=hash(shape) % 1000), dtype,
+          label=f"gpu selective_scan {shape} {dtype}")  # fmt: skip
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_state_update_steps_reproduce_the_scan():
+    batch, dim, dstate, length = 2, 256, 16, 64
+    x = make_inputs(batch, dim, dstate, length, groups=2)
+    y_scan, last = kernels.selective_scan(
+        *[x[k] for k in NAMES], delta_softplus=True, return_last_state=True
+    )
+    state = torch.zeros(batch, dim, dstate, device="cuda")
+    ys = []
+    for t in range(length):
+        ys.append(
+            kernels.selective_state_update(
+                state, x["u"][..., t], x["delta"][..., t], x["A"], x["B"][..., t], x["C"][..., t],
+                D=x["D"], z=x["z"][..., t], dt_bias=x["delta_bias"], dt_softplus=True,
+            )
+        )  # fmt: skip
+    errors = {"y": rel_err(torch.stack(ys, -1), y_scan), "state": rel_err(state, last)}
+    report("gpu selective_state_update steps vs scan", errors, 1e-5)

@@ -1,0 +1,191 @@
+"""Triton SSD chunked scan and state update against the reference, forward and every gradient.
+
+Without CUDA the kernels run interpreted at tiny sizes (lengths that are not a multiple of the
+chunk); the tests marked ``gpu`` run them compiled at Mamba-2 sizes and odd ones, fp32 and bf16.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mambaverse.kernels.ssd_scan import ssd_scan as public_ssd_scan
+from mambaverse.kernels.ssd_scan import reference
+from mambaverse.kernels.ssd_scan import triton as kernels
+from tests.kernels.triton_helpers import (
+    DEVICE,
+    gpu,
+    grads,
+    leaves,
+    rel_err,
+    report,
+    run_interpreted,
+    tiny,
+)
+
+NAMES = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_states")
+TOL = {torch.float32: 1e-4, torch.bfloat16: 1e-2}
+
+
+def make_inputs(batch, length, heads, headdim, dstate, groups, D_per_channel=False, gate=True,
+                initial=True, device=DEVICE, seed=0):  # fmt: skip
+    """Mamba-2-like inputs: softplus step sizes around 0.1, A < 0 per head."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def randn(*shape, scale=1.0, shift=0.0):
+        return (torch.randn(*shape, generator=gen) * scale + shift).to(device)
+
+    return {
+        "x": randn(batch, length, heads, headdim),
+        "dt": randn(batch, length, heads, scale=0.5, shift=-2.0),
+        "A": -(torch.rand(heads, generator=gen) * 4 + 0.5).to(device),
+        "B": randn(batch, length, groups, dstate),
+        "C": randn(batch, length, groups, dstate),
+        "D": randn(heads, headdim) if D_per_channel else randn(heads),
+        "z": randn(batch, length, heads, headdim) if gate else None,
+        "dt_bias": randn(heads, scale=0.3),
+        "initial_states": randn(batch, heads, headdim, dstate) if initial else None,
+    }
+
+
+def check(inputs, dtype, chunk_size, tol=None, label=""):
+    """Triton in ``dtype`` against the reference in float64 on the same (rounded) inputs."""
+    tol = tol or TOL[dtype]
+    params = ("A", "D", "dt_bias", "initial_states")  # kept in fp32 as a model keeps them
+    ours = leaves(inputs, dtype, params)
+    ref = leaves(inputs, dtype, params, float64=True)
+
+    def run(module, values):
+        args = [values[k] for k in NAMES]
+
+        def call(*a):
+            x, dt, A, B, C, D, z, dt_bias, init = a
+            return module.ssd_scan(x, dt, A, B, C, chunk_size, D=D, z=z, dt_bias=dt_bias,
+                                   dt_softplus=True, initial_states=init, return_final_states=True)  # fmt: skip
+
+        return call, args
+
+    call, args = run(kernels, ours)
+    call_ref, ref_args = run(reference, ref)
+    y, final = call(*args)
+    y_ref, final_ref = call_ref(*ref_args)
+    assert y.dtype == dtype and final.dtype == torch.float32
+    errors = {"y": rel_err(y, y_ref), "final_states": rel_err(final, final_ref)}
+    weights = [
+        torch.randn(t.shape, dtype=torch.float64, device=t.device) for t in (y_ref, final_ref)
+    ]
+    g, g_ref = grads(call, args, weights), grads(call_ref, ref_args, weights)
+    wanted = [k for k in NAMES if ours[k] is not None]
+    for name, a, b in zip(wanted, g, g_ref):
+        assert a.dtype == ours[name].dtype, name
+        errors[f"d{name}"] = rel_err(a, b)
+    report(label or f"ssd_scan {dtype}", errors, tol)
+
+
+# -- tiny cases: interpreted on CPU (through test_interpreted), compiled on CUDA ---------------------
+def test_interpreted():
+    run_interpreted(__file__)
+
+
+@tiny
+def test_matches_reference_with_every_input():
+    # 37 steps in chunks of 16: a ragged last chunk; 2 groups of 2 heads; odd headdim and dstate.
+    check(make_inputs(1, 37, 4, 6, 5, groups=2), torch.float32, chunk_size=16, label="cpu grouped")
+
+
+@tiny
+def test_per_channel_D_no_gate_no_initial_state():
+    inputs = make_inputs(1, 21, 2, 4, 4, groups=1, D_per_channel=True, gate=False, initial=False)
+    check(inputs, torch.float32, chunk_size=8, label="cpu plain")
+
+
+@tiny
+def test_public_op_dispatches_to_triton():
+    x = make_inputs(1, 20, 2, 4, 4, groups=1)
+    args = [x[k] for k in ("x", "dt", "A", "B", "C")]
+    y = public_ssd_scan(*args, 16, D=x["D"], dt_softplus=True, impl="triton")
+    y_ref = reference.ssd_scan(*[t.double() for t in args], 16, D=x["D"].double(), dt_softplus=True)
+    assert rel_err(y, y_ref) < 1e-5
+
+
+@tiny
+@pytest.mark.parametrize("D_per_channel", [False, True])
+def test_state_update_matches_reference(D_per_channel):
+    gen = torch.Generator().manual_seed(2)
+    batch, heads, headdim, dstate, groups = 2, 4, 6, 5, 2
+    t = {
+        "state": torch.randn(batch, heads, headdim, dstate, generator=gen),
+        "x": torch.randn(batch, heads, headdim, generator=gen),
+        "dt": torch.randn(batch, heads, generator=gen),
+        "A": -torch.rand(heads, generator=gen),
+        "B": torch.randn(batch, groups, dstate, generator=gen),
+        "C": torch.randn(batch, groups, dstate, generator=gen),
+        "D": torch.randn(heads, headdim, generator=gen)
+        if D_per_channel
+        else torch.randn(heads, generator=gen),
+        "z": torch.randn(batch, heads, headdim, generator=gen),
+        "dt_bias": torch.randn(heads, generator=gen),
+    }
+    t = {k: v.to(DEVICE) for k, v in t.items()}
+    state_ref = t["state"].double().clone()
+    rest = {k: v for k, v in t.items() if k != "state"}
+    y = kernels.ssd_state_update(t["state"], **rest, dt_softplus=True)
+    y_ref = reference.ssd_state_update(
+        state_ref, **{k: v.double() for k, v in rest.items()}, dt_softplus=True
+    )
+    assert rel_err(y, y_ref) < 1e-5 and rel_err(t["state"], state_ref) < 1e-5
+
+
+@tiny
+def test_errors_name_the_problem():
+    x = make_inputs(1, 8, 2, 4, 4, groups=1)
+    args = [x[k] for k in ("x", "dt", "A", "B", "C")]
+    with pytest.raises(ValueError, match=r"dt has shape \(1, 7, 2\); expected \(1, 8, 2\)"):
+        kernels.ssd_scan(args[0], args[1][:, :7], *args[2:], 4)
+    with pytest.raises(ValueError, match="groups, which do not divide 2 heads"):
+        kernels.ssd_scan(*args[:3], args[3].repeat(1, 1, 3, 1), args[4].repeat(1, 1, 3, 1), 4)
+
+
+# -- GPU: compiled, realistic and odd shapes ----------------------------------------------------------
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(
+    "shape",
+    [
+        (2, 2048, 24, 64, 128, 1, 256),  # Mamba-2 130m block
+        (1, 1000, 8, 64, 128, 2, 256),  # ragged last chunk, two groups
+        (2, 333, 6, 48, 40, 3, 64),  # odd headdim and dstate, small chunks
+    ],
+)
+def test_gpu_matches_reference(shape, dtype):
+    batch, length, heads, headdim, dstate, groups, chunk = shape
+    inputs = make_inputs(batch, length, heads, headdim, dstate, groups, D_per_channel=headdim == 48)
+    check(inputs, dtype, chunk, label=f"gpu ssd_scan {shape} {dtype}")
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_state_update_steps_reproduce_the_scan():
+    batch, length, heads, headdim, dstate, groups = 2, 40, 4, 64, 128, 2
+    x = make_inputs(batch, length, heads, headdim, dstate, groups, initial=False)
+    y_scan, final = kernels.ssd_scan(x["x"], x["dt"], x["A"], x["B"], x["C"], 16, D=x["D"], z=x["z"],
+                                     dt_bias=x["dt_bias"], dt_softplus=True, return_final_states=True)  # fmt: skip
+    state = torch.zeros(batch, heads, headdim, dstate, device="cuda")
+    ys = [
+        kernels.ssd_state_update(
+            state,
+            x["x"][:, t],
+            x["dt"][:, t],
+            x["A"],
+            x["B"][:, t],
+            x["C"][:, t],
+            D=x["D"],
+            z=x["z"][:, t],
+            dt_bias=x["dt_bias"],
+            dt_softplus=True,
+        )
+        for t in range(length)
+    ]
+    errors = {"y": rel_err(torch.stack(ys, 1), y_scan), "state": rel_err(state, final)}
+    report("gpu ssd_state_update steps vs scan", errors, 1e-5)
