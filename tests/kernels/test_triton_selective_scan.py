@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mambaverse.kernels.selective_scan import selective_scan as public_selective_scan
 from mambaverse.kernels.selective_scan import reference
+from mambaverse.kernels.selective_scan import selective_scan as public_selective_scan
 from mambaverse.kernels.selective_scan import triton as kernels
 from tests.kernels.triton_helpers import (
     DEVICE,

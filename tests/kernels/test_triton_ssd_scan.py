@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mambaverse.kernels.ssd_scan import ssd_scan as public_ssd_scan
 from mambaverse.kernels.ssd_scan import reference
+from mambaverse.kernels.ssd_scan import ssd_scan as public_ssd_scan
 from mambaverse.kernels.ssd_scan import triton as kernels
 from tests.kernels.triton_helpers import (
     DEVICE,
