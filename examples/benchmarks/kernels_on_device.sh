@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# One device call: install, check every Triton kernel on the GPU, compile in parallel, time.
+# Usage (repository root, on the GPU machine): OUT=dir STAGES="test tune bench" bash this-file
+# Stages: test (pytest -m gpu), tune (examples/benchmarks/tune_kernels.py), bench
+# (mambaverse bench kernels). Logs go to $OUT; every stage has its own time limit.
+set -u
+OUT=${OUT:-runs/device}
+STAGES=${STAGES:-"test tune bench"}
+WORKERS=${WORKERS:-12}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-/tmp/triton-cache}
+has() { [[ " $STAGES " == *" $1 "* ]]; }
+
+python3 -m pip install --no-deps --no-build-isolation -e . -q >"$OUT/setup.log" 2>&1
+python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())" | tee -a "$OUT/setup.log"
+
+# Compile in parallel first: the tuning jobs (Triton's cache is shared) beside the GPU tests.
+if has tune; then
+  for i in $(seq 0 $((WORKERS - 1))); do
+    timeout 270 python3 examples/benchmarks/tune_kernels.py --compile-only --worker "$i" --workers "$WORKERS" \
+      >"/tmp/compile_$i.log" 2>&1 &
+  done
+fi
+if has test; then
+  timeout 270 python3 -m pytest -m gpu tests/kernels/test_triton_selective_scan.py \
+    tests/kernels/test_triton_ssd_scan.py tests/kernels/test_triton_attention.py \
+    -n 6 -q -s -p no:cacheprovider -rf >"$OUT/pytest_gpu.log" 2>&1
+  echo "pytest -m gpu: exit $?"; grep -E "passed|failed" "$OUT/pytest_gpu.log" | tail -3
+fi
+wait
+if has tune; then
+  cat /tmp/compile_*.log | grep -v "^$" >"$OUT/compile.log"
+  grep -c FAILED "$OUT/compile.log"
+  timeout 200 python3 examples/benchmarks/tune_kernels.py --out "$OUT" >"$OUT/tune.log" 2>&1
+  echo "tune: exit $?"
+fi
+if has bench; then
+  timeout 240 python3 -m mambaverse bench kernels --out "$OUT" >"$OUT/bench.log" 2>&1
+  echo "bench: exit $?"; tail -70 "$OUT/bench.log"
+fi
