@@ -17,7 +17,9 @@ from .._inputs import compute_dtype
 
 def causal_mask(queries: int, keys: int, device: torch.device | str | None = None) -> torch.Tensor:
     """(l, s) bool, True where query r may see key c: c <= r + (s - l) (aligned to the end)."""
-    return torch.ones(queries, keys, dtype=torch.bool, device=device).tril(keys - queries)
+    query = torch.arange(queries, device=device)[:, None]
+    key = torch.arange(keys, device=device)[None, :]
+    return key <= query + (keys - queries)
 
 
 def attention(

@@ -74,7 +74,8 @@ def ssd_scan(
 
         # within the chunk: y_t = Σ_{τ<=t} exp(s_t - s_τ) (C_t·B_τ) dt_τ x_τ
         steps_here = x_c.shape[-2]
-        causal = torch.ones(steps_here, steps_here, dtype=torch.bool, device=x.device).tril()
+        step_index = torch.arange(steps_here, device=x.device)
+        causal = step_index[:, None] >= step_index[None, :]  # τ <= t
         gaps = log_decay[..., :, None] - log_decay[..., None, :]  # s_t - s_τ: (..., T, T)
         decay = torch.exp(gaps.masked_fill(~causal, float("-inf")))
         scores = (C_c @ B_c.transpose(-1, -2)) * decay * dt_c[..., None, :]

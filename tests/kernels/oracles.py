@@ -2,7 +2,7 @@
 
 The one place in the project where a loop over every time step is allowed. Written from the
 formulas alone, sharing no code with the kernels, so that a test comparing the two can fail.
-Other test files import them (``from oracles import ...``: pytest puts this folder on the path).
+Other test files import them: ``from tests.kernels.oracles import selective_scan_oracle``.
 """
 
 from __future__ import annotations
@@ -10,6 +10,12 @@ from __future__ import annotations
 import torch
 
 F64 = torch.float64
+
+
+def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """‖out - ref‖ / ‖ref‖, in float64."""
+    out, ref = out.detach().to(F64), ref.detach().to(F64)
+    return ((out - ref).norm() / ref.norm()).item()
 
 
 def softplus(x: torch.Tensor) -> torch.Tensor:
