@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "mambaverse.cli_catalogue:kernels_command",
         "list kernel implementations and which one runs here",
     ),
+    "train": ("mambaverse.train.command:train_command", "fine-tune a model (accelerate loop)"),
     "bench": (
         "mambaverse.bench:bench_command",
         "benchmark suites: kernels, scaling, vision, generation, synthetic",

@@ -1,0 +1,166 @@
+"""Token datasets for language models: token files, and the Mamba paper's synthetic tasks.
+
+Every item is ``{"input_ids": (L,), "labels": (L,)}`` with ``labels[t]`` the token to predict after
+reading ``input_ids[: t + 1]`` (or -100 where nothing is asked).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import Field
+from torch.utils.data import Dataset
+
+from ...errors import ConfigError
+from .base import IGNORE_INDEX, DatasetOptions, Splits
+
+
+# -- token files --------------------------------------------------------------------------------
+class TokenFileOptions(DatasetOptions):
+    """A token file: ``.npy`` (1-D integer array), ``.bin`` (raw integers of ``bin_dtype``), or any
+    other file read as bytes (vocabulary 256). The last ``test_fraction`` of it is the test split;
+    both splits are cut into non-overlapping windows of ``seq_len`` + 1 tokens."""
+
+    path: str
+    seq_len: int = Field(256, ge=1)
+    test_fraction: float = Field(0.1, gt=0, lt=1)
+    bin_dtype: Literal["uint8", "uint16", "int32", "int64"] = "uint16"
+    vocab_size: int | None = Field(None, gt=0, description="null: 256 for bytes, else max id + 1")
+
+
+def read_tokens(options: TokenFileOptions) -> tuple[np.ndarray, int]:
+    path = Path(options.path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"data.path: token file {str(path)!r} does not exist")
+    if path.suffix == ".npy":
+        tokens = np.load(path, mmap_mode="r", allow_pickle=False)
+        if tokens.ndim != 1 or tokens.dtype.kind not in "iu":
+            raise ConfigError(
+                f"{path}: expected a 1-D integer array, got {tokens.ndim}-D {tokens.dtype}"
+            )
+    elif path.suffix == ".bin":
+        tokens = np.memmap(path, dtype=options.bin_dtype, mode="r")
+    else:
+        return np.frombuffer(path.read_bytes(), dtype=np.uint8), options.vocab_size or 256
+    vocab_size = options.vocab_size or int(tokens.max()) + 1
+    return tokens, vocab_size
+
+
+class TokenWindows(Dataset):
+    """Window i = tokens[i·L : i·L + L + 1], as inputs [:-1] and next-token labels [1:]."""
+
+    def __init__(self, tokens: np.ndarray, seq_len: int) -> None:
+        self.tokens, self.seq_len = tokens, seq_len
+
+    def __len__(self) -> int:
+        return max(0, (len(self.tokens) - 1) // self.seq_len)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        start = index * self.seq_len
+        window = torch.from_numpy(np.array(self.tokens[start : start + self.seq_len + 1], np.int64))
+        return {"input_ids": window[:-1], "labels": window[1:]}
+
+
+def build_token_file(options: TokenFileOptions) -> Splits:
+    tokens, vocab_size = read_tokens(options)
+    cut = int(len(tokens) * (1 - options.test_fraction))
+    train = TokenWindows(tokens[:cut], options.seq_len)
+    test = TokenWindows(tokens[cut:], options.seq_len)
+    if len(train) == 0 or len(test) == 0:
+        raise ConfigError(
+            f"data: {options.path} has {len(tokens)} tokens, too few for windows of "
+            f"seq_len={options.seq_len} in both splits; lower data.seq_len"
+        )
+    return Splits(train, test, {"vocab_size": vocab_size})
+
+
+# -- synthetic tasks (Mamba paper, section 3.1 / 4.1) --------------------------------------------
+class SyntheticOptions(DatasetOptions):
+    train_samples: int = Field(8192, ge=1)
+    test_samples: int = Field(1024, ge=1)
+    vocab_size: int = Field(16, ge=4, description="including the task's special tokens")
+    data_seed: int = 0
+
+
+Sampler = Callable[[np.random.Generator, Any], tuple[np.ndarray, np.ndarray]]
+
+
+class SyntheticTask(Dataset):
+    """Samples drawn from a generator seeded by (data_seed, split, index): fixed, and the same on
+    every process, so the splits are ordinary finite datasets."""
+
+    def __init__(self, sample: Sampler, options: SyntheticOptions, split: int, size: int) -> None:
+        self.sample, self.options, self.split, self.size = sample, options, split, size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        rng = np.random.default_rng([self.options.data_seed, self.split, index])
+        input_ids, labels = self.sample(rng, self.options)
+        return {"input_ids": torch.from_numpy(input_ids), "labels": torch.from_numpy(labels)}
+
+
+NOISE, RECALL = 0, 1  # selective copying's special tokens; data tokens are 2 .. vocab_size - 1
+
+
+class SelectiveCopyingOptions(SyntheticOptions):
+    """Selective copying: ``num_tokens`` data tokens scattered among noise in a context of
+    ``seq_len``; after it, ``num_tokens`` recall markers, at which the data tokens must be
+    produced in order. The paper's setting: seq_len 4096, 16 tokens, vocabulary 16."""
+
+    seq_len: int = Field(4096, ge=1)
+    num_tokens: int = Field(16, ge=1)
+
+
+def selective_copying_sample(
+    rng: np.random.Generator, options: SelectiveCopyingOptions
+) -> tuple[np.ndarray, np.ndarray]:
+    context, k = options.seq_len, options.num_tokens
+    data = rng.integers(RECALL + 1, options.vocab_size, size=k)
+    positions = np.sort(rng.choice(context, size=k, replace=False))
+    input_ids = np.full(context + k, NOISE, dtype=np.int64)
+    input_ids[positions] = data
+    input_ids[context:] = RECALL
+    labels = np.full(context + k, IGNORE_INDEX, dtype=np.int64)
+    labels[context:] = data  # at the i-th recall marker, answer the i-th data token
+    return input_ids, labels
+
+
+class InductionHeadsOptions(SyntheticOptions):
+    """Induction heads: random tokens with a trigger token placed once, followed by a value; the
+    sequence ends with the trigger again, where the value must be recalled. The paper trains at
+    seq_len 256 with vocabulary 16."""
+
+    seq_len: int = Field(256, ge=4)
+
+
+TRIGGER = 0  # induction heads' special token; the others are 1 .. vocab_size - 1
+
+
+def induction_heads_sample(
+    rng: np.random.Generator, options: InductionHeadsOptions
+) -> tuple[np.ndarray, np.ndarray]:
+    length = options.seq_len
+    input_ids = rng.integers(TRIGGER + 1, options.vocab_size, size=length).astype(np.int64)
+    where = rng.integers(0, length - 2)  # trigger at `where`, its value at `where + 1`
+    input_ids[where] = TRIGGER
+    input_ids[-1] = TRIGGER
+    labels = np.full(length, IGNORE_INDEX, dtype=np.int64)
+    labels[-1] = input_ids[where + 1]
+    return input_ids, labels
+
+
+def synthetic_builder(sample: Sampler) -> Callable[[SyntheticOptions], Splits]:
+    def build(options: SyntheticOptions) -> Splits:
+        return Splits(
+            train=SyntheticTask(sample, options, 0, options.train_samples),
+            test=SyntheticTask(sample, options, 1, options.test_samples),
+            model_defaults={"vocab_size": options.vocab_size},
+        )
+
+    return build

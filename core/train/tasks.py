@@ -1,0 +1,75 @@
+"""One function per model task turns a batch into what it costs: ``TASKS[task](model, batch)``.
+
+Every task ends in the same scoring: cross-entropy of the model's logits against ``labels``
+(ignoring positions labelled -100), kept per sample so that evaluation can be gathered across
+processes and summed exactly. A new task (or a model with another calling convention) adds one
+entry to :data:`TASKS`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .data import IGNORE_INDEX
+
+
+@dataclass
+class Outcome:
+    """Per-sample sums over the labelled positions of a batch of B samples."""
+
+    loss_sum: Tensor  # (B,) summed cross-entropy
+    correct: Tensor  # (B,) positions where the arg-max is the label
+    count: Tensor  # (B,) labelled positions
+
+    def mean_loss(self) -> Tensor:
+        """The batch's loss: mean cross-entropy over all its labelled positions."""
+        return self.loss_sum.sum() / self.count.sum().clamp_min(1)
+
+
+def score(logits: Tensor, labels: Tensor) -> Outcome:
+    """logits (B, ..., V) and labels (B, ...) -> per-sample loss sum, hits and label count."""
+    batch, vocab = logits.shape[0], logits.shape[-1]
+    logits = logits.reshape(batch, -1, vocab).float()  # (B, T, V); fp32 for a stable softmax
+    labels = labels.reshape(batch, -1)  # (B, T)
+    if logits.shape[1] != labels.shape[1]:
+        raise ValueError(
+            f"model output has {logits.shape[1]} positions per sample, labels have {labels.shape[1]}"
+        )
+    labelled = labels != IGNORE_INDEX
+    nll = F.cross_entropy(
+        logits.transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="none"
+    )  # (B, T), 0 where ignored
+    hits = (logits.argmax(-1) == labels) & labelled
+    return Outcome(nll.sum(1), hits.sum(1), labelled.sum(1))
+
+
+def classify(model: nn.Module, batch: dict[str, Tensor]) -> Outcome:
+    """vision: images (B, C, H, W) -> logits (B, classes); labels (B,)."""
+    return score(model(batch["images"]), batch["labels"])
+
+
+def next_token(model: nn.Module, batch: dict[str, Tensor]) -> Outcome:
+    """lm: input_ids (B, L) -> logits (B, L, V); labels (B, L) are the next tokens."""
+    return score(model(batch["input_ids"]), batch["labels"])
+
+
+def caption(model: nn.Module, batch: dict[str, Tensor]) -> Outcome:
+    """vlm: images (B, C, H, W) and caption input_ids (B, L) -> logits (B, L, V) over the caption."""
+    return score(model(batch["images"], batch["input_ids"]), batch["labels"])
+
+
+TASKS: dict[str, Callable[[nn.Module, dict[str, Tensor]], Outcome]] = {
+    "vision": classify,
+    "lm": next_token,
+    "vlm": caption,
+}
+
+
+def zero_outcome(device: torch.device) -> Outcome:
+    empty = torch.zeros(0, device=device)
+    return Outcome(empty, empty, empty)

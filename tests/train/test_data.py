@@ -1,0 +1,190 @@
+"""Datasets: fixed splits, labels aligned with what the model must predict, and the readers."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from sklearn.datasets import load_digits
+
+from mambaverse.errors import ConfigError
+from mambaverse.train.config import DataSection
+from mambaverse.train.data import IGNORE_INDEX, build_dataset
+from mambaverse.train.data.images import END_OF_TEXT, encode_caption
+from mambaverse.train.data.tokens import NOISE, RECALL, TRIGGER
+
+
+def build(task: str, **options):
+    return build_dataset(DataSection(**options), task, "test")
+
+
+def stack(dataset, key):
+    return torch.stack([dataset[i][key] for i in range(len(dataset))])
+
+
+def test_digits_split_is_fixed_stratified_and_normalised_on_train():
+    splits = build("vision", name="digits", img_size=8)
+    assert (len(splits.train), len(splits.test)) == (1437, 360)
+    assert torch.equal(
+        stack(splits.test, "images"),
+        stack(build("vision", name="digits", img_size=8).test, "images"),
+    )
+    counts = torch.bincount(stack(splits.test, "labels"), minlength=10)
+    assert counts.min() >= 35 and counts.max() <= 37  # 20% of each class's ~180
+    train, test = stack(splits.train, "images"), stack(splits.test, "images")
+    assert train.mean().abs() < 1e-5 and (train.std() - 1).abs() < 1e-4
+    # Undo the one affine map (pixels 0 and 16 both occur): every image, with its label, is one
+    # of scikit-learn's digits, and each digit is in exactly one split.
+    everything = torch.cat([train, test]).flatten(1)
+    low, high = everything.min(), everything.max()
+    recovered = ((everything - low) / (high - low) * 16).round().to(torch.int64)
+    labels = torch.cat([stack(splits.train, "labels"), stack(splits.test, "labels")])
+    digits = load_digits()
+    expected = sorted(
+        zip(map(tuple, digits.images.reshape(-1, 64).astype(int).tolist()), digits.target.tolist())
+    )
+    assert sorted(zip(map(tuple, recovered.tolist()), labels.tolist())) == expected
+    assert splits.model_defaults == {"num_classes": 10, "img_size": 8, "in_chans": 1}
+
+
+def test_digits_resize_and_channels():
+    splits = build("vision", name="digits", img_size=20, channels=3)
+    image = splits.train[0]["images"]
+    assert image.shape == (3, 20, 20) and torch.equal(image[0], image[2])
+
+
+def write_tokens(path, tokens):
+    np.save(path, np.asarray(tokens, dtype=np.int32))
+    return path
+
+
+@pytest.mark.parametrize("kind", ["npy", "bin", "text"])
+def test_token_windows_hold_next_token_labels(tmp_path, kind):
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, 50, size=1000)
+    if kind == "npy":
+        path = write_tokens(tmp_path / "t.npy", tokens)
+    elif kind == "bin":
+        path = tmp_path / "t.bin"
+        tokens.astype(np.uint16).tofile(path)
+    else:
+        path = tmp_path / "t.txt"
+        path.write_bytes(bytes(tokens.astype(np.uint8)))
+    splits = build("lm", name="tokens", path=str(path), seq_len=32, test_fraction=0.2)
+    assert (len(splits.train), len(splits.test)) == ((800 - 1) // 32, (200 - 1) // 32)
+    item = splits.train[3]
+    assert torch.equal(item["input_ids"], torch.tensor(tokens[96:128]))
+    assert torch.equal(item["labels"], torch.tensor(tokens[97:129]))
+    assert torch.equal(splits.test[0]["input_ids"], torch.tensor(tokens[800:832]))
+    assert splits.model_defaults == {"vocab_size": 256 if kind == "text" else int(tokens.max()) + 1}
+
+
+def test_token_file_errors(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        build("lm", name="tokens", path=str(tmp_path / "none.npy"))
+    np.save(tmp_path / "f.npy", np.zeros((4, 4), dtype=np.float32))
+    with pytest.raises(ConfigError, match="expected a 1-D integer array, got 2-D float32"):
+        build("lm", name="tokens", path=str(tmp_path / "f.npy"))
+    write_tokens(tmp_path / "short.npy", range(20))
+    with pytest.raises(ConfigError, match="too few for windows of seq_len=64"):
+        build("lm", name="tokens", path=str(tmp_path / "short.npy"), seq_len=64)
+
+
+def test_selective_copying_asks_for_the_data_tokens_in_order():
+    splits = build("lm", name="selective_copying", seq_len=40, num_tokens=5, vocab_size=10,
+                   train_samples=20, test_samples=4)  # fmt: skip
+    for i in range(len(splits.train)):
+        item = splits.train[i]
+        context, tail = item["input_ids"][:40], item["input_ids"][40:]
+        data = context[context != NOISE]
+        assert len(data) == 5 and (data > RECALL).all() and (tail == RECALL).all()
+        assert torch.equal(item["labels"][40:], data)
+        assert (item["labels"][:40] == IGNORE_INDEX).all()
+
+
+def test_synthetic_samples_are_fixed_by_data_seed_and_split():
+    def first(**options):
+        return build("lm", name="induction_heads", seq_len=64, **options)
+
+    a, b, c = first(), first(), first(data_seed=1)
+    assert torch.equal(a.train[5]["input_ids"], b.train[5]["input_ids"])
+    assert not torch.equal(a.train[5]["input_ids"], a.test[5]["input_ids"])
+    assert not torch.equal(a.train[5]["input_ids"], c.train[5]["input_ids"])
+
+
+def test_induction_heads_asks_for_the_token_after_the_trigger():
+    splits = build("lm", name="induction_heads", seq_len=30, vocab_size=8, train_samples=50)
+    for i in range(len(splits.train)):
+        ids, labels = splits.train[i]["input_ids"], splits.train[i]["labels"]
+        triggers = (ids == TRIGGER).nonzero().flatten()
+        assert len(triggers) == 2 and triggers[1] == 29
+        assert labels[-1] == ids[triggers[0] + 1] and (labels[:-1] == IGNORE_INDEX).all()
+
+
+def write_image(path, value: int, size: int = 12) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((size, size + 4, 3), value, dtype=np.uint8)).save(path)
+
+
+def test_image_folder_layouts(tmp_path):
+    for split in ("train", "val"):
+        for label, cls in enumerate(["cat", "dog"]):
+            for i in range(3):
+                write_image(tmp_path / "a" / split / cls / f"{i}.png", 40 + 100 * label)
+    splits = build("vision", name="imagefolder", path=str(tmp_path / "a"), img_size=8, channels=1,
+                   mean=[0.0], std=[1.0])  # fmt: skip
+    assert (len(splits.train), len(splits.test)) == (6, 6)
+    item = splits.test[4]
+    assert item["images"].shape == (1, 8, 8) and item["labels"] == 1
+    assert torch.allclose(item["images"], torch.full((1, 8, 8), 140 / 255), atol=1e-6)
+    assert splits.model_defaults == {"num_classes": 2, "img_size": 8, "in_chans": 1}
+
+    for label, cls in enumerate(["a", "b", "c"]):
+        for i in range(10):
+            write_image(tmp_path / "flat" / cls / f"{i}.png", 10 * label)
+    splits = build(
+        "vision", name="imagefolder", path=str(tmp_path / "flat"), img_size=8, test_fraction=0.3
+    )
+    test_labels = sorted(int(splits.test[i]["labels"]) for i in range(len(splits.test)))
+    assert test_labels == [0, 0, 0, 1, 1, 1, 2, 2, 2] and len(splits.train) == 21
+    with pytest.raises(ConfigError, match=r"image folder .* does not exist"):
+        build("vision", name="imagefolder", path=str(tmp_path / "nowhere"))
+
+
+def test_caption_tokens_are_bytes_then_end_of_text():
+    input_ids, labels = encode_caption("héllo", max_length=10)
+    encoded = list("héllo".encode())  # 6 bytes
+    assert input_ids.tolist() == [END_OF_TEXT, *encoded, END_OF_TEXT, END_OF_TEXT, END_OF_TEXT]
+    assert labels.tolist() == [*encoded, END_OF_TEXT, IGNORE_INDEX, IGNORE_INDEX, IGNORE_INDEX]
+    input_ids, labels = encode_caption("abcdef", max_length=4)  # cut to fit the end marker
+    assert labels.tolist() == [97, 98, 99, END_OF_TEXT] and input_ids.tolist() == [
+        END_OF_TEXT,
+        97,
+        98,
+        99,
+    ]
+
+
+def test_caption_lines_pair_images_and_text(tmp_path):
+    lines = []
+    for i in range(10):
+        write_image(tmp_path / "img" / f"{i}.png", 20 * i)
+        lines.append(json.dumps({"image": f"img/{i}.png", "caption": f"grey {i}"}))
+    (tmp_path / "captions.jsonl").write_text("\n".join(lines) + "\n")
+    splits = build("vlm", name="captions", path=str(tmp_path / "captions.jsonl"), img_size=8,
+                   max_length=12, test_fraction=0.2)  # fmt: skip
+    assert (len(splits.train), len(splits.test)) == (8, 2)
+    item = splits.test[0]
+    caption = bytes(t for t in item["labels"].tolist() if 0 <= t < END_OF_TEXT).decode()
+    shade = int(caption.split()[1]) * 20
+    assert item["images"].shape == (3, 8, 8)
+    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+    assert torch.allclose(item["images"][:, 0, 0], (shade / 255 - mean) / std, atol=1e-5)
+    (tmp_path / "bad.jsonl").write_text('{"image": "img/0.png"}\n')
+    with pytest.raises(
+        ConfigError, match=r"bad.jsonl:1: expected \{\"image\": ..., \"caption\": ...\}"
+    ):
+        build("vlm", name="captions", path=str(tmp_path / "bad.jsonl"))

@@ -1,0 +1,180 @@
+"""Checkpoints: a run stopped by SIGTERM and resumed ends with exactly the weights of an
+uninterrupted run; damaged checkpoints are refused with a clear error and never replace the last
+good one."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mambaverse.errors import ConfigError
+from mambaverse.train import checkpoint, load_config, train
+from mambaverse.train.checkpoint import CheckpointError
+
+from .conftest import ROOT
+
+# Dropout on (the model draws random numbers), two micro-batches per step, and 30 steps across
+# an epoch boundary (45 batches of 32 per epoch: 23 steps, the last of one micro-batch).
+RUN = ["model.name=toy_classifier_micro", "data.img_size=8", "model.dropout=0.2",
+       "grad_accum_steps=2", "max_steps=30", "log_every=5", "eval.every_steps=10",
+       "schedule.warmup_steps=4"]  # fmt: skip
+
+
+def run(out, *overrides, resume=None):
+    return train(load_config(None, [*RUN, f"output_dir={out}", *overrides]), resume=resume)
+
+
+def weights(out):
+    return load_file(str(out / "model" / "model.safetensors"))
+
+
+def assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def comparable(out):
+    """Metrics without the wall-clock fields."""
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [
+        {k: v for k, v in r.items() if k not in ("samples_per_s", "train_seconds")} for r in records
+    ]
+
+
+def test_sigterm_then_resume_equals_an_uninterrupted_run(toys, tmp_path, monkeypatch):
+    run(tmp_path / "straight")
+
+    # A real SIGTERM, sent to this process by the model during micro-batch 19 (step 10's second).
+    monkeypatch.setenv("TOY_SIGTERM_AT", "19")
+    stopped = run(tmp_path / "resumed")
+    assert stopped["interrupted"] == "SIGTERM" and stopped["step"] == 10
+    assert stopped["batches_done"] == 20 and stopped["epoch"] == 0  # mid-epoch
+    assert checkpoint.committed(tmp_path / "resumed") == [
+        tmp_path / "resumed" / "checkpoints" / "step-00000010"
+    ]
+    assert not (tmp_path / "resumed" / "model").exists()
+
+    monkeypatch.delenv("TOY_SIGTERM_AT")
+    finished = run(tmp_path / "resumed", resume="latest")
+    assert finished["steps"] == 30
+    assert_same_weights(weights(tmp_path / "resumed"), weights(tmp_path / "straight"))
+    # The resumed log continues the interrupted one: the same records as the straight run's.
+    assert comparable(tmp_path / "resumed") == comparable(tmp_path / "straight")
+
+
+def test_cli_run_stopped_by_an_outside_sigterm_saves_and_resumes(toys, tmp_path):
+    """`mambaverse train` in a subprocess, sent SIGTERM from outside at whatever step it is on."""
+    out = tmp_path / "cli"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mambaverse", "train", *RUN, f"output_dir={out}", "log_every=1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+        env={**os.environ, "TOY_STEP_SECONDS": "0.2"},
+    )  # fmt: skip
+    metrics = out / "metrics.jsonl"
+    deadline = time.monotonic() + 90
+    while not (metrics.is_file() and metrics.read_text().count("\n") >= 2):
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGTERM, stderr
+    step = int(stdout.split("stopped by SIGTERM at step ")[1].split("/")[0])
+    assert 2 <= step < 30
+    assert checkpoint.committed(out) == [out / "checkpoints" / f"step-{step:08d}"]
+
+    run(out, "log_every=1", resume="latest")
+    run(tmp_path / "straight")
+    assert_same_weights(weights(out), weights(tmp_path / "straight"))
+
+
+def digest(directory):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.iterdir())}
+
+
+@pytest.fixture
+def two_checkpoints(toys, tmp_path):
+    out = tmp_path / "run"
+    run(out, "max_steps=10", "checkpoint.every_steps=5", "eval.every_steps=null")
+    older, newer = checkpoint.committed(out)
+    assert (older.name, newer.name) == ("step-00000005", "step-00000010")
+    return out, older, newer
+
+
+@pytest.mark.parametrize(
+    ("harm", "reason"),
+    [
+        ("truncate", r"model.safetensors has \d+ bytes, expected \d+ \(truncated or overwritten\)"),
+        ("flip", r"optimizer.bin does not match its SHA-256 in manifest.json \(corrupted\)"),
+        ("unfinished", r"it has no manifest.json \(the save did not finish\)"),
+        ("lost", r"trainer_state.json is missing"),
+    ],
+)
+def test_a_damaged_checkpoint_is_refused_and_the_good_one_kept(two_checkpoints, harm, reason):
+    out, older, newer = two_checkpoints
+    if harm == "truncate":
+        data = (newer / "model.safetensors").read_bytes()
+        (newer / "model.safetensors").write_bytes(data[: len(data) // 2])
+    elif harm == "flip":
+        data = bytearray((newer / "optimizer.bin").read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        (newer / "optimizer.bin").write_bytes(bytes(data))
+    elif harm == "unfinished":
+        (newer / "manifest.json").unlink()
+    else:
+        (newer / "trainer_state.json").unlink()
+    good, bad = digest(older), digest(newer)
+
+    with pytest.raises(CheckpointError) as err:
+        run(out, "max_steps=15", "checkpoint.every_steps=5", resume="latest")
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith(f"checkpoint {newer} is damaged: ")
+    assert __import__("re").search(reason, message)
+    assert message.endswith(
+        f"the newest intact checkpoint is {older}: resume from it with --resume {older}"
+    )
+    assert digest(older) == good and digest(newer) == bad  # nothing was written or removed
+
+    # Going back to the good one works; the damaged copy is set aside, never read again.
+    summary = run(out, "max_steps=15", "checkpoint.every_steps=5", resume=str(older))
+    assert summary["steps"] == 15
+    assert [p.name for p in checkpoint.committed(out)] == ["step-00000010", "step-00000015"]
+    assert checkpoint.damage(out / "checkpoints" / "step-00000010") is None
+
+
+def test_a_save_that_fails_leaves_the_last_good_checkpoint(two_checkpoints, monkeypatch):
+    out, older, newer = two_checkpoints
+    good = digest(newer)
+
+    def disk_full(directory):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint, "write_manifest", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        run(out, "max_steps=15", "checkpoint.every_steps=5", resume="latest")
+    assert checkpoint.committed(out) == [older, newer] and digest(newer) == good
+    monkeypatch.undo()
+    assert run(out, "max_steps=15", "checkpoint.every_steps=5", resume="latest")["steps"] == 15
+
+
+def test_fresh_runs_and_resumes_without_checkpoints_are_refused(toys, tmp_path):
+    with pytest.raises(
+        CheckpointError, match=r"--resume: no checkpoint in .*; start without --resume"
+    ):
+        run(tmp_path / "empty", resume="latest")
+    out = tmp_path / "run"
+    run(out, "max_steps=3", "checkpoint.every_steps=3")
+    with pytest.raises(
+        ConfigError, match=r"holds checkpoints of an earlier run .*continue it with --resume"
+    ):
+        run(out, "max_steps=3")
