@@ -11,7 +11,12 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-/tmp/triton-cache}
 has() { [[ " $STAGES " == *" $1 "* ]]; }
 
-python3 -m pip install --no-deps --no-build-isolation -e . -q >"$OUT/setup.log" 2>&1
+# Packages the image lacks (pydantic, pluggy) travel as wheels in .whl (device README).
+if compgen -G ".whl/*.whl" >/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    >"$OUT/setup.log" 2>&1 && export PYTHONPATH=/tmp/site
+fi
+python3 -m pip install --no-deps --no-build-isolation -e . -q >>"$OUT/setup.log" 2>&1
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())" | tee -a "$OUT/setup.log"
 
 # Compile in parallel first: the tuning jobs (Triton's cache is shared) beside the GPU tests.
