@@ -17,7 +17,9 @@ import triton.language as tl
 from mambaverse.errors import KernelUnavailableError
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-LOG2E = 1.4426950408889634  # exp(x) = exp2(x * log2(e)); exp2 is the hardware instruction
+# exp(x) = exp2(x · log2 e); exp2 is the hardware instruction. A constexpr, so kernels may read it
+# (Triton 3.6 refuses plain globals); host code uses LOG2E.value.
+LOG2E = tl.constexpr(1.4426950408889634)
 
 
 def interpreting() -> bool:

@@ -51,13 +51,24 @@ class LaunchConfig:
     stages: int
 
 
-# Chosen on an H100 (docs/kernels_notes.md); per head dimension at most 64 / above 64.
-FORWARD = {64: LaunchConfig(128, 64, 4, 3), 256: LaunchConfig(128, 64, 8, 3)}
-BACKWARD_KV = {64: LaunchConfig(64, 128, 8, 3), 256: LaunchConfig(64, 128, 8, 2)}
-BACKWARD_Q = {64: LaunchConfig(128, 64, 8, 3), 256: LaunchConfig(128, 64, 8, 2)}
+# Chosen on an H100 with examples/benchmarks/tune_kernels.py (docs/kernels_notes.md), by the
+# widest head dim: up to 64, up to 128, up to 256 (smaller tiles: shared memory is 227 KB).
+FORWARD = {
+    64: LaunchConfig(128, 64, 8, 3),
+    128: LaunchConfig(128, 64, 8, 3),
+    256: LaunchConfig(64, 32, 4, 2),
+}
+BACKWARD_KV = {
+    64: LaunchConfig(64, 64, 4, 3),
+    128: LaunchConfig(64, 128, 8, 3),
+    256: LaunchConfig(32, 64, 4, 2),
+}
+BACKWARD_Q = {
+    64: LaunchConfig(128, 64, 8, 3),
+    128: LaunchConfig(128, 64, 8, 3),
+    256: LaunchConfig(64, 32, 4, 2),
+}
 INTERPRETED = LaunchConfig(16, 16, 1, 1)
-
-
 FLOAT32 = LaunchConfig(64, 32, 4, 2)  # fp32 tiles take twice the shared memory
 
 
@@ -66,7 +77,7 @@ def _pick(table: dict[int, LaunchConfig], head_dim: int, dtype: torch.dtype) -> 
         return INTERPRETED
     if dtype == torch.float32:
         return FLOAT32
-    return table[64] if head_dim <= 64 else table[256]
+    return table[next(width for width in sorted(table) if head_dim <= width)]
 
 
 @triton.jit
@@ -358,7 +369,7 @@ def _forward(q, k, v, causal: bool, scale: float):
     grid = (triton.cdiv(lq, cfg.block_m), batch * nheads)
     _attn_fwd[grid](
         q, k, v, o, lse, nheads, nheads // kv_heads, lq, lk, head_dim, v_dim, lk - lq,
-        scale * LOG2E, *_head_strides(q), *_head_strides(k), *_head_strides(v),
+        scale * LOG2E.value, *_head_strides(q), *_head_strides(k), *_head_strides(v),
         CAUSAL=causal, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, D_PAD=next_pow2(head_dim),
         E_PAD=next_pow2(v_dim), DOT_PRECISION=_precision(q), num_warps=cfg.warps,
         num_stages=cfg.stages,
@@ -382,7 +393,7 @@ def _backward(do, q, k, v, o, lse, causal: bool, scale: float):
     cfg = _pick(BACKWARD_KV, widest, q.dtype)
     _attn_bwd_kv[(triton.cdiv(lk, cfg.block_n), batch * kv_heads)](
         q, k, v, do, lse, delta, dk, dv,
-        nheads, kv_heads, nheads // kv_heads, lq, lk, head_dim, v_dim, lk - lq, scale * LOG2E,
+        nheads, kv_heads, nheads // kv_heads, lq, lk, head_dim, v_dim, lk - lq, scale * LOG2E.value,
         scale, *_head_strides(q), *_head_strides(k), *_head_strides(v), *_head_strides(do),
         CAUSAL=causal, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, **pads,
         DOT_PRECISION=precision, num_warps=cfg.warps, num_stages=cfg.stages,
@@ -391,7 +402,7 @@ def _backward(do, q, k, v, o, lse, causal: bool, scale: float):
     cfg = _pick(BACKWARD_Q, widest, q.dtype)
     _attn_bwd_q[(triton.cdiv(lq, cfg.block_m), batch * nheads)](
         q, k, v, do, lse, delta, dq,
-        nheads, nheads // kv_heads, lq, lk, head_dim, v_dim, lk - lq, scale * LOG2E, scale,
+        nheads, nheads // kv_heads, lq, lk, head_dim, v_dim, lk - lq, scale * LOG2E.value, scale,
         *_head_strides(q), *_head_strides(k), *_head_strides(v), *_head_strides(do),
         CAUSAL=causal, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, **pads,
         DOT_PRECISION=precision, num_warps=cfg.warps, num_stages=cfg.stages,

@@ -85,5 +85,8 @@ def report(label: str, errors: dict[str, float], tol: float) -> None:
     """Print the relative errors (the GPU run's log records them) and check each."""
     line = "  ".join(f"{k}={v:.2e}" for k, v in errors.items())
     print(f"[rel err] {label}: {line}  (tol {tol:.0e})")
+    if os.environ.get("MAMBAVERSE_TEST_LOG"):  # the device run collects them in one file
+        with open(os.environ["MAMBAVERSE_TEST_LOG"], "a") as log:
+            log.write(f"{label}: {line}  (tol {tol:.0e})\n")
     bad = {k: v for k, v in errors.items() if not v <= tol}
     assert not bad, f"{label}: relative error above {tol:.0e}: {bad}"
