@@ -36,9 +36,8 @@ if has test; then
 fi
 wait
 if has tune; then
-  cat /tmp/compile_*.log | grep -v "^$" >"$OUT/compile.log"
-  grep -c FAILED "$OUT/compile.log"
-  timeout 200 python3 examples/benchmarks/tune_kernels.py --parts "$TUNE_PARTS" --out "$OUT" >"$OUT/tune.log" 2>&1
+  cat /tmp/compile_*.log | grep -A3 FAILED >"$OUT/tune.log"  # compile failures first
+  timeout 200 python3 examples/benchmarks/tune_kernels.py --parts "$TUNE_PARTS" --out "$OUT" >>"$OUT/tune.log" 2>&1
   echo "tune: exit $?"
 fi
 if has bench; then
