@@ -6,8 +6,8 @@ which uses block b = k mod num_shared_blocks as that block's use u = k div num_s
     model.layers.i.[mamba_decoder.]input_layernorm -> layers.i.norm
     model.layers.i.[mamba_decoder.]mamba.<p>       -> layers.i.mixer.<p>   (see below for Zamba)
     model.layers.i.linear                          -> layers.i.linear
-    model.layers.i.shared_transf[ormer].<p>        -> shared_blocks.b.<p'>  (stored once per block,
-                                                      at its first layer; the others are tied)
+    model.layers.i.shared_transf[ormer].<p>        -> shared_blocks.b.<p'>  (usually stored once, at
+                                                      the block's first layer; copies must agree)
         input_layernorm, pre_ff_layernorm          -> input_norm, ffn_norm
         self_attn.{q,k,v}_proj, self_attn.o_proj   -> attention.{q,k,v}_proj[.base], attention.out_proj
         self_attn.linear_q_adapter_list.k.<j>      -> attention.q_proj.adapters.u.<j>   (k, v alike)
@@ -206,9 +206,10 @@ def _state(
     model_type = hf["model_type"]
     hybrid = [i for i, code in enumerate(config["layers"]) if code == "h"]
     blocks = config.get("num_shared_blocks", 1)
-    first_use = {hybrid[b]: b for b in range(blocks)}  # the layer storing block b's weights
+    block_of = {layer: k % blocks for k, layer in enumerate(hybrid)}
     lm_tensors = {name: t for name, t in tensors.items() if not _LAYER.fullmatch(name)}
     state = rename(lm_tensors, LM_RULES, model_type)
+    copies: dict[str, list[tuple[int, torch.Tensor]]] = {}  # shared tensor -> (layer, value)
     for name, tensor in tensors.items():
         match = _LAYER.fullmatch(name)
         if match is None:
@@ -216,9 +217,8 @@ def _state(
         i, rest = int(match[1]), match[2]
         shared = _SHARED.fullmatch(rest)
         if shared:
-            if i in first_use:
-                for sub, t in _shared(shared[1], tensor, config, model_type).items():
-                    state[f"shared_blocks.{first_use[i]}.{sub}"] = t
+            for sub, t in _shared(shared[1], tensor, config, model_type).items():
+                copies.setdefault(f"shared_blocks.{block_of[i]}.{sub}", []).append((i, t))
         elif rest.startswith("mamba."):
             for sub, t in mamba(rest.removeprefix("mamba."), tensor).items():
                 state[f"layers.{i}.mixer.{sub}"] = t
@@ -228,6 +228,17 @@ def _state(
             state[f"layers.{i}.{rest}"] = tensor
         else:
             raise ConfigError(f"{model_type} checkpoint: unexpected tensor {name!r}")
+    for ours, stored in copies.items():
+        (first, value), *others = sorted(stored, key=lambda copy: copy[0])
+        for layer, other in others:
+            if not torch.equal(value, other):
+                # transformers ties the shared blocks only when tie_word_embeddings is true.
+                raise ConfigError(
+                    f"{model_type} checkpoint: the shared block differs between layers {first} "
+                    f"and {layer} ({ours}); a Zamba model shares it (checkpoints saved by "
+                    "transformers with tie_word_embeddings=false do not)"
+                )
+        state[ours] = value
     return tie_head(state, config["tie_embeddings"], model_type)
 
 

@@ -168,4 +168,6 @@ class HybridLM(LanguageModel):
         experts = [self.layers[i].ffn for i in self.moe_layers]
         if not experts:
             return torch.zeros((), device=self.embedding.weight.device)
+        if experts[0].router_logits is None:
+            raise RuntimeError("hybrid_lm: aux_loss is defined after a forward call")
         return load_balancing_loss([moe.router_logits for moe in experts], experts[0].top_k)

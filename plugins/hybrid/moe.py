@@ -29,6 +29,11 @@ from mambaverse.errors import ConfigError
 from mambaverse.plugins.mixers.mlp import MLP
 
 
+def at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    """x in float32, or float64 if it is (the router's softmax is never taken in half precision)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def load_balancing_loss(router_logits: Sequence[torch.Tensor], top_k: int) -> torch.Tensor:
     """The auxiliary loss above over the tokens of one or more MoE layers (taken together).
 
@@ -41,7 +46,7 @@ def load_balancing_loss(router_logits: Sequence[torch.Tensor], top_k: int) -> to
             f"load_balancing_loss: every layer needs the same number of experts, got {sorted(widths)}"
         )
     logits = torch.cat([logits.reshape(-1, logits.shape[-1]) for logits in router_logits])
-    probs = logits.float().softmax(dim=-1)  # (rows, num_experts)
+    probs = at_least_float32(logits).softmax(dim=-1)  # (rows, num_experts)
     num_experts = probs.shape[-1]
     chosen = probs.topk(top_k, dim=-1).indices  # (rows, k)
     tokens_per_expert = F.one_hot(chosen, num_experts).sum(dim=(0, 1)) / probs.shape[0]
@@ -85,7 +90,7 @@ class MoE(nn.Module):
             raise ValueError(f"moe mixer: expected input (..., {self.dim}), got {tuple(x.shape)}")
         tokens = x.reshape(-1, self.dim)  # (T, dim)
         self.router_logits = self.router(tokens)  # (T, num_experts)
-        probs = self.router_logits.float().softmax(dim=-1)
+        probs = at_least_float32(self.router_logits).softmax(dim=-1)
         weights, chosen = probs.topk(self.top_k, dim=-1)  # (T, k) each
         weights = weights.to(x.dtype)
         out = torch.zeros_like(tokens)

@@ -96,13 +96,13 @@ class SharedBlock(nn.Module):
         self, h: torch.Tensor, h0: torch.Tensor, state: KVCache | None, use: int
     ) -> torch.Tensor:
         """h, h0: (B, L, d_model) -> (B, L, d_model); ``use``: which application this is."""
-        return self._apply(self.attention, h, h0, state, use)
+        return self._attend(self.attention, h, h0, state, use)
 
     def step(self, h: torch.Tensor, h0: torch.Tensor, state: KVCache, use: int) -> torch.Tensor:
         """One token: h, h0 (B, d_model) -> (B, d_model); the KV cache grows by one."""
-        return self._apply(self.attention.step, h, h0, state, use)
+        return self._attend(self.attention.step, h, h0, state, use)
 
-    def _apply(
+    def _attend(
         self, attend: Any, h: torch.Tensor, h0: torch.Tensor, state: Any, use: int
     ) -> torch.Tensor:
         with active_adapter(self, use):
