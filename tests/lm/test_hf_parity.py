@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 
@@ -102,8 +104,20 @@ def test_mamba_logits_match_transformers(case, tmp_path):
     _check_logits("mamba", *MAMBA_CASES[case], tmp_path)
 
 
+def _skip_if_gated_norm_ignores_groups(hf_config: dict) -> None:
+    from transformers.models.mamba2.modeling_mamba2 import MambaRMSNormGated
+
+    grouped = "group_size" in inspect.signature(MambaRMSNormGated).parameters
+    if hf_config.get("n_groups", 8) > 1 and not grouped:
+        pytest.skip(
+            "this transformers release normalises Mamba-2's gated norm over all groups at once; "
+            "mamba_ssm (and later transformers) normalise each group"
+        )
+
+
 @pytest.mark.parametrize("case", MAMBA2_CASES)
 def test_mamba2_logits_match_transformers(case, tmp_path):
+    _skip_if_gated_norm_ignores_groups(MAMBA2_CASES[case][0])
     _check_logits("mamba2", *MAMBA2_CASES[case], tmp_path)
 
 
@@ -115,6 +129,8 @@ def test_mamba2_logits_match_transformers(case, tmp_path):
     ],
 )
 def test_greedy_generate_matches_transformers(model_type, hf_config, tmp_path):
+    if model_type == "mamba2":
+        _skip_if_gated_norm_ignores_groups(hf_config)
     hf = random_hf_lm(model_type, seed=1, **hf_config)
     ours = mambaverse.load_pretrained(save(hf, tmp_path)).eval()
     prompt = torch.randint(0, hf.config.vocab_size, (2, 6))
