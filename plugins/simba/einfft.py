@@ -12,8 +12,8 @@ FFT comes back and the real part is kept::
     y  = Re(IFFT2(X2))                 -> (B, N, nb·bs)
 
 The residual connection is the block's (``x + EinFFT(norm(x))``), as in SiMBA's ``Block_mamba``.
-The transform runs in float32 (FFTs in half precision need power-of-two sizes) and returns the
-input's dtype. Parameters, as in the official code: complex weights stored as (2, nb, bs, bs) real
+The transform runs in float32 at least (FFTs in half precision need power-of-two sizes) and
+returns the input's dtype. Parameters, as in the official code: complex weights stored as (2, nb, bs, bs) real
 tensors (real part, imaginary part), initialised N(0, 1) · 0.02.
 """
 
@@ -59,7 +59,8 @@ class EinFFT(nn.Module):
                 f"einfft mixer: expected input (batch, length, {self.dim}), got {tuple(x.shape)}"
             )
         B, N, _ = x.shape
-        blocks = x.float().view(B, N, self.num_blocks, self.block_size)
+        compute = torch.promote_types(x.dtype, torch.float32)  # half precision -> float32
+        blocks = x.to(compute).view(B, N, self.num_blocks, self.block_size)
         spectrum = torch.fft.fft2(blocks, dim=(1, 2), norm="ortho")
         hidden = complex_relu(block_linear(spectrum, self.complex_weight_1, self.complex_bias_1))
         out = block_linear(hidden, self.complex_weight_2, self.complex_bias_2)

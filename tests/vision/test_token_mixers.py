@@ -1,0 +1,106 @@
+"""The scan-aware token mixers against float64 re-implementations of the papers' code."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import mambaverse
+from mambaverse.plugins._vision.grid_mixer import build_grid_mixer
+
+from . import oracles
+
+VIM = {"d_state": 4, "d_conv": 4, "expand": 2, "conv": "1d", "gate": True, "divide_out": True}
+VMAMBA = {
+    "d_state": 2,
+    "d_conv": 3,
+    "expand": 1.5,
+    "conv": "2d",
+    "conv_bias": False,
+    "gate": False,
+    "out_norm": True,
+}
+EVMAMBA = {
+    "d_state": 4,
+    "d_conv": 3,
+    "expand": 2,
+    "conv": "2d",
+    "conv_bias": True,
+    "gate": True,
+    "out_norm": True,
+}
+
+
+@pytest.fixture(autouse=True)
+def seed():
+    torch.manual_seed(0)
+
+
+def close(actual: torch.Tensor, expected: torch.Tensor) -> bool:
+    return torch.allclose(actual, expected, rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("grid", [(4, 4), (3, 3), (2, 5)])
+def test_vim_bidirectional_block_matches_official_v2(grid):
+    """Even and odd token counts: the class token sits at N // 2 and the flipped sequence carries
+    it between the same two patches, as ``x.flip`` does in hustvl/Vim."""
+    mixer = build_grid_mixer(16, "bidirectional", "mamba", mamba_options=VIM).double()
+    cls_index = grid[0] * grid[1] // 2
+    hidden = torch.randn(2, grid[0] * grid[1] + 1, 16, dtype=torch.float64)
+    assert close(mixer(hidden, grid, cls_index), oracles.vim_v2_mixer(mixer, hidden))
+
+
+def test_vim_block_without_class_token_matches_official_v2():
+    mixer = build_grid_mixer(8, "bidirectional", "mamba", mamba_options=VIM).double()
+    hidden = torch.randn(2, 12, 8, dtype=torch.float64)
+    assert close(mixer(hidden, (3, 4)), oracles.vim_v2_mixer(mixer, hidden))
+
+
+def test_vmamba_ss2d_matches_official_cross_scan():
+    mixer = build_grid_mixer(12, "cross2d", "mamba", mamba_options=VMAMBA).double()
+    tokens = torch.randn(2, 4 * 6, 12, dtype=torch.float64)
+    assert close(mixer(tokens, (4, 6)), oracles.vmamba_ss2d(mixer, tokens, (4, 6)))
+
+
+def test_efficientvmamba_es2d_matches_official_atrous_scan():
+    mixer = build_grid_mixer(8, "atrous", "mamba", {"step": 2}, mamba_options=EVMAMBA).double()
+    tokens = torch.randn(2, 4 * 6, 8, dtype=torch.float64)
+    assert close(mixer(tokens, (4, 6)), oracles.efficientvmamba_es2d(mixer, tokens, (4, 6)))
+
+
+def test_causal_scan_is_exactly_the_mamba_mixer():
+    """SiMBA's token mixer: one row-major walk makes the block the 1-D Mamba block."""
+    options = {"d_state": 4, "d_conv": 4, "expand": 2}
+    on_grid = build_grid_mixer(
+        8, "causal", "mamba", mamba_options={**options, "conv": "1d"}
+    ).double()
+    plain = mambaverse.create_mixer("mamba", 8, **options).double()
+    state = {k.replace("ssms.0.", "ssm."): v for k, v in on_grid.state_dict().items()}
+    plain.load_state_dict(state)
+    tokens = torch.randn(2, 3 * 5, 8, dtype=torch.float64)
+    assert close(on_grid(tokens, (3, 5)), plain(tokens))
+
+
+def test_other_token_mixers_run_along_every_walk_and_average():
+    mixer = build_grid_mixer(8, "cross2d", "attention", mixer_config={"num_heads": 2}).double()
+    attention = mixer.mixer
+    tokens = torch.randn(2, 3 * 4, 8, dtype=torch.float64)
+    grid = tokens.reshape(2, 3, 4, 8)
+    rows, columns = grid.flatten(1, 2), grid.transpose(1, 2).flatten(1, 2)
+    outputs = [
+        attention(rows),
+        attention(columns).reshape(2, 4, 3, 8).transpose(1, 2).flatten(1, 2),
+        attention(rows.flip(1)).flip(1),
+        attention(columns.flip(1)).flip(1).reshape(2, 4, 3, 8).transpose(1, 2).flatten(1, 2),
+    ]
+    assert close(mixer(tokens, (3, 4)), sum(outputs) / 4)
+
+
+def test_channel_mixer_is_refused_as_token_mixer():
+    with pytest.raises(mambaverse.ConfigError, match="mixes channels; a token mixer is needed"):
+        build_grid_mixer(8, "causal", "einfft")
+
+
+def test_unknown_mixer_option_lists_valid_keys():
+    with pytest.raises(mambaverse.ConfigError, match=r"d_stat.*did you mean 'd_state'"):
+        build_grid_mixer(8, "causal", "mamba", mixer_config={"d_stat": 4})
