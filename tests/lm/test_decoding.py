@@ -15,10 +15,17 @@ MIXERS = {
 }
 
 
-def tiny_lm(mixer: str, dtype: torch.dtype = torch.float64, seed: int = 0):
+def tiny_lm(
+    mixer: str, dtype: torch.dtype = torch.float64, seed: int = 0, mixer_config: dict | None = None
+):
     torch.manual_seed(seed)
     model = mambaverse.create_model(
-        "mamba_micro", d_model=32, n_layer=2, vocab_size=50, mixer=mixer, mixer_config=MIXERS[mixer]
+        "mamba_micro",
+        d_model=32,
+        n_layer=2,
+        vocab_size=50,
+        mixer=mixer,
+        mixer_config=MIXERS[mixer] if mixer_config is None else mixer_config,
     )
     with torch.no_grad():  # move D, norms and biases away from their regular init values
         for p in model.parameters():
