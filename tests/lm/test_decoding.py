@@ -145,3 +145,13 @@ def test_kernel_choice_in_the_model_config_reaches_the_mixers():
     model = mambaverse.create_model("mamba_micro", kernels={"selective_scan": "no_such_impl"})
     with pytest.raises(mambaverse.UnknownNameError, match="no_such_impl"):
         model(torch.randint(0, 256, (1, 4)))
+
+
+def test_prefix_embeddings_act_like_the_tokens_they_embed():
+    model = tiny_lm("mamba2")
+    prefix, prompt = torch.randint(0, 50, (2, 5)), torch.randint(0, 50, (2, 3))
+    with torch.no_grad():
+        prefix_embeds = model.embedding(prefix)
+    as_tokens = model.generate(torch.cat([prefix, prompt], dim=1), max_new_tokens=4)
+    as_embeddings = model.generate(prompt, max_new_tokens=4, prefix_embeds=prefix_embeds)
+    assert torch.equal(as_embeddings, as_tokens[:, 5:])
