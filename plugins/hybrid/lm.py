@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from mambaverse.plugins.mamba_lm.generation import generate
-from mambaverse.plugins.mamba_lm.model import padded_vocab_size
+from mambaverse.plugins.mamba_lm.model import embed_tokens, padded_vocab_size
 from mambaverse.plugins.mixers.base import kernel_scope
 from mambaverse.plugins.mixers.norms import RMSNorm
 
@@ -57,16 +57,21 @@ class LanguageModel(nn.Module):
             nn.init.normal_(self.lm_head.weight, std=initializer_range)
 
     def forward(
-        self, input_ids: torch.Tensor, state: list[Any] | None = None, num_last_tokens: int = 0
+        self,
+        input_ids: torch.Tensor,
+        state: list[Any] | None = None,
+        num_last_tokens: int = 0,
+        prefix_embeds: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """input_ids (B, L) -> logits (B, L, padded vocab).
+        """input_ids (B, L) -> logits (B, L, padded vocab) (B, P + L, ... with a prefix).
 
         state: from :meth:`allocate_state`, empty; filled with what decoding needs to continue.
         num_last_tokens: if > 0, only the logits of the last that many positions.
+        prefix_embeds: (B, P, d_model) embeddings placed before the tokens (a VLM's image tokens).
         """
         self._check_ids(input_ids, 2, "(batch, length)")
         with kernel_scope(self.kernels):
-            h = self.stack(self.embedding(input_ids), state)
+            h = self.stack(embed_tokens(self.embedding, input_ids, prefix_embeds), state)
             if num_last_tokens > 0:
                 h = h[:, -num_last_tokens:]
             return self.lm_head(self.norm_f(h))
