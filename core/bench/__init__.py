@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import shlex
 from types import ModuleType
 
 from ..cli import Command
@@ -78,6 +79,7 @@ def _configure(parser: argparse.ArgumentParser) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     suite_args = suite_parser(args.suite).parse_args(args.suite_args)
+    suite_args.command_line = shlex.join(["mambaverse", "bench", args.suite, *args.suite_args])
     return int(load_suite(args.suite).run(suite_args) or 0)
 
 

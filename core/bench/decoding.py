@@ -1,0 +1,71 @@
+"""Generation cost of a language model, split the way it is paid: a parallel prefill of the
+context, then one ``step`` per new token with the recurrent state (what ``model.generate`` does).
+
+    state  = model.allocate_state(B, context + new tokens)    SSM layers: fixed size;
+                                                              attention layers: the KV cache
+    logits = model(context, state)                            prefill (timed once)
+    token  = argmax(logits);  logits = model.step(token, state)   decode (each step timed)
+
+Reported: prefill time, the median decode step (tokens/s = B / step), the state's bytes, and
+the peak memory while decoding (weights + state + one step's temporaries).
+"""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+import torch
+from torch import nn
+
+from mambaverse.plugins.mamba_lm.generation import state_nbytes
+
+from .measure import OK, OOM, free_memory, is_out_of_memory, peak_bytes, reset_peak, time_calls
+
+
+@torch.inference_mode()
+def measure_decoding(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    new_tokens: int,
+    device: torch.device,
+    prefix_embeds: torch.Tensor | None = None,
+    warmup_steps: int = 2,
+) -> dict[str, Any]:
+    """Prefill ``input_ids`` (B, L) (after ``prefix_embeds`` (B, P, d) when given), then decode
+    ``new_tokens`` greedily; see the module docstring for what is returned."""
+    batch, length = input_ids.shape
+    prefix = {} if prefix_embeds is None else {"prefix_embeds": prefix_embeds}
+    context = length + (0 if prefix_embeds is None else prefix_embeds.shape[1])
+    try:
+        # An untimed prefill without a state first: kernel compilation and autotuning.
+        model(input_ids, num_last_tokens=1, **prefix)
+        reset_peak(device)
+        state = model.allocate_state(batch, context + warmup_steps + new_tokens, device=device)
+        (prefill_ms,) = time_calls(
+            lambda: model(input_ids, state, num_last_tokens=1, **prefix), device, 1
+        )
+        token = torch.zeros(batch, dtype=torch.long, device=device)
+
+        def step() -> None:
+            token.copy_(model.step(token, state)[:, : model.vocab_size].argmax(-1))
+
+        for _ in range(warmup_steps):
+            step()
+        prefill_peak = peak_bytes(device)
+        reset_peak(device)
+        step_ms = statistics.median(time_calls(step, device, new_tokens))
+        return {
+            "prefill_ms": prefill_ms,
+            "decode_ms_per_step": step_ms,
+            "decode_tokens_per_s": batch * 1e3 / step_ms,
+            "state_bytes": state_nbytes(state),
+            "prefill_peak_bytes": prefill_peak,
+            "decode_peak_bytes": peak_bytes(device),
+            "status": OK,
+        }
+    except (RuntimeError, MemoryError) as err:
+        if not is_out_of_memory(err):
+            raise
+    free_memory(device)  # outside the except block: the traceback no longer holds the tensors
+    return {"status": OOM}

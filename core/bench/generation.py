@@ -1,0 +1,188 @@
+"""``mambaverse bench generation``: a Cobra-style VLM against the same vision towers with a
+Transformer language model of matched size.
+
+One ``cobra`` model is built (towers, projector, a Mamba language model preset; random weights),
+measured, then its language model is replaced by a Transformer (``hybrid_lm``, attention + MLP
+layers, the layer count matching the Mamba model's parameters, one per attention kernel) and
+measured again, so the towers and the projector are the very same modules.
+
+Per language model and batch size: the towers + projector time, the prefill of image tokens +
+prompt, the median decode step (:mod:`.decoding`), and the end-to-end rate of answering:
+``batch × new_tokens / (towers + prefill + new_tokens × step)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+import torch
+
+import mambaverse
+
+from .decoding import measure_decoding
+from .language_models import LMSpec, attention_implementations, lm_family
+from .measure import SKIPPED, Deadline, free_memory, measure
+from .report import (
+    add_common_options,
+    apply_defaults,
+    byte_size,
+    cell,
+    int_list,
+    new_figure,
+    print_table,
+    resolve_device,
+    save_figure,
+    si,
+    write_record,
+)
+
+SUITE = "generation"
+# Cobra-3B: DINOv2 ViT-L/14 + SigLIP So400m/14 at 384 px, Mamba 2.8B.
+FULL = {
+    "towers": [
+        "timm:vit_large_patch14_reg4_dinov2",
+        "timm:vit_so400m_patch14_siglip_384",
+    ],
+    "img_size": 384,
+    "lm": "mamba_2.8b",
+    "batches": [1, 8],
+    "prompt_tokens": 32,
+    "new_tokens": 64,
+    "warmup": 2,
+    "repeats": 5,
+}
+SMOKE = {
+    "towers": [{"name": "timm:vit_tiny_patch16_224", "config": {"depth": 2}}],
+    "img_size": 32,
+    "lm": "mamba_micro",
+    "batches": [1],
+    "prompt_tokens": 4,
+    "new_tokens": 3,
+    "warmup": 1,
+    "repeats": 1,
+}
+
+
+def tower_list(text: str) -> list[Any]:
+    """Towers: comma-separated names, or a JSON list of names / {name, config} (argparse type)."""
+    if text.lstrip().startswith("["):
+        return json.loads(text)
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    add_common_options(parser, smoke="a 2-block ViT tower and mamba_micro (a CPU smoke test)")
+    parser.add_argument(
+        "--towers", type=tower_list, help="vision towers (Cobra's DINOv2 + SigLIP at 384 px)"
+    )
+    parser.add_argument("--img-size", type=int, help="image side (384)")
+    parser.add_argument("--lm", help="the Mamba language model preset (mamba_2.8b)")
+    parser.add_argument(
+        "--attention", type=lambda t: t.split(","), default=None, help="Transformer kernels"
+    )
+    parser.add_argument("--batches", type=int_list, help="batch sizes (1,8)")
+    parser.add_argument("--prompt-tokens", type=int, help="text tokens after the image (32)")
+    parser.add_argument("--new-tokens", type=int, help="tokens generated (64)")
+
+
+def transformer_specs(vlm: torch.nn.Module, lm: str, impls: list[str]) -> list[LMSpec]:
+    """Transformers of the VLM's language model's size, width and vocabulary."""
+    mamba = {**mambaverse.model_config(lm), "vocab_size": vlm.language_model.vocab_size}
+    return lm_family(mamba, mamba, models=["transformer"], attention_impls=impls)
+
+
+def measure_vlm(
+    vlm: torch.nn.Module, label: str, params: int, args: argparse.Namespace, device, dtype
+) -> list[dict[str, Any]]:
+    rows = []
+    for batch in args.batches:
+        row: dict[str, Any] = {"model": label, "lm_params": params, "batch": batch}
+        images = torch.rand(batch, 3, args.img_size, args.img_size, device=device, dtype=dtype)
+        with torch.inference_mode():
+            towers = measure(lambda: vlm.embed_images(images), device, args.warmup, args.repeats)  # noqa: B023
+            image_tokens = vlm.embed_images(images)
+        vocab = vlm.language_model.vocab_size
+        prompt = torch.randint(0, vocab, (batch, args.prompt_tokens), device=device)
+        decoding = measure_decoding(
+            vlm.language_model, prompt, args.new_tokens, device, prefix_embeds=image_tokens
+        )
+        row.update(decoding, image_tokens=image_tokens.shape[1], towers_ms=towers.ms)
+        if decoding["status"] == "ok" and towers.ok:
+            total_ms = (
+                towers.ms
+                + decoding["prefill_ms"]
+                + args.new_tokens * decoding["decode_ms_per_step"]
+            )
+            row["answer_tokens_per_s"] = batch * args.new_tokens * 1e3 / total_ms
+        rows.append(row)
+        print(f"{label} batch {batch}: decode {cell(row, 'decode_tokens_per_s', si)} tok/s, "
+              f"answer {cell(row, 'answer_tokens_per_s', si)} tok/s, "
+              f"state {cell(row, 'state_bytes', byte_size)}", flush=True)  # fmt: skip
+    return rows
+
+
+def run(args: argparse.Namespace) -> int:
+    device, dtype = resolve_device(args)
+    settings = apply_defaults(args, FULL, SMOKE)
+    deadline = Deadline(args.time_budget)
+    impls = args.attention or attention_implementations(device, dtype)
+    with torch.device(device):
+        vlm = mambaverse.build_backbone(
+            "cobra",
+            {"towers": args.towers, "img_size": args.img_size, "language_model": args.lm,
+             "template": "plain", "max_length": 1 << 20},
+        )  # fmt: skip
+    vlm = vlm.to(dtype).eval()
+    lm_params = sum(p.numel() for p in vlm.language_model.parameters())
+    rows = measure_vlm(vlm, f"Cobra-style ({args.lm})", lm_params, args, device, dtype)
+    for spec in transformer_specs(vlm, args.lm, impls):
+        label = f"same towers + {spec.label}"
+        if deadline.passed():
+            rows += [{"model": label, "batch": b, "status": SKIPPED} for b in args.batches]
+            continue
+        vlm.language_model = None  # free the previous language model first
+        free_memory(device)
+        vlm.language_model = spec.build(device, dtype).eval()
+        rows += measure_vlm(vlm, label, spec.count_parameters(), args, device, dtype)
+
+    show(rows)
+    record = write_record(args.out, SUITE, args, device, settings, {"rows": rows})
+    figure = plot(rows, args, device)
+    print(f"wrote {record} and {figure}")
+    return 0
+
+
+def show(rows: list[dict[str, Any]]) -> None:
+    columns = [
+        ("model", lambda r: r["model"]),
+        ("LM params", lambda r: si(r.get("lm_params"))),
+        ("batch", lambda r: str(r["batch"])),
+        ("towers ms", lambda r: cell(r, "towers_ms", lambda v: f"{v:.1f}")),
+        ("prefill ms", lambda r: cell(r, "prefill_ms", lambda v: f"{v:.1f}")),
+        ("decode tok/s", lambda r: cell(r, "decode_tokens_per_s", si)),
+        ("answer tok/s", lambda r: cell(r, "answer_tokens_per_s", si)),
+        ("state", lambda r: cell(r, "state_bytes", byte_size)),
+        ("decode peak", lambda r: cell(r, "decode_peak_bytes", byte_size)),
+    ]
+    print_table("VLM generation (image tokens + prompt, then greedy decoding)", columns, rows)
+
+
+def plot(rows: list[dict[str, Any]], args: argparse.Namespace, device: torch.device):
+    fig, axes = new_figure(2, f"VLM generation: {args.lm} vs a matched Transformer, {device.type}")
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    for ax, key, title in (
+        (axes[0], "decode_tokens_per_s", "decode tokens/s"),
+        (axes[1], "answer_tokens_per_s", f"answer tokens/s ({args.new_tokens} new tokens)"),
+    ):
+        width = 0.8 / max(1, len(models))
+        for i, model in enumerate(models):
+            values = {r["batch"]: r.get(key) or 0.0 for r in rows if r["model"] == model}
+            xs = [j + i * width for j in range(len(args.batches))]
+            ax.bar(xs, [values.get(b, 0.0) for b in args.batches], width, label=model)
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(args.batches))])
+        ax.set_xticklabels([f"batch {b}" for b in args.batches])
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=7)
+    return save_figure(fig, args.out, SUITE)

@@ -1,0 +1,110 @@
+"""Timing and memory of one benchmark point, the way docs/benchmarks.md reports them.
+
+- Time: warm-up calls first (compilation, autotuning and allocator growth stay out of the
+  numbers), then ``repeats`` timed calls; the median is reported. On CUDA each call is timed
+  with device events (the work is asynchronous); on the CPU with a monotonic clock.
+- Memory: the peak of ``torch.cuda.max_memory_allocated`` over the timed calls, after
+  ``reset_peak_memory_stats``: what the tensors needed, weights included, not the allocator's
+  cache. The CPU has no such counter, so there it is ``None``.
+- Out of memory is a result, not a crash: the point is marked ``"OOM"`` and the caches freed so
+  that the next (smaller) point can run.
+"""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+OK, OOM, SKIPPED = "ok", "OOM", "skipped"
+
+
+@dataclass
+class Measurement:
+    """One point: median milliseconds per call, peak device bytes, and what happened."""
+
+    ms: float | None = None
+    peak_bytes: int | None = None
+    status: str = OK
+
+    @property
+    def ok(self) -> bool:
+        return self.status == OK
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def reset_peak(device: torch.device) -> None:
+    """Start a new peak-memory window (frees cached blocks first, so the peak is this window's)."""
+    if device.type == "cuda":
+        synchronize(device)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_bytes(device: torch.device) -> int | None:
+    return int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None
+
+
+def time_calls(fn: Callable[[], Any], device: torch.device, repeats: int) -> list[float]:
+    """Milliseconds of each of ``repeats`` calls of ``fn``, measured on the device's clock."""
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            start_s = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - start_s) * 1e3)
+    return times
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    return isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in str(err).lower()
+
+
+def free_memory(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def measure(
+    fn: Callable[[], Any], device: torch.device, warmup: int = 2, repeats: int = 5
+) -> Measurement:
+    """Median time and peak memory of ``fn()`` (see the module docstring); OOM is reported."""
+    try:
+        for _ in range(warmup):
+            fn()
+        reset_peak(device)
+        times = time_calls(fn, device, repeats)
+        return Measurement(statistics.median(times), peak_bytes(device))
+    except (RuntimeError, MemoryError) as err:
+        if not is_out_of_memory(err):
+            raise
+    free_memory(device)  # outside the except block: the traceback no longer holds the tensors
+    return Measurement(status=OOM)
+
+
+class Deadline:
+    """A wall-clock budget for a suite: points after it are skipped (and marked so), which keeps
+    a GPU run inside its time limit whatever the machine's speed. None = no limit."""
+
+    def __init__(self, seconds: float | None) -> None:
+        self.end = None if seconds is None else time.monotonic() + seconds
+
+    def passed(self) -> bool:
+        return self.end is not None and time.monotonic() > self.end
