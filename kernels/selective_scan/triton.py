@@ -57,8 +57,8 @@ class LaunchConfig:
 
 
 # Chosen on an H100 with examples/benchmarks/tune_selective_scan.py (docs/kernels_notes.md).
-FORWARD = LaunchConfig(block_d=4, chunk=64, warps=4)
-BACKWARD = LaunchConfig(block_d=4, chunk=64, warps=4)
+FORWARD = LaunchConfig(block_d=4, chunk=32, warps=4)
+BACKWARD = LaunchConfig(block_d=4, chunk=16, warps=2)
 # The interpreter runs every element in Python: small tiles, several chunks even at tiny lengths.
 INTERPRETED = LaunchConfig(block_d=2, chunk=8, warps=1)
 
@@ -94,7 +94,7 @@ def _channel_params(D_ptr, bias_ptr, offs_d, mask_d, HAS_D: tl.constexpr, HAS_BI
 
 @triton.jit
 def _discretise(dt_raw, bias, u, A2, B, mask_t, SOFTPLUS: tl.constexpr):
-    """δ (BD, T), its softplus slope, a = exp(δA) and b = δ u B, both (BD, N, T)."""
+    """δ (BD, T), its softplus slope, δu, and a = exp(δA), b = δ u B (BD, N, T); B is (BD, N, T)."""
     dt = dt_raw + bias[:, None]
     slope = tl.full(dt.shape, 1.0, tl.float32)  # dδ/dδ_raw
     if SOFTPLUS:
@@ -104,7 +104,7 @@ def _discretise(dt_raw, bias, u, A2, B, mask_t, SOFTPLUS: tl.constexpr):
     dt = tl.where(mask_t[None, :], dt, 0.0)
     a = tl.exp2(dt[:, None, :] * A2[:, :, None])
     dtu = dt * u
-    b = dtu[:, None, :] * B[None, :, :]
+    b = dtu[:, None, :] * B
     return dt, slope, dtu, a, b
 
 
@@ -137,8 +137,23 @@ def _fwd_kernel(
     dt_base = dt_ptr + pid_b * s_dt_b + offs_d[:, None] * s_dt_d
     z_base = z_ptr + pid_b * s_z_b + offs_d[:, None] * s_z_d
     y_base = y_ptr + (pid_b * dim + offs_d[:, None]) * seqlen
-    B_base = B_ptr + pid_b * s_B_b + group * s_B_g + offs_n[:, None] * s_B_n
-    C_base = C_ptr + pid_b * s_C_b + group * s_C_g + offs_n[:, None] * s_C_n
+    # B and C are read as (BD, N, T) tiles with stride 0 across channels: a 3-D load makes
+    # Triton lay the chunk out with 8 consecutive steps per thread, so the scans along time run
+    # mostly inside threads (a 2-D load broadcast to 3-D put time across lanes: 5× the shuffles).
+    B_base = (
+        B_ptr
+        + pid_b * s_B_b
+        + group * s_B_g
+        + offs_d[:, None, None] * 0
+        + offs_n[None, :, None] * s_B_n
+    )
+    C_base = (
+        C_ptr
+        + pid_b * s_C_b
+        + group * s_C_g
+        + offs_d[:, None, None] * 0
+        + offs_n[None, :, None] * s_C_n
+    )
     ckpt_base = ckpt_ptr + ((pid_b * dim + offs_d[:, None]) * n_chunks) * dstate + offs_n[None, :]
 
     h = tl.zeros((BLOCK_D, N_PAD), dtype=tl.float32)
@@ -148,16 +163,16 @@ def _fwd_kernel(
         offs_t = chunk * CHUNK + offs_c
         mask_t = offs_t < seqlen
         mask_dt = mask_d[:, None] & mask_t[None, :]
-        mask_nt = mask_n[:, None] & mask_t[None, :]
+        mask_3 = mask_n[None, :, None] & mask_t[None, None, :]
         u = tl.load(u_base + offs_t[None, :] * s_u_l, mask=mask_dt, other=0.0).to(tl.float32)
         dt_raw = tl.load(dt_base + offs_t[None, :] * s_dt_l, mask=mask_dt, other=0.0)
-        B = tl.load(B_base + offs_t[None, :] * s_B_l, mask=mask_nt, other=0.0).to(tl.float32)
-        C = tl.load(C_base + offs_t[None, :] * s_C_l, mask=mask_nt, other=0.0).to(tl.float32)
+        B = tl.load(B_base + offs_t[None, None, :] * s_B_l, mask=mask_3, other=0.0).to(tl.float32)
+        C = tl.load(C_base + offs_t[None, None, :] * s_C_l, mask=mask_3, other=0.0).to(tl.float32)
 
         _, _, _, a, b = _discretise(dt_raw.to(tl.float32), bias, u, A2, B, mask_t, SOFTPLUS)
         a_cum, b_cum = tl.associative_scan((a, b), 2, _compose)
         hs = a_cum * h[:, :, None] + b_cum  # (BD, N, T): the state after each step
-        y = tl.sum(hs * C[None, :, :], axis=1) + Dv[:, None] * u
+        y = tl.sum(hs * C, axis=1) + Dv[:, None] * u
         if HAS_Z:
             zv = tl.load(z_base + offs_t[None, :] * s_z_l, mask=mask_dt, other=0.0)
             silu, _ = silu_and_grad(zv.to(tl.float32))
@@ -201,8 +216,23 @@ def _bwd_kernel(
     dt_base = dt_ptr + pid_b * s_dt_b + offs_d[:, None] * s_dt_d
     z_base = z_ptr + pid_b * s_z_b + offs_d[:, None] * s_z_d
     dout_base = dout_ptr + pid_b * s_o_b + offs_d[:, None] * s_o_d
-    B_base = B_ptr + pid_b * s_B_b + group * s_B_g + offs_n[:, None] * s_B_n
-    C_base = C_ptr + pid_b * s_C_b + group * s_C_g + offs_n[:, None] * s_C_n
+    # B and C are read as (BD, N, T) tiles with stride 0 across channels: a 3-D load makes
+    # Triton lay the chunk out with 8 consecutive steps per thread, so the scans along time run
+    # mostly inside threads (a 2-D load broadcast to 3-D put time across lanes: 5× the shuffles).
+    B_base = (
+        B_ptr
+        + pid_b * s_B_b
+        + group * s_B_g
+        + offs_d[:, None, None] * 0
+        + offs_n[None, :, None] * s_B_n
+    )
+    C_base = (
+        C_ptr
+        + pid_b * s_C_b
+        + group * s_C_g
+        + offs_d[:, None, None] * 0
+        + offs_n[None, :, None] * s_C_n
+    )
     ckpt_base = ckpt_ptr + ((pid_b * dim + offs_d[:, None]) * n_chunks) * dstate + offs_n[None, :]
     # Gradients we allocate are contiguous: (b, d, l), and (b, g, n, l) fp32 for dB and dC.
     grad_base = (pid_b * dim + offs_d[:, None]) * seqlen
@@ -219,12 +249,13 @@ def _bwd_kernel(
         mask_t = offs_t < seqlen
         mask_dt = mask_d[:, None] & mask_t[None, :]
         mask_nt = mask_n[:, None] & mask_t[None, :]
+        mask_3 = mask_n[None, :, None] & mask_t[None, None, :]
         u = tl.load(u_base + offs_t[None, :] * s_u_l, mask=mask_dt, other=0.0).to(tl.float32)
         dt_raw = tl.load(dt_base + offs_t[None, :] * s_dt_l, mask=mask_dt, other=0.0)
         dout = tl.load(dout_base + offs_t[None, :] * s_o_l, mask=mask_dt, other=0.0)
         dout = dout.to(tl.float32)
-        B = tl.load(B_base + offs_t[None, :] * s_B_l, mask=mask_nt, other=0.0).to(tl.float32)
-        C = tl.load(C_base + offs_t[None, :] * s_C_l, mask=mask_nt, other=0.0).to(tl.float32)
+        B = tl.load(B_base + offs_t[None, None, :] * s_B_l, mask=mask_3, other=0.0).to(tl.float32)
+        C = tl.load(C_base + offs_t[None, None, :] * s_C_l, mask=mask_3, other=0.0).to(tl.float32)
         h0 = tl.load(ckpt_base + chunk * dstate, mask=mask_dn, other=0.0)
 
         # Recompute the chunk's forward pass.
@@ -232,7 +263,7 @@ def _bwd_kernel(
         a_cum, b_cum = tl.associative_scan((a, b), 2, _compose)
         hs = a_cum * h0[:, :, None] + b_cum
         if HAS_Z:
-            y = tl.sum(hs * C[None, :, :], axis=1) + Dv[:, None] * u
+            y = tl.sum(hs * C, axis=1) + Dv[:, None] * u
             zv = tl.load(z_base + offs_t[None, :] * s_z_l, mask=mask_dt, other=0.0)
             silu, dsilu = silu_and_grad(zv.to(tl.float32))
             dz = dout * y * dsilu
@@ -244,14 +275,14 @@ def _bwd_kernel(
             dy = dout
 
         # Adjoint: e_t = ∂L/∂h_t, by a reverse scan over the chunk plus the later chunks' carry.
-        direct = C[None, :, :] * dy[:, None, :]
+        direct = C * dy[:, None, :]
         _, q, s = tl.associative_scan((a, ones, direct), 2, _compose_adjoint, reverse=True)
         e = s + q * carry[:, :, None]
         carry = tl.sum(tl.where(offs_c[None, None, :] == 0, a * e, 0.0), axis=2)
 
         e_prev = e * (hs - b)  # e_t · a_t h_{t-1}
         dA += tl.sum(e_prev * dt[:, None, :], axis=2)
-        eB = tl.sum(e * B[None, :, :], axis=1)  # (BD, T)
+        eB = tl.sum(e * B, axis=1)  # (BD, T)
         ddt = tl.sum(e_prev * A[:, :, None], axis=1) + u * eB
         du = dt * eB + Dv[:, None] * dy
         dD += tl.sum(dy * u, axis=1)
@@ -422,9 +453,10 @@ class _SelectiveScanFn(torch.autograd.Function):
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, softplus_, return_last_state):
         fwd, bwd = _configs()
         needs_grad = any(ctx.needs_input_grad[:8])
+        # With gradients the forward keeps a state every backward chunk, so it scans in those.
         y, last, ckpt = _launch_forward(
             u, delta, A, B, C, D, z, delta_bias, softplus_, return_last_state, needs_grad,
-            fwd, bwd.chunk,
+            fwd, bwd.chunk if needs_grad else fwd.chunk,
         )  # fmt: skip
         if needs_grad:
             ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, ckpt)

@@ -27,10 +27,10 @@ Backward, with dy = ∂L/∂y (dout · silu(z)) and G = ∂L/∂S_next of a chun
     ∂L/∂B_s = Σ_h Σ_{t ≥ s} L[t, s] (dy_t · x_s) δ_s C_t + δ_s exp(cs_last − cs_s) x_s G      `_dB`
     ∂L/∂C_t = Σ_h exp(cs_t) dy_t S_prev + Σ_{s ≤ t} L[t, s] (dy_t · x_s) δ_s B_s              `_dC`
 
-The gradient with respect to cs then follows from two identities that avoid extra matmuls:
-the terms in which cs_t enters as the later index sum to C_t · ∂L/∂C_t (that head's part), and
-those in which cs_s enters as the earlier index sum to −δ_s ∂L/∂δ_s (direct part). Then
-∂L/∂a_r = Σ_{t ≥ r} ∂L/∂cs_t (plus the chunk-end terms), and ∂L/∂δ, ∂L/∂A follow (`_ddt`).
+The step sizes enter through a_r = δ_r A_h, and ∂L/∂a_r collects every exponent that spans step
+r: Q_r = Σ_{t ≥ r} Σ_{s < r} W[t, s] (W the in-chunk terms, summed directly in `_dC`, never as a
+difference of two large row and column sums, which cancels badly in bf16), Σ_{t ≥ r} U_t (the
+carried state's terms), Σ_{s < r} V_s (the chunk state's terms) and ∂L/∂cs_last (`_ddt`).
 ∂L/∂B and ∂L/∂C sum over the heads of a group: each program loops over a share of those heads.
 """
 
@@ -65,7 +65,7 @@ class LaunchConfig:
     head_splits: int  # programs sharing the heads of one group in the dB / dC kernels
 
 
-GPU = LaunchConfig(block=64, warps=4, stages=2, head_splits=4)
+GPU = LaunchConfig(block=64, warps=4, stages=1, head_splits=2)  # tuned on an H100
 INTERPRETED = LaunchConfig(block=16, warps=1, stages=1, head_splits=2)
 
 
@@ -317,7 +317,7 @@ def _state_passing_bwd(
 @triton.jit
 def _dx(
     x_ptr, B_ptr, C_ptr, D_ptr, dy_ptr, cs_ptr, dtb_ptr, g_ptr,
-    dx_ptr, ddt_ptr, dlast_ptr, dD_ptr,
+    dx_ptr, ddt_ptr, v_ptr, dD_ptr,
     seqlen, nheads, heads_per_group, headdim, dstate, chunk_size, n_chunks,
     s_x_b, s_x_l, s_x_h, s_x_p, s_B_b, s_B_l, s_B_g, s_B_n, s_C_b, s_C_l, s_C_g, s_C_n,
     s_y_b, s_y_l, s_y_h, s_y_p,
@@ -325,7 +325,7 @@ def _dx(
     BLOCK_S: tl.constexpr, P_PAD: tl.constexpr, N_PAD: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):  # fmt: skip
-    """∂L/∂x of BLOCK_S rows, the direct part of ∂L/∂δ, and the chunk-end term of ∂L/∂cs."""
+    """∂L/∂x of BLOCK_S rows, the direct part of ∂L/∂δ, and V_s (the chunk-state term of ∂L/∂a)."""
     s_blocks = tl.cdiv(chunk_size, BLOCK_S)
     c = tl.program_id(0) // s_blocks
     s0 = (tl.program_id(0) % s_blocks) * BLOCK_S
@@ -390,7 +390,7 @@ def _dx(
     out_off = ((b * seqlen + t_s[:, None]) * nheads + head) * headdim + offs_p[None, :]
     tl.store(dx_ptr + out_off, dx.to(dx_ptr.dtype.element_ty), mask=mask_sp)
     tl.store(ddt_ptr + row0 + offs_s, ddt, mask=mask_s)
-    tl.atomic_add(dlast_ptr + pid_bh.to(tl.int64) * n_chunks + c, tl.sum(dt_s * ddt_state, 0))
+    tl.store(v_ptr + row0 + offs_s, dt_s * ddt_state, mask=mask_s)  # V_s: the chunk-state term
 
 
 @triton.jit
@@ -454,7 +454,7 @@ def _dB(
 
 @triton.jit
 def _dC(
-    x_ptr, B_ptr, C_ptr, dy_ptr, cs_ptr, dtb_ptr, sprev_ptr, dC_ptr, dcs_ptr,
+    x_ptr, B_ptr, C_ptr, dy_ptr, cs_ptr, dtb_ptr, sprev_ptr, dC_ptr, u_ptr, q_ptr,
     seqlen, nheads, heads_per_group, heads_per_split, headdim, dstate, chunk_size, n_chunks,
     ngroups,
     s_x_b, s_x_l, s_x_h, s_x_p, s_B_b, s_B_l, s_B_g, s_B_n, s_C_b, s_C_l, s_C_g, s_C_n,
@@ -462,7 +462,8 @@ def _dC(
     BLOCK_T: tl.constexpr, P_PAD: tl.constexpr, N_PAD: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):  # fmt: skip
-    """∂L/∂C of BLOCK_T rows over a share of the group's heads; per head, C_t · ∂L/∂C_t."""
+    """∂L/∂C of BLOCK_T rows over a share of the group's heads, and per head the two terms of
+    ∂L/∂a that these rows own: U_t (through the carried state) and this block's part of Q_r."""
     t_blocks = tl.cdiv(chunk_size, BLOCK_T)
     c = tl.program_id(0) // t_blocks
     t0 = (tl.program_id(0) % t_blocks) * BLOCK_T
@@ -479,7 +480,7 @@ def _dC(
     t = c * chunk_size + offs_t
     B_base = B_ptr + b * s_B_b + group * s_B_g
     Ct = tl.load(C_ptr + b * s_C_b + t[:, None] * s_C_l + group * s_C_g + offs_n[None, :] * s_C_n,
-                 mask=mask_t[:, None] & mask_n[None, :], other=0.0).to(tl.float32)  # fmt: skip
+                 mask=mask_t[:, None] & mask_n[None, :], other=0.0)  # fmt: skip
 
     acc = tl.zeros((BLOCK_T, N_PAD), dtype=tl.float32)
     for i in range(heads_per_split):
@@ -493,7 +494,9 @@ def _dC(
                      mask=mask_p[:, None] & mask_n[None, :], other=0.0)  # fmt: skip
         acc_h = tl.dot(dyt, Sp.to(dyt.dtype), input_precision=DOT_PRECISION)
         acc_h = acc_h * _exp(cs_t)[:, None]
+        tl.store(u_ptr + row0 + offs_t, tl.sum(acc_h * Ct.to(tl.float32), 1), mask=mask_t)
         x_base = x_ptr + b * s_x_b + head * s_x_h
+        before = tl.zeros((BLOCK_T,), dtype=tl.float32)  # Σ_{s < block} W[t, s]
         for s0 in range(0, tl.minimum(t0 + BLOCK_T, chunk_len), BLOCK_T):
             offs_s = s0 + tl.arange(0, BLOCK_T)
             cs_s, dt_s, mask_s = _chunk_rows(cs_ptr, dtb_ptr, row0, offs_s, chunk_len)
@@ -507,7 +510,13 @@ def _dC(
             Bs = tl.load(B_base + s[:, None] * s_B_l + offs_n[None, :] * s_B_n,
                          mask=mask_s[:, None] & mask_n[None, :], other=0.0)  # fmt: skip
             acc_h += tl.dot(W.to(Bs.dtype), Bs, input_precision=DOT_PRECISION)
-        tl.store(dcs_ptr + row0 + offs_t, tl.sum(acc_h * Ct, 1), mask=mask_t)
+            # Q_r = Σ_{t ≥ r} Σ_{s < r} W_full[t, s], W_full = (C_t · B_s) W: the pairs whose
+            # decay exp(cs_t − cs_s) spans step r, summed directly (not as a difference).
+            W = W * tl.dot(Ct, tl.trans(Bs), input_precision=DOT_PRECISION)
+            below = before[:, None] + tl.cumsum(W, 1) - W  # Σ_{s' < s} W_full[t, s']
+            before += tl.sum(W, 1)
+            spans = tl.where(offs_t[:, None] >= offs_s[None, :], below, 0.0)
+            tl.atomic_add(q_ptr + row0 + offs_s, tl.sum(spans, 0), mask=mask_s)
         acc += acc_h
     batch = tl.num_programs(1) // ngroups
     off = (((split * batch + b) * seqlen + t[:, None]) * ngroups + group) * dstate
@@ -516,12 +525,13 @@ def _dC(
 
 @triton.jit
 def _ddt(
-    dt_ptr, A_ptr, bias_ptr, dtb_ptr, dcs_ptr, ddt_direct_ptr, dlast_ptr,
+    dt_ptr, A_ptr, bias_ptr, dtb_ptr, q_ptr, u_ptr, v_ptr, ddt_direct_ptr, dlast_ptr,
     ddt_out_ptr, dA_ptr, dbias_ptr,
     seqlen, nheads, chunk_size, n_chunks, s_dt_b, s_dt_l, s_dt_h,
     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, T_PAD: tl.constexpr,
 ):  # fmt: skip
-    """∂L/∂a_r = Σ_{t ≥ r} ∂L/∂cs_t, then ∂L/∂dt (through softplus), ∂L/∂A and ∂L/∂bias."""
+    """∂L/∂a_r = Q_r + Σ_{t ≥ r} U_t + Σ_{s < r} V_s + ∂L/∂cs_last, each a sum of terms that
+    contain step r (no large terms cancelling), then ∂L/∂dt (through softplus), ∂L/∂A, ∂L/∂bias."""
     c = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = (pid_bh // nheads).to(tl.int64)
@@ -532,15 +542,15 @@ def _ddt(
     row0 = (pid_bh.to(tl.int64) * n_chunks + c) * chunk_size
     dtb = tl.load(dtb_ptr + row0 + offs, mask=in_chunk, other=0.0)
     direct = tl.load(ddt_direct_ptr + row0 + offs, mask=offs < chunk_len, other=0.0)
-    dcs = tl.load(dcs_ptr + row0 + offs, mask=offs < chunk_len, other=0.0) - dtb * direct
-    dcs += tl.where(
-        offs == chunk_size - 1, tl.load(dlast_ptr + pid_bh.to(tl.int64) * n_chunks + c), 0.0
-    )
-    dA_step = tl.sum(dcs, 0) - tl.cumsum(dcs, 0) + dcs  # reverse cumulative sum
+    valid = offs < chunk_len
+    q = tl.load(q_ptr + row0 + offs, mask=valid, other=0.0)
+    u = tl.load(u_ptr + row0 + offs, mask=valid, other=0.0)
+    v = tl.load(v_ptr + row0 + offs, mask=valid, other=0.0)
+    dlast = tl.load(dlast_ptr + pid_bh.to(tl.int64) * n_chunks + c)
+    dA_step = q + tl.cumsum(u, 0, reverse=True) + (tl.cumsum(v, 0) - v) + dlast
     A = tl.load(A_ptr + head).to(tl.float32)
     ddt = direct + dA_step * A
     tl.store(dA_ptr + pid_bh.to(tl.int64) * n_chunks + c, tl.sum(dA_step * dtb, 0))
-    valid = offs < chunk_len
     t = c * chunk_size + offs
     if SOFTPLUS:
         raw = tl.load(dt_ptr + b * s_dt_b + t * s_dt_l + head * s_dt_h, mask=valid, other=0.0)
@@ -710,10 +720,12 @@ def _backward(dout, dfinal, x, dt, A, B, C, chunk_size, D, z, dt_bias, softplus_
     )  # fmt: skip
 
     dx = torch.empty((batch, seqlen, nheads, headdim), device=dev, dtype=x.dtype)
+    # Per (b, h, chunk, step), fp32: the direct ∂L/∂δ, and the three parts of ∂L/∂a (_ddt).
     ddt_direct = torch.zeros((batch, nheads, n_chunks, chunk_size), **f32)
+    v_terms, u_terms, q_terms = (torch.zeros_like(ddt_direct) for _ in range(3))
     dD = torch.zeros(D.shape, **f32) if D is not None else None
     _dx[(n_chunks * blocks_per_chunk, batch * nheads)](
-        x, B, C, _or(D, x), dy, cs, dtb, g, dx, ddt_direct, dlast, _or(dD, dlast),
+        x, B, C, _or(D, x), dy, cs, dtb, g, dx, ddt_direct, v_terms, _or(dD, dlast),
         seqlen, nheads, heads_per_group, headdim, dstate, chunk_size, n_chunks,
         *x.stride(), *B.stride(), *C.stride(), *dy.stride(),
         HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2,
@@ -727,7 +739,6 @@ def _backward(dout, dfinal, x, dt, A, B, C, chunk_size, D, z, dt_bias, softplus_
     )
     dB = torch.empty((splits, batch, seqlen, ngroups, dstate), **f32)
     dC = torch.empty_like(dB)
-    dcs = torch.zeros((batch, nheads, n_chunks, chunk_size), **f32)
     grid = (n_chunks * blocks_per_chunk, batch * ngroups, splits)
     common = (seqlen, nheads, heads_per_group, heads_per_group // splits, headdim, dstate,
               chunk_size, n_chunks, ngroups)  # fmt: skip
@@ -736,7 +747,7 @@ def _backward(dout, dfinal, x, dt, A, B, C, chunk_size, D, z, dt_bias, softplus_
         BLOCK_S=block, P_PAD=p_pad, N_PAD=n_pad, DOT_PRECISION=precision, **launch,
     )  # fmt: skip
     _dC[grid](
-        x, B, C, dy, cs, dtb, sprev, dC, dcs, *common,
+        x, B, C, dy, cs, dtb, sprev, dC, u_terms, q_terms, *common,
         *x.stride(), *B.stride(), *C.stride(), *dy.stride(),
         BLOCK_T=block, P_PAD=p_pad, N_PAD=n_pad, DOT_PRECISION=precision, **launch,
     )  # fmt: skip
@@ -745,7 +756,7 @@ def _backward(dout, dfinal, x, dt, A, B, C, chunk_size, D, z, dt_bias, softplus_
     dA = torch.empty((batch, nheads, n_chunks), **f32)
     dbias = torch.empty_like(dA)
     _ddt[(n_chunks, batch * nheads)](
-        dt, A, _or(dt_bias, A), dtb, dcs, ddt_direct, dlast, ddt, dA, dbias,
+        dt, A, _or(dt_bias, A), dtb, q_terms, u_terms, v_terms, ddt_direct, dlast, ddt, dA, dbias,
         seqlen, nheads, chunk_size, n_chunks, *dt.stride(),
         HAS_BIAS=dt_bias is not None, SOFTPLUS=softplus_, T_PAD=next_pow2(chunk_size),
         num_warps=4,
