@@ -137,6 +137,7 @@ def run(args: argparse.Namespace) -> int:
     vlm = vlm.to(dtype).eval()
     lm_params = sum(p.numel() for p in vlm.language_model.parameters())
     rows = measure_vlm(vlm, f"Cobra-style ({args.lm})", lm_params, args, device, dtype)
+    write_record(args.out, SUITE, args, device, settings, {"rows": rows})
     for spec in transformer_specs(vlm, args.lm, impls):
         label = f"same towers + {spec.label}"
         if deadline.passed():
@@ -146,6 +147,7 @@ def run(args: argparse.Namespace) -> int:
         free_memory(device)
         vlm.language_model = spec.build(device, dtype).eval()
         rows += measure_vlm(vlm, label, spec.count_parameters(), args, device, dtype)
+        write_record(args.out, SUITE, args, device, settings, {"rows": rows})
 
     show(rows)
     record = write_record(args.out, SUITE, args, device, settings, {"rows": rows})

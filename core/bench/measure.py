@@ -7,13 +7,15 @@
   ``reset_peak_memory_stats``: what the tensors needed, weights included, not the allocator's
   cache. The CPU has no such counter, so there it is ``None``.
 - Out of memory is a result, not a crash: the point is marked ``"OOM"`` and the caches freed so
-  that the next (smaller) point can run.
+  that the next point can run. Any other exception marks the point ``"error: ..."`` the same
+  way (a kernel that refuses a shape must not end a whole GPU run).
 """
 
 from __future__ import annotations
 
 import gc
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -76,6 +78,18 @@ def is_out_of_memory(err: BaseException) -> bool:
     return isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in str(err).lower()
 
 
+def failure(err: BaseException) -> str:
+    """A point's status for an exception: "OOM", or "error: <type>: <first line>" (printed in
+    full to stderr, so the log keeps what the table shortens)."""
+    if is_out_of_memory(err):
+        return OOM
+    message = (
+        f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+    )
+    print(f"  error: {message}", file=sys.stderr, flush=True)
+    return f"error: {message[:60]}"
+
+
 def free_memory(device: torch.device) -> None:
     gc.collect()
     if device.type == "cuda":
@@ -92,11 +106,10 @@ def measure(
         reset_peak(device)
         times = time_calls(fn, device, repeats)
         return Measurement(statistics.median(times), peak_bytes(device))
-    except (RuntimeError, MemoryError) as err:
-        if not is_out_of_memory(err):
-            raise
+    except Exception as err:  # one failing point must not end the suite
+        status = failure(err)
     free_memory(device)  # outside the except block: the traceback no longer holds the tensors
-    return Measurement(status=OOM)
+    return Measurement(status=status)
 
 
 class Deadline:

@@ -110,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
     settings = apply_defaults(args, FULL, SMOKE)
     deadline = Deadline(args.time_budget)
     impls = args.attention or attention_implementations(device, dtype)
+    settings["attention"] = impls
     specs = preset_family(args.size, models=args.models, attention_impls=impls)
     training: list[dict[str, Any]] = []
     generation: list[dict[str, Any]] = []
@@ -152,10 +153,11 @@ def run(args: argparse.Namespace) -> int:
                           f"{cell(row, 'state_bytes', byte_size)}", flush=True)  # fmt: skip
         del model
         free_memory(device)
+        # Saved after every model: a run stopped by its time limit keeps what it measured.
+        results = {"training": training, "generation": generation}
+        record = write_record(args.out, SUITE, args, device, settings, results)
 
     show(training, generation, args)
-    results = {"training": training, "generation": generation}
-    record = write_record(args.out, SUITE, args, device, {**settings, "attention": impls}, results)
     figure = plot(training, generation, args, device)
     print(f"wrote {record} and {figure}")
     return 0

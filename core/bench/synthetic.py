@@ -38,7 +38,7 @@ from mambaverse.train.data.tokens import (
 from mambaverse.train.tasks import score
 
 from .language_models import LMSpec, lm_family
-from .measure import Deadline
+from .measure import OK, SKIPPED, Deadline, failure
 from .report import (
     add_common_options,
     apply_defaults,
@@ -93,7 +93,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--steps", type=int, help="training steps, fresh random batches (2000)")
     parser.add_argument("--batch", type=int, help="training batch size (32)")
-    parser.add_argument("--lr", type=float, default=1e-3, help="AdamW peak learning rate")
+    parser.add_argument("--lr", type=float, default=3e-3, help="AdamW peak learning rate")
     parser.add_argument("--d-model", type=int, default=64, help="model width (paper: 64)")
     parser.add_argument("--n-layer", type=int, default=2, help="layers of every model (paper: 2)")
     parser.add_argument("--d-state", type=int, default=16, help="SSM state size of Mamba layers")
@@ -214,7 +214,7 @@ def evaluate(
 
 def run(args: argparse.Namespace) -> int:
     device, dtype = resolve_device(args)
-    settings = apply_defaults(args, FULL, SMOKE)
+    settings = {**apply_defaults(args, FULL, SMOKE), **vars_of(args)}
     unknown = sorted(set(args.tasks) - set(TASKS))
     if unknown:
         raise SystemExit(f"--tasks: unknown {unknown}; choose from {', '.join(TASKS)}")
@@ -224,35 +224,57 @@ def run(args: argparse.Namespace) -> int:
     training: list[dict[str, Any]] = []
     for task in args.tasks:
         for spec in specs:
-            row_base = {"task": task, "model": spec.label, "params": spec.count_parameters()}
+            base = {"task": task, "model": spec.label, "params": spec.count_parameters()}
             if deadline.passed():
                 results += [
-                    {**row_base, "factor": f, "length": f * args.train_length, "status": "skipped"}
+                    {**base, "factor": f, "length": f * args.train_length, "status": SKIPPED}
                     for f in args.factors
                 ]
                 continue
-            torch.manual_seed(args.seed)
-            model = spec.build(device, dtype)
-            print(f"{task}: training {spec.label} ({row_base['params']:,} parameters)", flush=True)
-            trained = train(model, task, args, device, spec.label)
-            training.append({**row_base, **trained})
-            for factor in args.factors:
-                length = factor * args.train_length
-                accuracy, samples = evaluate(model, task, length, args, device)
-                print(f"  {task} {spec.label}: {factor}x ({length}) accuracy {accuracy:.4f} "
-                      f"on {samples} sequences", flush=True)  # fmt: skip
-                results.append(
-                    {**row_base, "factor": factor, "length": length, "accuracy": accuracy,
-                     "samples": samples, "status": "ok"}
-                )  # fmt: skip
-            del model
+            try:
+                results += train_and_test(spec, task, base, training, args, device, dtype)
+            except Exception as err:  # one failing model must not end the suite
+                status = failure(err)
+                results += [
+                    {**base, "factor": f, "length": f * args.train_length, "status": status}
+                    for f in args.factors
+                ]
+            # Saved after every model: a run stopped by its time limit keeps what it measured.
+            write_record(args.out, SUITE, args, device, settings,
+                         {"results": results, "training": training})  # fmt: skip
 
     show(results, args)
-    record = write_record(args.out, SUITE, args, device, {**settings, **vars_of(args)},
+    record = write_record(args.out, SUITE, args, device, settings,
                           {"results": results, "training": training})  # fmt: skip
     figure = plot(results, training, args)
     print(f"wrote {record} and {figure}")
     return 0
+
+
+def train_and_test(
+    spec: LMSpec,
+    task: str,
+    base: dict[str, Any],
+    training: list[dict[str, Any]],
+    args: argparse.Namespace,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> list[dict[str, Any]]:
+    """Train one model on the task (its history appended to ``training``), then test it at
+    every length; one result row per length."""
+    torch.manual_seed(args.seed)
+    model = spec.build(device, dtype)
+    print(f"{task}: training {spec.label} ({base['params']:,} parameters)", flush=True)
+    training.append({**base, **train(model, task, args, device, spec.label)})
+    rows = []
+    for factor in args.factors:
+        length = factor * args.train_length
+        accuracy, samples = evaluate(model, task, length, args, device)
+        print(f"  {task} {spec.label}: {factor}x ({length}) accuracy {accuracy:.4f} "
+              f"on {samples} sequences", flush=True)  # fmt: skip
+        rows.append({**base, "factor": factor, "length": length, "accuracy": accuracy,
+                     "samples": samples, "status": OK})  # fmt: skip
+    return rows
 
 
 def vars_of(args: argparse.Namespace) -> dict[str, Any]:

@@ -46,7 +46,7 @@ FULL = {
     "repeats": 5,
 }
 SMOKE = {
-    "pairs": ["vim_tiny=deit_tiny_patch16_224"],
+    "pairs": ["vim_micro=deit_tiny_patch16_224"],
     "resolutions": [32, 64],
     "batch": 2,
     "warmup": 1,
@@ -55,7 +55,7 @@ SMOKE = {
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    add_common_options(parser, smoke="vim_tiny vs DeiT-Ti at 32 and 64 pixels (a CPU smoke test)")
+    add_common_options(parser, smoke="vim_micro vs DeiT-Ti at 32 and 64 pixels (a CPU smoke test)")
     parser.add_argument(
         "--pairs",
         type=name_list,
@@ -125,6 +125,8 @@ def run(args: argparse.Namespace) -> int:
                 print(f"{label} @ {resolution}: {cell(row, 'images_per_s', si)} images/s, "
                       f"peak {byte_size(row.get('peak_bytes'))}", flush=True)  # fmt: skip
                 free_memory(device)
+                # Saved after every point: a run stopped by its time limit keeps what it measured.
+                write_record(args.out, SUITE, args, device, settings, {"rows": rows})
 
     ratios = compare(rows)
     show(rows, ratios, args)

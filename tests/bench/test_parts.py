@@ -1,0 +1,108 @@
+"""The pieces the suites are built from: matched-size models, the Transformer VLM path, the
+measurement's failure handling and the synthetic tasks' data."""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import pytest
+import torch
+
+import mambaverse
+from mambaverse.bench.language_models import (
+    LMSpec,
+    hybrid_lm_config,
+    hybrid_pattern,
+    lm_family,
+    matched_layers,
+)
+from mambaverse.bench.measure import OOM, measure
+from mambaverse.bench.synthetic import make_batch
+
+MAMBA = {"vocab_size": 96, "pad_vocab_size_multiple": 8, "d_model": 32, "n_layer": 3,
+         "mixer": "mamba", "mixer_config": {"d_state": 8, "d_conv": 4, "expand": 2}}  # fmt: skip
+
+
+def test_hybrid_pattern_is_jambas() -> None:
+    # Jamba-v0.1: periods of eight layers, attention at index 4 ("mmmmammm").
+    assert hybrid_pattern(8) == "mmmmammm"
+    assert hybrid_pattern(16) == "mmmmammm" * 2
+    assert hybrid_pattern(11) == "mmmmammmmmm"
+    assert hybrid_pattern(2) == "ma"  # shorter than a period: one attention layer, in the middle
+
+
+@pytest.mark.parametrize("pattern", [lambda n: "a" * n, hybrid_pattern])
+def test_matched_layers_is_the_closest_parameter_count(pattern) -> None:
+    target = LMSpec("", "mamba_lm", MAMBA).count_parameters()
+    counts = {
+        n: LMSpec("", "hybrid_lm", hybrid_lm_config(MAMBA, pattern(n), 16)).count_parameters()
+        for n in range(2, 13)
+    }  # every candidate built and counted: the oracle for the linear shortcut
+    best = min(counts, key=lambda n: abs(counts[n] - target))
+    assert matched_layers(MAMBA, pattern, 16) == best
+
+
+def test_family_labels_and_kernels() -> None:
+    specs = lm_family(MAMBA, {**MAMBA, "mixer": "mamba2"}, attention_impls=["sdpa", "reference"])
+    assert [s.label for s in specs][:2] == ["Mamba", "Mamba-2"]
+    transformers = [s for s in specs if s.label.startswith("Transformer")]
+    assert [s.config["kernels"] for s in transformers] == [
+        {"attention": "sdpa"},
+        {"attention": "reference"},
+    ]
+    assert set(transformers[0].config["layers"]) == {"a"}
+
+
+def test_transformer_lm_generates_after_prefix_embeds() -> None:
+    """A hybrid_lm (the Transformer of the generation suite) continues after image embeddings:
+    decoding with its KV cache gives the tokens that full forwards give."""
+    torch.manual_seed(0)
+    model = mambaverse.build_backbone("hybrid_lm", hybrid_lm_config(MAMBA, "ma", 16)).eval()
+    ids, prefix = torch.randint(0, 96, (2, 5)), torch.randn(2, 3, 32)
+    generated = model.generate(ids, 4, prefix_embeds=prefix)
+    expected = ids
+    with torch.no_grad():
+        for _ in range(4):
+            logits = model(expected, prefix_embeds=prefix)[:, -1, :96]
+            expected = torch.cat([expected, logits.argmax(-1, keepdim=True)], 1)
+    assert torch.equal(generated, expected)
+
+
+def test_measure_reports_oom_and_errors_and_counts_calls() -> None:
+    calls = []
+    m = measure(lambda: calls.append(1), torch.device("cpu"), warmup=2, repeats=3)
+    assert m.ok and len(calls) == 5 and m.ms >= 0 and m.peak_bytes is None
+
+    def oom() -> None:
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    assert measure(oom, torch.device("cpu")).status == OOM
+
+    def refuses() -> None:
+        raise ValueError("block size too large\nmore")
+
+    assert measure(refuses, torch.device("cpu")).status == "error: ValueError: block size too large"
+
+
+def _task_args() -> argparse.Namespace:
+    return argparse.Namespace(vocab=16, copy_tokens=5)
+
+
+def test_induction_heads_batches() -> None:
+    ids, labels = make_batch("induction_heads", np.random.default_rng(1), 64, 40, _task_args())
+    assert ids.shape == labels.shape == (64, 40)
+    for row, label in zip(ids.tolist(), labels.tolist()):
+        trigger = row[-1]
+        first = row.index(trigger)  # the trigger's only other appearance
+        assert first < 38 and row[first + 1 :].count(trigger) == 1
+        assert label[-1] == row[first + 1] and set(label[:-1]) == {-100}
+
+
+def test_selective_copying_batches() -> None:
+    ids, labels = make_batch("selective_copying", np.random.default_rng(2), 32, 30, _task_args())
+    assert ids.shape == labels.shape == (32, 35)  # context 30, then 5 recall markers
+    for row, label in zip(ids.tolist(), labels.tolist()):
+        data = [t for t in row[:30] if t >= 2]  # noise 0, recall marker 1
+        assert len(data) == 5 and row[30:] == [1] * 5
+        assert label[30:] == data and set(label[:30]) == {-100}

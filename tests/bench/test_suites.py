@@ -1,0 +1,101 @@
+"""Every suite end to end at its --smoke size on the CPU: the command runs, the JSON holds every
+point with the figures the docs quote, and the plot is written. No timing is asserted."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from mambaverse.cli import main
+
+
+def run_suite(suite: str, out: Path, *extra: str) -> dict:
+    assert main(["bench", suite, "--smoke", "--device", "cpu", "--out", str(out), *extra]) == 0
+    assert (out / f"{suite}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    record = json.loads((out / f"{suite}.json").read_text())
+    assert record["command"].startswith(f"mambaverse bench {suite} --smoke")
+    assert record["date"] and record["device"].startswith("CPU")
+    return record
+
+
+def test_scaling(tmp_path: Path) -> None:
+    record = run_suite("scaling", tmp_path, "--gen-tokens", "2")
+    labels = ["Mamba", "Mamba-2", "hybrid (ma)", "Transformer (sdpa)"]
+    train = record["training"]
+    assert [(r["model"], r["length"]) for r in train] == [(m, n) for m in labels for n in (32, 64)]
+    assert all(r["status"] == "ok" and r["tokens_per_s"] > 0 for r in train)
+    # batch = tokens_per_batch // length, at least 1
+    assert [r["batch"] for r in train[:2]] == [2, 1]
+
+    gen = {(r["model"], r["batch"], r["context"]): r for r in record["generation"]}
+    assert len(gen) == 4 * 2 * 2 and all(r["status"] == "ok" for r in gen.values())
+    for batch in (1, 2):
+        # SSM decoding state: the same size whatever the context
+        for model in ("Mamba", "Mamba-2"):
+            assert gen[model, batch, 16]["state_bytes"] == gen[model, batch, 32]["state_bytes"]
+        # KV cache: 2 (k, v) × layers × batch × heads × (context + 2 warm-up + 2 new) × head_dim × 4 B
+        for context in (16, 32):
+            expected = 2 * 2 * batch * 1 * (context + 2 + 2) * 64 * 4
+            assert gen["Transformer (sdpa)", batch, context]["state_bytes"] == expected
+
+
+def test_vision(tmp_path: Path) -> None:
+    record = run_suite("vision", tmp_path)
+    rows = record["rows"]
+    models = ["vim_micro", "deit_tiny (sdpa)", "deit_tiny (explicit)"]
+    assert [(r["model"], r["resolution"]) for r in rows] == [
+        (m, px) for px in (32, 64) for m in models
+    ]
+    assert all(r["status"] == "ok" and r["images_per_s"] > 0 for r in rows)
+    # the two DeiT variants are the same network: same parameters
+    by = {(r["model"], r["resolution"]): r for r in rows}
+    assert by["deit_tiny (sdpa)", 64]["params"] == by["deit_tiny (explicit)", 64]["params"]
+    assert {(r["against"], r["resolution"]) for r in record["ratios"]} == {
+        (m, px) for m in models[1:] for px in (32, 64)
+    }
+
+
+def test_generation(tmp_path: Path) -> None:
+    rows = run_suite("generation", tmp_path)["rows"]
+    assert [r["model"] for r in rows] == [
+        "Cobra-style (mamba_micro)",
+        "same towers + Transformer (sdpa)",
+    ]
+    assert all(r["status"] == "ok" and r["answer_tokens_per_s"] > 0 for r in rows)
+    # same towers: the same image tokens feed both language models
+    assert rows[0]["image_tokens"] == rows[1]["image_tokens"] == 4  # 32 px / 16 px patches
+
+
+def test_synthetic(tmp_path: Path) -> None:
+    record = run_suite("synthetic", tmp_path, "--models", "mamba,transformer")
+    results = record["results"]
+    assert {(r["task"], r["model"], r["length"]) for r in results} == {
+        (t, m, n)
+        for t in ("induction_heads", "selective_copying")
+        for m in ("Mamba", "Transformer")
+        for n in (16, 32)
+    }
+    assert all(0.0 <= r["accuracy"] <= 1.0 and r["samples"] == 8 for r in results)
+    assert all(t["steps_run"] == 3 for t in record["training"])
+
+
+def test_unknown_suite_names_the_suites(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "scalng"]) == 2
+    assert "did you mean 'scaling'?" in capsys.readouterr().err
+    assert main(["bench", "zzz"]) == 2
+    assert "kernels, scaling, vision, generation, synthetic" in capsys.readouterr().err
+
+
+def test_suite_options_include_out() -> None:
+    from mambaverse.bench import suite_parser
+
+    args = suite_parser("synthetic").parse_args(["--smoke", "--out", "x"])
+    assert args.out == "x" and args.smoke
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    torch.set_num_threads(1)
