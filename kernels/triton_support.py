@@ -70,6 +70,12 @@ def next_pow2(n: int) -> int:
     return triton.next_power_of_2(max(int(n), 1))
 
 
+def dot_width(n: int) -> int:
+    """A tile side for tl.dot: a power of 2 of at least 16 (the tensor cores' minimum); the
+    kernels mask the padding, so any size works."""
+    return max(16, next_pow2(n))
+
+
 @triton.jit
 def softplus(x):
     # log(1 + e^x), exact to fp32 rounding; above 20 it equals x (torch's threshold).

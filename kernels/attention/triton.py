@@ -36,8 +36,8 @@ from mambaverse.kernels.triton_support import (
     check_float,
     check_rank,
     check_shape,
+    dot_width,
     interpreting,
-    next_pow2,
 )
 
 OP = "attention"
@@ -370,8 +370,8 @@ def _forward(q, k, v, causal: bool, scale: float):
     _attn_fwd[grid](
         q, k, v, o, lse, nheads, nheads // kv_heads, lq, lk, head_dim, v_dim, lk - lq,
         scale * LOG2E.value, *_head_strides(q), *_head_strides(k), *_head_strides(v),
-        CAUSAL=causal, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, D_PAD=next_pow2(head_dim),
-        E_PAD=next_pow2(v_dim), DOT_PRECISION=_precision(q), num_warps=cfg.warps,
+        CAUSAL=causal, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, D_PAD=dot_width(head_dim),
+        E_PAD=dot_width(v_dim), DOT_PRECISION=_precision(q), num_warps=cfg.warps,
         num_stages=cfg.stages,
     )  # fmt: skip
     return o, lse
@@ -380,7 +380,7 @@ def _forward(q, k, v, causal: bool, scale: float):
 def _backward(do, q, k, v, o, lse, causal: bool, scale: float):
     batch, nheads, lq, head_dim = q.shape
     kv_heads, lk, v_dim = k.shape[1], k.shape[2], v.shape[3]
-    pads = {"D_PAD": next_pow2(head_dim), "E_PAD": next_pow2(v_dim)}
+    pads = {"D_PAD": dot_width(head_dim), "E_PAD": dot_width(v_dim)}
     precision = _precision(q)
     widest = max(head_dim, v_dim)
     delta = torch.empty_like(lse)

@@ -48,6 +48,7 @@ from mambaverse.kernels.triton_support import (
     check_float,
     check_rank,
     check_shape,
+    dot_width,
     interpreting,
     next_pow2,
     silu_and_grad,
@@ -643,7 +644,7 @@ def _forward(x, dt, A, B, C, chunk_size, D, z, dt_bias, softplus_, initial_state
     dtb = torch.empty_like(cs)
     sprev = torch.empty((batch, n_chunks, nheads, headdim, dstate), device=dev, dtype=x.dtype)
     final = torch.empty((batch, nheads, headdim, dstate), **f32) if store_final else cs
-    p_pad, n_pad = next_pow2(headdim), next_pow2(dstate)
+    p_pad, n_pad = dot_width(headdim), dot_width(dstate)
     block_p, block_n = min(p_pad, 64), min(n_pad, 128)
     precision = _precision(x)
     grid = (batch * nheads, triton.cdiv(headdim, block_p), triton.cdiv(dstate, block_n))
@@ -652,13 +653,13 @@ def _forward(x, dt, A, B, C, chunk_size, D, z, dt_bias, softplus_, initial_state
         seqlen, nheads, nheads // ngroups, headdim, dstate, chunk_size, n_chunks,
         *x.stride(), *dt.stride(), *B.stride(),
         HAS_BIAS=dt_bias is not None, SOFTPLUS=softplus_, HAS_INIT=initial_states is not None,
-        STORE_FINAL=store_final, T_PAD=next_pow2(chunk_size), BLOCK_P=block_p, BLOCK_N=block_n,
+        STORE_FINAL=store_final, T_PAD=dot_width(chunk_size), BLOCK_P=block_p, BLOCK_N=block_n,
         DOT_PRECISION=precision, num_warps=config.warps, num_stages=config.stages,
     )  # fmt: skip
     y = torch.empty((batch, seqlen, nheads, headdim), device=dev, dtype=x.dtype)
     store_pre = for_backward and z is not None
     ypre = torch.empty_like(y) if store_pre else y
-    block_m = min(config.block, next_pow2(chunk_size))
+    block_m = min(config.block, dot_width(chunk_size))
     grid = (
         n_chunks * triton.cdiv(chunk_size, block_m),
         batch * nheads,
@@ -685,8 +686,8 @@ def _backward(dout, dfinal, x, dt, A, B, C, chunk_size, D, z, dt_bias, softplus_
     dev = x.device
     f32 = {"device": dev, "dtype": torch.float32}
     cs, dtb, sprev, ypre = saved["cs"], saved["dtb"], saved["sprev"], saved["ypre"]
-    p_pad, n_pad = next_pow2(headdim), next_pow2(dstate)
-    block = min(config.block, next_pow2(chunk_size))
+    p_pad, n_pad = dot_width(headdim), dot_width(dstate)
+    block = min(config.block, dot_width(chunk_size))
     blocks_per_chunk = triton.cdiv(chunk_size, block)
     precision = _precision(x)
     launch = {"num_warps": config.warps, "num_stages": config.stages}

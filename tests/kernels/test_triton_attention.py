@@ -64,6 +64,7 @@ def test_interpreted():
         ((1, 2, 1, 20, 45, 24), True),  # lq < lk: causal aligned to the end; head_dim not 2^k
         ((1, 2, 2, 33, 19, 16), False),  # lq > lk
         ((1, 2, 1, 18, 18, 16, 40), True),  # v with its own head dim
+        ((1, 2, 2, 9, 9, 8), False),  # head dim below the tensor cores' 16: padded
     ],
 )
 def test_matches_reference(shape, causal):
