@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mambaverse.dispatch import kernel_choices
+from mambaverse.plugins.mixers.base import kernel_scope
 
 from .backbone import VisionBackbone, intermediate_indices
 
@@ -68,7 +68,7 @@ class HierarchicalBackbone(VisionBackbone):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images -> the last stage's normalised features (B, C, h, w)."""
         self.check_input(x)
-        with kernel_choices(self.kernels):
+        with kernel_scope(self.kernels):
             x = self.stem(x)
             for stage in self.stages:
                 x = self._run_stage(stage, x)
@@ -98,7 +98,7 @@ class HierarchicalBackbone(VisionBackbone):
         wanted = intermediate_indices(self.family, indices, count, output_fmt)
         self.check_input(x)
         intermediates = []
-        with kernel_choices(self.kernels):
+        with kernel_scope(self.kernels):
             x = self.stem(x)
             last = max(wanted) if stop_early and wanted else count - 1
             for i, stage in enumerate(self.stages[: last + 1]):

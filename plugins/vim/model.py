@@ -24,7 +24,6 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from mambaverse.dispatch import kernel_choices
 from mambaverse.plugins._vision.backbone import (
     VisionBackbone,
     init_weights,
@@ -32,6 +31,7 @@ from mambaverse.plugins._vision.backbone import (
 )
 from mambaverse.plugins._vision.grid_mixer import build_grid_mixer
 from mambaverse.plugins._vision.layers import DropPath, drop_path_rates, lecun_normal_
+from mambaverse.plugins.mixers.base import kernel_scope
 from mambaverse.plugins.mixers.mamba import SelectiveSSM
 from mambaverse.plugins.mixers.norms import RMSNorm
 
@@ -196,7 +196,7 @@ class VisionMamba(VisionBackbone):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images -> normalised tokens (B, N + 1, C), the class token at index N // 2."""
-        with kernel_choices(self.kernels):
+        with kernel_scope(self.kernels):
             hidden, grid, cls_index = self.embed(x)
             residual = None
             for layer in self.layers:
@@ -231,7 +231,7 @@ class VisionMamba(VisionBackbone):
         depth = len(self.layers)
         wanted = intermediate_indices(self.family, indices, depth, output_fmt)
         intermediates = []
-        with kernel_choices(self.kernels):
+        with kernel_scope(self.kernels):
             hidden, grid, cls_index = self.embed(x)
             residual = None
             last = max(wanted) if stop_early and wanted else depth - 1

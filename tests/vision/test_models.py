@@ -208,6 +208,15 @@ def test_model_kernels_config_is_applied():
         model(torch.randn(1, 3, 32, 32))
 
 
+def test_enclosing_kernel_choices_reach_a_model_without_its_own():
+    model = mambaverse.create_model("vmamba_micro")
+    with (
+        mambaverse.kernel_choices({"selective_scan": "no_such_impl"}),
+        pytest.raises(LookupError, match="no_such_impl"),
+    ):
+        model(torch.randn(1, 3, 32, 32))
+
+
 def test_save_and_load_round_trip(tmp_path):
     model = mambaverse.create_model("vmamba_micro", num_classes=5, scan="bidirectional").eval()
     mambaverse.save_pretrained(model, tmp_path)
