@@ -34,6 +34,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "mambaverse.bench:bench_command",
         "benchmark suites: kernels, scaling, vision, generation, synthetic",
     ),
+    "caption": (
+        "mambaverse.plugins.cobra.cli:caption_command",
+        "caption images with a trained VLM",
+    ),
 }
 
 

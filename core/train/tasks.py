@@ -59,7 +59,15 @@ def next_token(model: nn.Module, batch: dict[str, Tensor]) -> Outcome:
 
 
 def caption(model: nn.Module, batch: dict[str, Tensor]) -> Outcome:
-    """vlm: images (B, C, H, W) and caption input_ids (B, L) -> logits (B, L, V) over the caption."""
+    """vlm: images (B, C, H, W) and caption input_ids (B, L) -> logits (B, L, V) over the caption.
+
+    Rows given as text (``prompt`` and ``answer``, lists of strings) are tokenised here by the
+    model itself (``model.encode``: its tokenizer and prompt template), so data and model agree.
+    """
+    if "input_ids" not in batch:
+        encode = getattr(model, "module", model).encode  # a DDP-wrapped model keeps it on .module
+        ids = encode(batch["prompt"], batch["answer"])
+        batch = {**batch, **{key: t.to(batch["images"].device) for key, t in ids.items()}}
     return score(model(batch["images"], batch["input_ids"]), batch["labels"])
 
 

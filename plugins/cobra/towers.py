@@ -140,6 +140,11 @@ def build_towers(entries: str | Sequence[str | Mapping[str, Any]], img_size: int
 
 
 def build_tower(spec: TowerSpec, img_size: int) -> VisionTower:
+    """One tower, for ``img_size`` unless its own config sets ``img_size`` (towers of different
+    patch sizes reach the same grid that way: DINOv2 /14 at 336 px and SigLIP /16 at 384 px)."""
+    config = dict(spec.config)
+    img_size = int(config.pop("img_size", img_size))
+    spec = TowerSpec(spec.name, spec.weights, spec.layer, config)
     kind, sep, model_name = spec.name.partition(":")
     if sep and f"{kind}:" in PREFIXES:
         builder = _timm_tower if kind == "timm" else _open_clip_tower

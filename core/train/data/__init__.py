@@ -120,3 +120,7 @@ for _spec in (
     ),
 ):
     register_dataset(_spec)
+
+# The vision-language datasets that the model itself tokenises (vlm_digits, vlm_jsonl) register
+# themselves when their module is imported; it builds on this package, so it comes last.
+from mambaverse.plugins.cobra import data as _vlm_data  # noqa: E402, F401

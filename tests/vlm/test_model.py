@@ -1,0 +1,183 @@
+"""The Cobra model: image tokens before the text, loss on answers, cached generation, stages,
+constant decoding memory, the published shape on the meta device, checkpoints and `caption`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import mambaverse
+from mambaverse.errors import ConfigError, UnknownNameError
+from mambaverse.plugins.cobra.templates import get_template
+from mambaverse.plugins.mamba_lm.generation import state_nbytes
+
+ROOT = Path(__file__).resolve().parents[2]
+IGNORE = -100
+
+
+def tiny(seed: int = 0, **overrides):
+    torch.manual_seed(seed)
+    model = mambaverse.create_model("cobra_tiny", **overrides)
+    with torch.no_grad():  # away from the init, so that every part matters to the output
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny()
+
+
+def test_encode_puts_the_loss_on_the_answer_only(model):
+    tok, template = model.tokenizer, get_template("plain")
+    batch = model.encode(["What digit is this?", "Describe the image."], ["seven", "a digit"])
+    for row, (prompt, answer) in enumerate([("What digit is this?", "seven"), ("Describe the image.", "a digit")]):
+        prompt_ids = [tok.image_token_id, *tok.encode(f"In: {prompt}\nOut: ")]
+        answer_ids = [*tok.encode(answer), tok.eot_token_id]
+        sequence = prompt_ids + answer_ids
+        ids, labels = batch["input_ids"][row], batch["labels"][row]
+        assert ids[: len(sequence) - 1].tolist() == sequence[:-1]
+        labelled = (labels != IGNORE).nonzero().flatten().tolist()
+        # position t predicts token t + 1: the answer's tokens are predicted from the last
+        # prompt token onwards, and nothing else is
+        assert labelled == list(range(len(prompt_ids) - 1, len(sequence) - 1))
+        assert labels[labelled].tolist() == answer_ids
+    assert template.name == "plain"
+
+
+def test_image_tokens_come_before_the_text(model):
+    images, ids = torch.rand(2, 3, 16, 16), model.encode(["a", "b"], ["c", "d"])["input_ids"]
+    with torch.no_grad():
+        logits = model(images, ids)
+        lm = model.language_model
+        image_tokens = model.projector(model.towers(images))  # (B, N, d)
+        sequence = torch.cat([image_tokens, lm.embedding(ids)], dim=1)
+        hidden = sequence
+        for block in lm.layers:
+            hidden = block(hidden)
+        expected = lm.lm_head(lm.norm_f(hidden))[:, image_tokens.shape[1] :]
+    assert logits.shape == (2, ids.shape[1], lm.padded_vocab_size)
+    torch.testing.assert_close(logits, expected)
+    other = torch.rand(2, 3, 16, 16)
+    with torch.no_grad():
+        assert not torch.allclose(model(other, ids), logits)  # the text sees the image
+
+
+def test_generate_with_the_cache_equals_greedy_decoding_without_it(model):
+    images = torch.rand(3, 3, 16, 16)
+    prompts = ["What digit is this?", "What digit is this?", "Describe the image, please."]
+    answers = model.generate(images, prompts, max_new_tokens=6)
+    tok = model.tokenizer
+    for row, prompt in enumerate(prompts):
+        ids = get_template("plain").prompt_ids(tok, prompt)
+        new = []
+        with torch.no_grad():
+            for _ in range(6):  # the whole sequence again for every token: no state at all
+                logits = model(images[row : row + 1], torch.tensor([ids + new]))
+                token = int(logits[0, -1, : tok.vocab_size].argmax())
+                new.append(token)
+                if token == tok.eot_token_id:
+                    break
+        assert answers[row] == model.decode(new)
+
+
+def test_decoding_memory_stays_flat_as_the_prompt_grows():
+    def state_bytes(model, prompt_words: int) -> int:
+        states = []
+        allocate = model.language_model.allocate_state
+        model.language_model.allocate_state = lambda *a, **k: states.append(allocate(*a, **k)) or states[-1]
+        model.generate(torch.rand(1, 3, 16, 16), " ".join(["digit"] * prompt_words), max_new_tokens=2)
+        model.language_model.allocate_state = allocate
+        return state_nbytes(states[0])
+
+    mamba = tiny(max_length=4096)
+    sizes = [state_bytes(mamba, words) for words in (4, 400, 1600)]
+    assert sizes[0] == sizes[1] == sizes[2] > 0
+    # The same model with attention layers keeps a KV cache that grows with the prompt.
+    attention = tiny(max_length=4096, language_model_config={"mixer": "attention", "mixer_config": {"num_heads": 4}})
+    grown = [state_bytes(attention, words) for words in (4, 400, 1600)]
+    assert grown[0] < grown[1] < grown[2] and grown[2] > 100 * sizes[2]
+
+
+def test_a_prompt_over_the_limit_says_so(model):
+    with pytest.raises(ValueError, match=r"too long: 16 image tokens \+ \d+ text tokens = \d+ > the model's max_length 256"):
+        model.generate(torch.rand(1, 3, 16, 16), "digit " * 300, max_new_tokens=4)
+
+
+def test_stages_choose_what_trains():
+    align = mambaverse.create_model("cobra_tiny", stage="align")
+    trainable = {n.split(".")[0] for n, p in align.named_parameters() if p.requires_grad}
+    assert trainable == {"projector"}
+    finetune = mambaverse.create_model("cobra_tiny")  # default stage: finetune
+    trainable = {n.split(".")[0] for n, p in finetune.named_parameters() if p.requires_grad}
+    assert trainable == {"projector", "language_model"}
+    finetune.train()
+    assert finetune.training and not finetune.towers.training  # frozen towers stay in eval mode
+    everything = mambaverse.create_model("cobra_tiny", train_towers=True).train()
+    assert all(p.requires_grad for p in everything.parameters()) and everything.towers.training
+    with pytest.raises(UnknownNameError, match="'align'"):
+        mambaverse.create_model("cobra_tiny", stage="alignn")
+
+
+def test_the_language_model_is_chosen_by_name_and_covers_the_tokenizer():
+    model = mambaverse.create_model("cobra_tiny", language_model="mamba2_micro")
+    assert model.language_model.vocab_size == model.tokenizer.vocab_size == 49409  # was 256
+    with pytest.raises(UnknownNameError, match="mamba_micro"):
+        mambaverse.create_model("cobra_tiny", language_model="mamba_mikro")
+    with pytest.raises(ConfigError, match="smaller than the tokenizer's 49409"):
+        mambaverse.create_model("cobra_tiny", language_model_config={"vocab_size": 300})
+
+
+def test_the_published_cobra_shape_builds_on_the_meta_device():
+    from open_clip import tokenizer  # noqa: F401  (import outside the meta context)
+    import timm
+
+    with torch.device("meta"):
+        cobra = mambaverse.create_model("cobra_3b")
+        dino = timm.create_model("vit_large_patch14_reg4_dinov2", num_classes=0, img_size=384)
+        siglip = timm.create_model("vit_so400m_patch14_siglip_384", num_classes=0)
+        lm = mambaverse.create_model("mamba_2.8b")
+
+    def count(module):
+        return sum(p.numel() for p in module.parameters())
+
+    fused, d = 1024 + 1152, 2560
+    projector = (fused * 4 * fused + 4 * fused) + (4 * fused * d + d) + (d * d + d)
+    assert count(cobra) == count(dino) + count(siglip) + projector + count(lm)
+    assert cobra.towers.num_features == fused and cobra.language_model.padded_vocab_size == 50280
+    assert cobra.template.name == "chat" and cobra.max_length == 2048
+    assert 3.5e9 < count(cobra) < 3.6e9
+
+
+def test_checkpoint_round_trip_and_caption_command(model, tmp_path):
+    from PIL import Image
+
+    mambaverse.save_pretrained(model, tmp_path / "ckpt")
+    loaded = mambaverse.load_pretrained(tmp_path / "ckpt").eval()
+    images = torch.rand(2, 3, 16, 16)
+    ids = model.encode(["q", "q"], ["a", "b"])["input_ids"]
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(images, ids), model(images, ids))
+
+    paths = []
+    for i in range(2):
+        path = tmp_path / f"img{i}.png"
+        Image.fromarray((images[i].permute(1, 2, 0).numpy() * 255).round().astype("uint8")).save(path)
+        paths.append(str(path))
+    expected = model.generate(paths, max_new_tokens=5)
+    result = subprocess.run(
+        [sys.executable, "-m", "mambaverse", "caption", "--checkpoint", str(tmp_path / "ckpt"),
+         paths[0], str(tmp_path / "missing.png"), paths[1], "--max-new-tokens", "5", "--json"],
+        capture_output=True, text=True, cwd=ROOT, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr  # one image was missing
+    assert "missing.png' does not exist" in result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line["image"] for line in lines] == paths
+    assert [line["caption"] for line in lines] == expected
