@@ -133,13 +133,10 @@ def _key_ranges(m0, lk, causal_offset, CAUSAL: tl.constexpr, BLOCK_M: tl.constex
 
 
 @triton.jit
-def _attn_fwd(
-    q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr,
-    nheads, kv_group, lq, lk, head_dim, v_dim, causal_offset, qk_scale,
-    s_q_b, s_q_h, s_q_l, s_k_b, s_k_h, s_k_l, s_v_b, s_v_h, s_v_l,
-    CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D_PAD: tl.constexpr,
-    E_PAD: tl.constexpr, DOT_PRECISION: tl.constexpr,
-):  # fmt: skip
+def _query_block(q_ptr, k_ptr, v_ptr, nheads, kv_group, lq, head_dim, v_dim,
+                 s_q_b, s_q_h, s_q_l, s_k_b, s_k_h, s_v_b, s_v_h,
+                 BLOCK_M: tl.constexpr, D_PAD: tl.constexpr, E_PAD: tl.constexpr):  # fmt: skip
+    """A program's query block: its rows, the head and its kv head, q, and the k / v bases."""
     m0 = tl.program_id(0) * BLOCK_M
     pid_bh = tl.program_id(1)
     b = (pid_bh // nheads).to(tl.int64)
@@ -154,6 +151,21 @@ def _attn_fwd(
                 mask=(offs_m < lq)[:, None] & d_mask, other=0.0)  # fmt: skip
     k_base = k_ptr + b * s_k_b + kv_head * s_k_h
     v_base = v_ptr + b * s_v_b + kv_head * s_v_h
+    return m0, pid_bh, b, head, offs_m, offs_d, offs_e, d_mask, e_mask, q, k_base, v_base
+
+
+@triton.jit
+def _attn_fwd(
+    q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr,
+    nheads, kv_group, lq, lk, head_dim, v_dim, causal_offset, qk_scale,
+    s_q_b, s_q_h, s_q_l, s_k_b, s_k_h, s_k_l, s_v_b, s_v_h, s_v_l,
+    CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D_PAD: tl.constexpr,
+    E_PAD: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):  # fmt: skip
+    m0, pid_bh, _, _, offs_m, offs_d, offs_e, d_mask, e_mask, q, k_base, v_base = _query_block(
+        q_ptr, k_ptr, v_ptr, nheads, kv_group, lq, head_dim, v_dim,
+        s_q_b, s_q_h, s_q_l, s_k_b, s_k_h, s_v_b, s_v_h, BLOCK_M, D_PAD, E_PAD,
+    )  # fmt: skip
 
     acc = tl.zeros((BLOCK_M, E_PAD), dtype=tl.float32)
     l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
@@ -318,25 +330,15 @@ def _attn_bwd_q(
     CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D_PAD: tl.constexpr,
     E_PAD: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):  # fmt: skip
-    m0 = tl.program_id(0) * BLOCK_M
-    pid_bh = tl.program_id(1)
-    b = (pid_bh // nheads).to(tl.int64)
-    head = pid_bh % nheads
-    kv_head = head // kv_group
-    offs_m = m0 + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, D_PAD)
-    offs_e = tl.arange(0, E_PAD)
-    d_mask = (offs_d < head_dim)[None, :]
-    e_mask = (offs_e < v_dim)[None, :]
+    m0, pid_bh, b, head, offs_m, offs_d, offs_e, d_mask, e_mask, q, k_base, v_base = _query_block(
+        q_ptr, k_ptr, v_ptr, nheads, kv_group, lq, head_dim, v_dim,
+        s_q_b, s_q_h, s_q_l, s_k_b, s_k_h, s_v_b, s_v_h, BLOCK_M, D_PAD, E_PAD,
+    )  # fmt: skip
     m_mask = (offs_m < lq)[:, None]
-    q = tl.load(q_ptr + b * s_q_b + head * s_q_h + offs_m[:, None] * s_q_l + offs_d[None, :],
-                mask=m_mask & d_mask, other=0.0)  # fmt: skip
     do = tl.load(do_ptr + b * s_do_b + head * s_do_h + offs_m[:, None] * s_do_l + offs_e[None, :],
                  mask=m_mask & e_mask, other=0.0)  # fmt: skip
     lse = tl.load(lse_ptr + pid_bh.to(tl.int64) * lq + offs_m, mask=offs_m < lq, other=float("inf"))
     delta = tl.load(delta_ptr + pid_bh.to(tl.int64) * lq + offs_m, mask=offs_m < lq, other=0.0)
-    k_base = k_ptr + b * s_k_b + kv_head * s_k_h
-    v_base = v_ptr + b * s_v_b + kv_head * s_v_h
 
     dq = tl.zeros((BLOCK_M, D_PAD), dtype=tl.float32)
     full, hi = _key_ranges(m0, lk, causal_offset, CAUSAL, BLOCK_M, BLOCK_N)

@@ -80,16 +80,46 @@ def _compose_adjoint(a_later, q_later, s_later, a_earlier, q_earlier, s_earlier)
 
 
 @triton.jit
-def _channel_params(D_ptr, bias_ptr, offs_d, mask_d, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr,
-                    BLOCK_D: tl.constexpr):  # fmt: skip
-    """D and the δ bias of a block of channels (zeros when absent)."""
+def _channels(pid_d, dim, dstate, d_per_group, A_ptr, s_A_d, s_A_n, D_ptr, bias_ptr,
+              HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_D: tl.constexpr,
+              N_PAD: tl.constexpr):  # fmt: skip
+    """A program's channels: their indices, masks, B/C group, A (fp32), D and δ bias (or 0)."""
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, N_PAD)
+    mask_d = offs_d < dim
+    mask_n = offs_n < dstate
+    mask_dn = mask_d[:, None] & mask_n[None, :]
+    group = (pid_d * BLOCK_D) // d_per_group  # BLOCK_D divides d_per_group
+    A = tl.load(A_ptr + offs_d[:, None] * s_A_d + offs_n[None, :] * s_A_n, mask=mask_dn, other=0.0)
     Dv = tl.zeros((BLOCK_D,), dtype=tl.float32)
     bias = tl.zeros((BLOCK_D,), dtype=tl.float32)
     if HAS_D:
         Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    return Dv, bias
+    return offs_d, offs_n, mask_d, mask_n, mask_dn, group, A.to(tl.float32), Dv, bias
+
+
+@triton.jit
+def _bc_tile(ptr, pid_b, s_b, group, s_g, offs_d, offs_n, s_n):
+    # B and C are read as (BD, N, T) tiles with stride 0 across channels: a 3-D load makes
+    # Triton lay the chunk out with 8 consecutive steps per thread, so the scans along time run
+    # mostly inside threads (a 2-D load broadcast to 3-D put time across lanes: 5× the shuffles).
+    return ptr + pid_b * s_b + group * s_g + offs_d[:, None, None] * 0 + offs_n[None, :, None] * s_n
+
+
+@triton.jit
+def _load_chunk(u_base, dt_base, B_base, C_base, offs_t, seqlen, mask_d, mask_n,
+                s_u_l, s_dt_l, s_B_l, s_C_l):  # fmt: skip
+    """One chunk of u and δ_raw (BD, T) and of B and C (BD, N, T), fp32, zero past the end."""
+    mask_t = offs_t < seqlen
+    mask_dt = mask_d[:, None] & mask_t[None, :]
+    mask_3 = mask_n[None, :, None] & mask_t[None, None, :]
+    u = tl.load(u_base + offs_t[None, :] * s_u_l, mask=mask_dt, other=0.0).to(tl.float32)
+    dt_raw = tl.load(dt_base + offs_t[None, :] * s_dt_l, mask=mask_dt, other=0.0).to(tl.float32)
+    B = tl.load(B_base + offs_t[None, None, :] * s_B_l, mask=mask_3, other=0.0).to(tl.float32)
+    C = tl.load(C_base + offs_t[None, None, :] * s_C_l, mask=mask_3, other=0.0).to(tl.float32)
+    return mask_t, mask_dt, u, dt_raw, B, C
 
 
 @triton.jit
@@ -119,41 +149,19 @@ def _fwd_kernel(
     STORE_LAST: tl.constexpr, STORE_CKPT: tl.constexpr,
     BLOCK_D: tl.constexpr, N_PAD: tl.constexpr, CHUNK: tl.constexpr,
 ):  # fmt: skip
-    pid_d = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    offs_n = tl.arange(0, N_PAD)
+    offs_d, offs_n, mask_d, mask_n, mask_dn, group, A, Dv, bias = _channels(
+        tl.program_id(0), dim, dstate, d_per_group, A_ptr, s_A_d, s_A_n, D_ptr, bias_ptr,
+        HAS_D, HAS_BIAS, BLOCK_D, N_PAD,
+    )  # fmt: skip
+    A2 = A * LOG2E
     offs_c = tl.arange(0, CHUNK)
-    mask_d = offs_d < dim
-    mask_n = offs_n < dstate
-    mask_dn = mask_d[:, None] & mask_n[None, :]
-    group = (pid_d * BLOCK_D) // d_per_group  # BLOCK_D divides d_per_group
-
-    A = tl.load(A_ptr + offs_d[:, None] * s_A_d + offs_n[None, :] * s_A_n, mask=mask_dn, other=0.0)
-    A2 = A.to(tl.float32) * LOG2E
-    Dv, bias = _channel_params(D_ptr, bias_ptr, offs_d, mask_d, HAS_D, HAS_BIAS, BLOCK_D)
-
     u_base = u_ptr + pid_b * s_u_b + offs_d[:, None] * s_u_d
     dt_base = dt_ptr + pid_b * s_dt_b + offs_d[:, None] * s_dt_d
     z_base = z_ptr + pid_b * s_z_b + offs_d[:, None] * s_z_d
     y_base = y_ptr + (pid_b * dim + offs_d[:, None]) * seqlen
-    # B and C are read as (BD, N, T) tiles with stride 0 across channels: a 3-D load makes
-    # Triton lay the chunk out with 8 consecutive steps per thread, so the scans along time run
-    # mostly inside threads (a 2-D load broadcast to 3-D put time across lanes: 5× the shuffles).
-    B_base = (
-        B_ptr
-        + pid_b * s_B_b
-        + group * s_B_g
-        + offs_d[:, None, None] * 0
-        + offs_n[None, :, None] * s_B_n
-    )
-    C_base = (
-        C_ptr
-        + pid_b * s_C_b
-        + group * s_C_g
-        + offs_d[:, None, None] * 0
-        + offs_n[None, :, None] * s_C_n
-    )
+    B_base = _bc_tile(B_ptr, pid_b, s_B_b, group, s_B_g, offs_d, offs_n, s_B_n)
+    C_base = _bc_tile(C_ptr, pid_b, s_C_b, group, s_C_g, offs_d, offs_n, s_C_n)
     ckpt_base = ckpt_ptr + ((pid_b * dim + offs_d[:, None]) * n_chunks) * dstate + offs_n[None, :]
 
     h = tl.zeros((BLOCK_D, N_PAD), dtype=tl.float32)
@@ -161,15 +169,11 @@ def _fwd_kernel(
         if STORE_CKPT:
             tl.store(ckpt_base + chunk * dstate, h, mask=mask_dn)
         offs_t = chunk * CHUNK + offs_c
-        mask_t = offs_t < seqlen
-        mask_dt = mask_d[:, None] & mask_t[None, :]
-        mask_3 = mask_n[None, :, None] & mask_t[None, None, :]
-        u = tl.load(u_base + offs_t[None, :] * s_u_l, mask=mask_dt, other=0.0).to(tl.float32)
-        dt_raw = tl.load(dt_base + offs_t[None, :] * s_dt_l, mask=mask_dt, other=0.0)
-        B = tl.load(B_base + offs_t[None, None, :] * s_B_l, mask=mask_3, other=0.0).to(tl.float32)
-        C = tl.load(C_base + offs_t[None, None, :] * s_C_l, mask=mask_3, other=0.0).to(tl.float32)
-
-        _, _, _, a, b = _discretise(dt_raw.to(tl.float32), bias, u, A2, B, mask_t, SOFTPLUS)
+        mask_t, mask_dt, u, dt_raw, B, C = _load_chunk(
+            u_base, dt_base, B_base, C_base, offs_t, seqlen, mask_d, mask_n,
+            s_u_l, s_dt_l, s_B_l, s_C_l,
+        )  # fmt: skip
+        _, _, _, a, b = _discretise(dt_raw, bias, u, A2, B, mask_t, SOFTPLUS)
         a_cum, b_cum = tl.associative_scan((a, b), 2, _compose)
         hs = a_cum * h[:, :, None] + b_cum  # (BD, N, T): the state after each step
         y = tl.sum(hs * C, axis=1) + Dv[:, None] * u
@@ -197,42 +201,19 @@ def _bwd_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     BLOCK_D: tl.constexpr, N_PAD: tl.constexpr, CHUNK: tl.constexpr,
 ):  # fmt: skip
-    pid_d = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    offs_n = tl.arange(0, N_PAD)
-    offs_c = tl.arange(0, CHUNK)
-    mask_d = offs_d < dim
-    mask_n = offs_n < dstate
-    mask_dn = mask_d[:, None] & mask_n[None, :]
-    group = (pid_d * BLOCK_D) // d_per_group
-
-    A = tl.load(A_ptr + offs_d[:, None] * s_A_d + offs_n[None, :] * s_A_n, mask=mask_dn, other=0.0)
-    A = A.to(tl.float32)
+    offs_d, offs_n, mask_d, mask_n, mask_dn, group, A, Dv, bias = _channels(
+        tl.program_id(0), dim, dstate, d_per_group, A_ptr, s_A_d, s_A_n, D_ptr, bias_ptr,
+        HAS_D, HAS_BIAS, BLOCK_D, N_PAD,
+    )  # fmt: skip
     A2 = A * LOG2E
-    Dv, bias = _channel_params(D_ptr, bias_ptr, offs_d, mask_d, HAS_D, HAS_BIAS, BLOCK_D)
-
+    offs_c = tl.arange(0, CHUNK)
     u_base = u_ptr + pid_b * s_u_b + offs_d[:, None] * s_u_d
     dt_base = dt_ptr + pid_b * s_dt_b + offs_d[:, None] * s_dt_d
     z_base = z_ptr + pid_b * s_z_b + offs_d[:, None] * s_z_d
     dout_base = dout_ptr + pid_b * s_o_b + offs_d[:, None] * s_o_d
-    # B and C are read as (BD, N, T) tiles with stride 0 across channels: a 3-D load makes
-    # Triton lay the chunk out with 8 consecutive steps per thread, so the scans along time run
-    # mostly inside threads (a 2-D load broadcast to 3-D put time across lanes: 5× the shuffles).
-    B_base = (
-        B_ptr
-        + pid_b * s_B_b
-        + group * s_B_g
-        + offs_d[:, None, None] * 0
-        + offs_n[None, :, None] * s_B_n
-    )
-    C_base = (
-        C_ptr
-        + pid_b * s_C_b
-        + group * s_C_g
-        + offs_d[:, None, None] * 0
-        + offs_n[None, :, None] * s_C_n
-    )
+    B_base = _bc_tile(B_ptr, pid_b, s_B_b, group, s_B_g, offs_d, offs_n, s_B_n)
+    C_base = _bc_tile(C_ptr, pid_b, s_C_b, group, s_C_g, offs_d, offs_n, s_C_n)
     ckpt_base = ckpt_ptr + ((pid_b * dim + offs_d[:, None]) * n_chunks) * dstate + offs_n[None, :]
     # Gradients we allocate are contiguous: (b, d, l), and (b, g, n, l) fp32 for dB and dC.
     grad_base = (pid_b * dim + offs_d[:, None]) * seqlen
@@ -246,20 +227,17 @@ def _bwd_kernel(
     for step in range(n_chunks):
         chunk = n_chunks - 1 - step
         offs_t = chunk * CHUNK + offs_c
-        mask_t = offs_t < seqlen
-        mask_dt = mask_d[:, None] & mask_t[None, :]
+        mask_t, mask_dt, u, dt_raw, B, C = _load_chunk(
+            u_base, dt_base, B_base, C_base, offs_t, seqlen, mask_d, mask_n,
+            s_u_l, s_dt_l, s_B_l, s_C_l,
+        )  # fmt: skip
         mask_nt = mask_n[:, None] & mask_t[None, :]
-        mask_3 = mask_n[None, :, None] & mask_t[None, None, :]
-        u = tl.load(u_base + offs_t[None, :] * s_u_l, mask=mask_dt, other=0.0).to(tl.float32)
-        dt_raw = tl.load(dt_base + offs_t[None, :] * s_dt_l, mask=mask_dt, other=0.0)
         dout = tl.load(dout_base + offs_t[None, :] * s_o_l, mask=mask_dt, other=0.0)
         dout = dout.to(tl.float32)
-        B = tl.load(B_base + offs_t[None, None, :] * s_B_l, mask=mask_3, other=0.0).to(tl.float32)
-        C = tl.load(C_base + offs_t[None, None, :] * s_C_l, mask=mask_3, other=0.0).to(tl.float32)
         h0 = tl.load(ckpt_base + chunk * dstate, mask=mask_dn, other=0.0)
 
         # Recompute the chunk's forward pass.
-        dt, slope, dtu, a, b = _discretise(dt_raw.to(tl.float32), bias, u, A2, B, mask_t, SOFTPLUS)
+        dt, slope, dtu, a, b = _discretise(dt_raw, bias, u, A2, B, mask_t, SOFTPLUS)
         a_cum, b_cum = tl.associative_scan((a, b), 2, _compose)
         hs = a_cum * h0[:, :, None] + b_cum
         if HAS_Z:

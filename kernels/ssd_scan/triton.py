@@ -395,6 +395,23 @@ def _dx(
 
 
 @triton.jit
+def _group_rows(seqlen, headdim, dstate, chunk_size, ngroups, BLOCK: tl.constexpr,
+                P_PAD: tl.constexpr, N_PAD: tl.constexpr):  # fmt: skip
+    """A (chunk, row block, batch, group, head split) program: its rows and masks."""
+    blocks = tl.cdiv(chunk_size, BLOCK)
+    c = tl.program_id(0) // blocks
+    r0 = (tl.program_id(0) % blocks) * BLOCK
+    b = (tl.program_id(1) // ngroups).to(tl.int64)
+    group = tl.program_id(1) % ngroups
+    chunk_len = tl.minimum(chunk_size, seqlen - c * chunk_size)
+    offs_r = r0 + tl.arange(0, BLOCK)
+    offs_p = tl.arange(0, P_PAD)
+    offs_n = tl.arange(0, N_PAD)
+    return (c, r0, b, group, tl.program_id(2), chunk_len, offs_r, offs_p, offs_n,
+            offs_p < headdim, offs_n < dstate, offs_r < chunk_len, c * chunk_size + offs_r)  # fmt: skip
+
+
+@triton.jit
 def _dB(
     x_ptr, C_ptr, dy_ptr, cs_ptr, dtb_ptr, g_ptr, dB_ptr,
     seqlen, nheads, heads_per_group, heads_per_split, headdim, dstate, chunk_size, n_chunks,
@@ -404,20 +421,9 @@ def _dB(
     DOT_PRECISION: tl.constexpr,
 ):  # fmt: skip
     """∂L/∂B of BLOCK_S rows, summed over this program's share of the group's heads."""
-    s_blocks = tl.cdiv(chunk_size, BLOCK_S)
-    c = tl.program_id(0) // s_blocks
-    s0 = (tl.program_id(0) % s_blocks) * BLOCK_S
-    b = (tl.program_id(1) // ngroups).to(tl.int64)
-    group = tl.program_id(1) % ngroups
-    split = tl.program_id(2)
-    chunk_len = tl.minimum(chunk_size, seqlen - c * chunk_size)
-    offs_s = s0 + tl.arange(0, BLOCK_S)
-    offs_p = tl.arange(0, P_PAD)
-    offs_n = tl.arange(0, N_PAD)
-    mask_p = offs_p < headdim
-    mask_n = offs_n < dstate
-    mask_s = offs_s < chunk_len
-    t_s = c * chunk_size + offs_s
+    c, s0, b, group, split, chunk_len, offs_s, offs_p, offs_n, mask_p, mask_n, mask_s, t_s = (
+        _group_rows(seqlen, headdim, dstate, chunk_size, ngroups, BLOCK_S, P_PAD, N_PAD)
+    )
     C_base = C_ptr + b * s_C_b + group * s_C_g
 
     acc = tl.zeros((BLOCK_S, N_PAD), dtype=tl.float32)
@@ -465,20 +471,9 @@ def _dC(
 ):  # fmt: skip
     """∂L/∂C of BLOCK_T rows over a share of the group's heads, and per head the two terms of
     ∂L/∂a that these rows own: U_t (through the carried state) and this block's part of Q_r."""
-    t_blocks = tl.cdiv(chunk_size, BLOCK_T)
-    c = tl.program_id(0) // t_blocks
-    t0 = (tl.program_id(0) % t_blocks) * BLOCK_T
-    b = (tl.program_id(1) // ngroups).to(tl.int64)
-    group = tl.program_id(1) % ngroups
-    split = tl.program_id(2)
-    chunk_len = tl.minimum(chunk_size, seqlen - c * chunk_size)
-    offs_t = t0 + tl.arange(0, BLOCK_T)
-    offs_p = tl.arange(0, P_PAD)
-    offs_n = tl.arange(0, N_PAD)
-    mask_p = offs_p < headdim
-    mask_n = offs_n < dstate
-    mask_t = offs_t < chunk_len
-    t = c * chunk_size + offs_t
+    c, t0, b, group, split, chunk_len, offs_t, offs_p, offs_n, mask_p, mask_n, mask_t, t = (
+        _group_rows(seqlen, headdim, dstate, chunk_size, ngroups, BLOCK_T, P_PAD, N_PAD)
+    )
     B_base = B_ptr + b * s_B_b + group * s_B_g
     Ct = tl.load(C_ptr + b * s_C_b + t[:, None] * s_C_l + group * s_C_g + offs_n[None, :] * s_C_n,
                  mask=mask_t[:, None] & mask_n[None, :], other=0.0)  # fmt: skip
