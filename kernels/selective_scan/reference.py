@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from .._inputs import compute_dtype, skip_and_gate, step_sizes
+from .._inputs import compute_dtype, safe_exp, skip_and_gate, step_sizes
 
 # About this many elements in one (T, b, d, n) temporary; T follows from b·d·n.
 CHUNK_ELEMENTS = 1 << 18
@@ -90,16 +90,16 @@ def scan_in_chunks(
     delta_t = time_major(delta)
     delta_u_t = time_major(delta * u.to(dtype))
     B_t = B.to(dtype).permute(3, 0, 1, 2).contiguous()[:, :, :, None, :]  # (l, b, g, 1, n)
-    C_t = C.to(dtype).permute(3, 0, 1, 2).contiguous()[..., None]  # (l, b, g, n, 1)
+    C_t = C.to(dtype).permute(3, 0, 1, 2).contiguous()[:, :, :, None, :]  # (l, b, g, 1, n)
     A_g = A.to(dtype).reshape(groups, dim // groups, dstate)  # (g, d/g, n)
 
     state = u.new_zeros(batch, groups, dim // groups, dstate, dtype=dtype)
     ys = []
     for start in range(0, length, chunk):
         steps = slice(start, start + chunk)
-        decay = torch.exp(delta_t[steps] * A_g)  # (T, b, g, d/g, n)
+        decay = safe_exp(delta_t[steps] * A_g)  # exp(Δ A): (T, b, g, d/g, n)
         h = linear_scan(decay, delta_u_t[steps] * B_t[steps], state)
-        ys.append(torch.matmul(h, C_t[steps]))  # <C_t, h_t>: (T, b, g, d/g, 1)
+        ys.append(C_t[steps] @ h.transpose(-1, -2))  # <C_t, h_t>: (T, b, g, 1, d/g)
         state = h[-1]
 
     y = torch.cat(ys).reshape(length, batch, dim).permute(1, 2, 0).contiguous()  # (b, d, l)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from mambaverse.kernels import ssd_scan, ssd_state_update
+from mambaverse.kernels.ssd_scan import reference
 from tests.kernels.oracles import relative_error, ssd_oracle
 
 F64 = torch.float64
@@ -67,6 +68,17 @@ def test_chunked_equals_unchunked(chunk):
     inputs = ssd_inputs(2, 37, 4, 3, 2, 5, seed=chunk)  # 37 is not a multiple of any chunk here
     y, final = ssd_scan(**inputs, chunk_size=chunk, dt_softplus=True, return_final_states=True)
     y_one, final_one = ssd_scan(**inputs, chunk_size=37, dt_softplus=True, return_final_states=True)
+    assert relative_error(y, y_one) < 1e-13
+    assert relative_error(final, final_one) < 1e-13
+
+
+@pytest.mark.parametrize("block_elements", [1, 200])  # blocks of one chunk, of a few chunks
+def test_blocks_of_chunks_equal_one_block(block_elements, monkeypatch):
+    inputs = ssd_inputs(2, 45, 2, 3, 1, 4, seed=block_elements)  # 45 = 11 chunks of 4, then 1
+    options = {"chunk_size": 4, "dt_softplus": True, "return_final_states": True}
+    y_one, final_one = ssd_scan(**inputs, **options)
+    monkeypatch.setattr(reference, "BLOCK_ELEMENTS", block_elements)
+    y, final = ssd_scan(**inputs, **options)
     assert relative_error(y, y_one) < 1e-13
     assert relative_error(final, final_one) < 1e-13
 
