@@ -3,6 +3,11 @@ selective-scan views of one system agreeing."""
 
 from __future__ import annotations
 
+import contextlib
+import io
+import re
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -132,3 +137,12 @@ def test_selective_scan_with_constant_parameters_is_a_convolution():
             A_bar, B_bar, C[0, :, :1].T, D[d].reshape(1, 1), u[0, d, :, None]
         )
         assert relative_error(y_scan[0, d], y_conv[:, 0]) < 1e-12
+
+
+def test_the_snippets_of_docs_ssm_run():
+    """docs/ssm.md teaches with code; every ```python block runs, in order, and its asserts hold."""
+    page = Path(__file__).resolve().parents[2] / "docs" / "ssm.md"
+    snippets = re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S)
+    assert len(snippets) >= 5
+    with contextlib.redirect_stdout(io.StringIO()):
+        exec(compile("\n".join(snippets), str(page), "exec"), {})
