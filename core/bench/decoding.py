@@ -37,11 +37,14 @@ def measure_decoding(
     batch, length = input_ids.shape
     prefix = {} if prefix_embeds is None else {"prefix_embeds": prefix_embeds}
     context = length + (0 if prefix_embeds is None else prefix_embeds.shape[1])
+    phase = "prefill"
     try:
         # An untimed prefill without a state first: kernel compilation and autotuning.
         model(input_ids, num_last_tokens=1, **prefix)
         reset_peak(device)
+        phase = "state"
         state = model.allocate_state(batch, context + warmup_steps + new_tokens, device=device)
+        phase = "prefill"
         (prefill_ms,) = time_calls(
             lambda: model(input_ids, state, num_last_tokens=1, **prefix), device, 1
         )
@@ -50,6 +53,7 @@ def measure_decoding(
         def step() -> None:
             token.copy_(model.step(token, state)[:, : model.vocab_size].argmax(-1))
 
+        phase = "decode"
         for _ in range(warmup_steps):
             step()
         prefill_peak = peak_bytes(device)
@@ -65,6 +69,6 @@ def measure_decoding(
             "status": OK,
         }
     except Exception as err:  # one failing point must not end the suite
-        status = failure(err)
+        status = f"{failure(err)} ({phase})"
     free_memory(device)  # outside the except block: the traceback no longer holds the tensors
     return {"status": status}

@@ -14,7 +14,6 @@ prompt, the median decode step (:mod:`.decoding`), and the end-to-end rate of an
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
 import torch
@@ -39,14 +38,8 @@ from .report import (
 )
 
 SUITE = "generation"
-# Cobra-3B: DINOv2 ViT-L/14 + SigLIP So400m/14 at 384 px, Mamba 2.8B.
 FULL = {
-    "towers": [
-        "timm:vit_large_patch14_reg4_dinov2",
-        "timm:vit_so400m_patch14_siglip_384",
-    ],
-    "img_size": 384,
-    "lm": "mamba_2.8b",
+    "preset": "cobra_3b",  # DINOv2-L + SigLIP-So400m at 384 px (729 image tokens), Mamba-2.8B
     "batches": [1, 8],
     "prompt_tokens": 32,
     "new_tokens": 64,
@@ -54,9 +47,7 @@ FULL = {
     "repeats": 5,
 }
 SMOKE = {
-    "towers": [{"name": "timm:vit_tiny_patch16_224", "config": {"depth": 2}}],
-    "img_size": 32,
-    "lm": "mamba_micro",
+    "preset": "cobra_tiny",
     "batches": [1],
     "prompt_tokens": 4,
     "new_tokens": 3,
@@ -65,20 +56,9 @@ SMOKE = {
 }
 
 
-def tower_list(text: str) -> list[Any]:
-    """Towers: comma-separated names, or a JSON list of names / {name, config} (argparse type)."""
-    if text.lstrip().startswith("["):
-        return json.loads(text)
-    return [name.strip() for name in text.split(",") if name.strip()]
-
-
 def configure(parser: argparse.ArgumentParser) -> None:
-    add_common_options(parser, smoke="a 2-block ViT tower and mamba_micro (a CPU smoke test)")
-    parser.add_argument(
-        "--towers", type=tower_list, help="vision towers (Cobra's DINOv2 + SigLIP at 384 px)"
-    )
-    parser.add_argument("--img-size", type=int, help="image side (384)")
-    parser.add_argument("--lm", help="the Mamba language model preset (mamba_2.8b)")
+    add_common_options(parser, smoke="the cobra_tiny preset (a CPU smoke test)")
+    parser.add_argument("--preset", help="a cobra preset (cobra_3b; cobra_1b is smaller)")
     parser.add_argument(
         "--attention", type=lambda t: t.split(","), default=None, help="Transformer kernels"
     )
@@ -99,7 +79,8 @@ def measure_vlm(
     rows = []
     for batch in args.batches:
         row: dict[str, Any] = {"model": label, "lm_params": params, "batch": batch}
-        images = torch.rand(batch, 3, args.img_size, args.img_size, device=device, dtype=dtype)
+        side = vlm.img_size
+        images = torch.rand(batch, 3, side, side, device=device, dtype=dtype)
         with torch.inference_mode():
             towers = measure(lambda: vlm.embed_images(images), device, args.warmup, args.repeats)  # noqa: B023
             image_tokens = vlm.embed_images(images)
@@ -129,16 +110,13 @@ def run(args: argparse.Namespace) -> int:
     deadline = Deadline(args.time_budget)
     impls = args.attention or attention_implementations(device, dtype)
     with torch.device(device):
-        vlm = mambaverse.build_backbone(
-            "cobra",
-            {"towers": args.towers, "img_size": args.img_size, "language_model": args.lm,
-             "template": "plain", "max_length": 1 << 20},
-        )  # fmt: skip
+        vlm = mambaverse.create_model(args.preset)
     vlm = vlm.to(dtype).eval()
+    lm = mambaverse.model_config(args.preset)["language_model"]
     lm_params = sum(p.numel() for p in vlm.language_model.parameters())
-    rows = measure_vlm(vlm, f"Cobra-style ({args.lm})", lm_params, args, device, dtype)
+    rows = measure_vlm(vlm, f"{args.preset} ({lm})", lm_params, args, device, dtype)
     write_record(args.out, SUITE, args, device, settings, {"rows": rows})
-    for spec in transformer_specs(vlm, args.lm, impls):
+    for spec in transformer_specs(vlm, lm, impls):
         label = f"same towers + {spec.label}"
         if deadline.passed():
             rows += [{"model": label, "batch": b, "status": SKIPPED} for b in args.batches]
@@ -172,7 +150,9 @@ def show(rows: list[dict[str, Any]]) -> None:
 
 
 def plot(rows: list[dict[str, Any]], args: argparse.Namespace, device: torch.device):
-    fig, axes = new_figure(2, f"VLM generation: {args.lm} vs a matched Transformer, {device.type}")
+    fig, axes = new_figure(
+        2, f"VLM generation: {args.preset} vs a matched Transformer, {device.type}"
+    )
     models = list(dict.fromkeys(r["model"] for r in rows))
     for ax, key, title in (
         (axes[0], "decode_tokens_per_s", "decode tokens/s"),

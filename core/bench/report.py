@@ -69,11 +69,15 @@ def name_list(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
-def resolve_device(args: argparse.Namespace) -> tuple[torch.device, torch.dtype]:
+def resolve_device(
+    args: argparse.Namespace, cuda_dtype: str = "bfloat16"
+) -> tuple[torch.device, torch.dtype]:
+    """--device (default: CUDA if visible) and --dtype (default: ``cuda_dtype`` on CUDA, else
+    float32)."""
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit(f"--device {args.device}: no CUDA device is visible; use --device cpu")
-    default = "bfloat16" if device.type == "cuda" else "float32"
+    default = cuda_dtype if device.type == "cuda" else "float32"
     return device, DTYPES[args.dtype or default]
 
 

@@ -19,7 +19,6 @@ copying, the share of the copied tokens produced right. Chance is 1 / (vocab_siz
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from collections.abc import Callable
 from operator import itemgetter
@@ -29,12 +28,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from mambaverse.train.config import ScheduleSection
 from mambaverse.train.data.tokens import (
     InductionHeadsOptions,
     SelectiveCopyingOptions,
     induction_heads_sample,
     selective_copying_sample,
 )
+from mambaverse.train.optim import lr_factor, parameter_groups
 from mambaverse.train.tasks import score
 
 from .language_models import LMSpec, lm_family
@@ -93,7 +94,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--steps", type=int, help="training steps, fresh random batches (2000)")
     parser.add_argument("--batch", type=int, help="training batch size (32)")
-    parser.add_argument("--lr", type=float, default=3e-3, help="AdamW peak learning rate")
+    parser.add_argument("--lr", type=float, default=1e-3, help="AdamW peak learning rate")
     parser.add_argument("--d-model", type=int, default=64, help="model width (paper: 64)")
     parser.add_argument("--n-layer", type=int, default=2, help="layers of every model (paper: 2)")
     parser.add_argument("--d-state", type=int, default=16, help="SSM state size of Mamba layers")
@@ -112,7 +113,32 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="stop training once the last 50 steps' training accuracy reaches this (e.g. 1.0)",
     )
+    parser.add_argument(
+        "--curriculum",
+        type=curriculum,
+        default=None,
+        metavar="LENGTH:UNTIL,...",
+        help="shorter lengths first: '16:400,64:800' trains steps 0-399 at length 16, 400-799 "
+        "at 64, the rest at --train-length (never longer: the test lengths stay unseen)",
+    )
     parser.add_argument("--seed", type=int, default=0)
+
+
+def curriculum(text: str) -> list[tuple[int, int]]:
+    """'16:400,64:800' -> [(16, 400), (64, 800)]: (length, first step after it) (argparse type)."""
+    stages = []
+    for part in text.split(","):
+        length, sep, until = part.strip().partition(":")
+        if not sep or not length.isdigit() or not until.isdigit():
+            raise argparse.ArgumentTypeError(
+                f"expected LENGTH:UNTIL,... such as 16:400,64:800, got {text!r}"
+            )
+        stages.append((int(length), int(until)))
+    if [until for _, until in stages] != sorted(until for _, until in stages):
+        raise argparse.ArgumentTypeError(
+            f"--curriculum: the UNTIL steps must increase, got {text!r}"
+        )
+    return stages
 
 
 # -- data ---------------------------------------------------------------------------------------
@@ -142,31 +168,24 @@ def family(args: argparse.Namespace, models: list[str]) -> list[LMSpec]:
 
 
 # -- training and testing -----------------------------------------------------------------------
-def learning_rate(step: int, steps: int, peak: float) -> float:
-    """Linear warm-up over the first 10% of steps, then cosine decay to a tenth of the peak."""
-    warmup = max(1, steps // 10)
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = (step - warmup) / max(1, steps - warmup)
-    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
 def train(
     model: nn.Module, task: str, args: argparse.Namespace, device: torch.device, label: str
 ) -> dict[str, Any]:
     """Train on fresh batches; returns the loss and accuracy history and the time taken."""
     rng = np.random.default_rng([args.seed, 0])
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.1)
+    # Weight decay 0.1 on matrices only: decaying Mamba's Δ bias towards 0 would raise Δ and
+    # shorten the memory (what extrapolation needs), so biases and norms are exempt, as usual.
+    optimizer = torch.optim.AdamW(parameter_groups(model, 0.1), lr=args.lr)
+    schedule = ScheduleSection(warmup_steps=max(1, args.steps // 10), min_lr_ratio=0.1)
     model.train()
     history: list[dict[str, float]] = []
     recent: list[float] = []
     start = time.perf_counter()
     for step in range(args.steps):
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, args.steps, args.lr)
-        input_ids, labels = (
-            t.to(device) for t in make_batch(task, rng, args.batch, args.train_length, args)
-        )
+            group["lr"] = args.lr * lr_factor(step, args.steps, schedule)
+        length = next((n for n, until in args.curriculum or () if step < until), args.train_length)
+        input_ids, labels = (t.to(device) for t in make_batch(task, rng, args.batch, length, args))
         outcome = score(model(input_ids), labels)
         loss = outcome.mean_loss()
         optimizer.zero_grad(set_to_none=True)
@@ -174,7 +193,8 @@ def train(
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         loss, accuracy = float(loss.detach()), float(outcome.correct.sum() / outcome.count.sum())
-        recent = [*recent[-49:], accuracy]
+        # Stopping looks at the training length only, not at the curriculum's shorter one.
+        recent = [*recent[-49:], accuracy] if length == args.train_length else []
         if step % 25 == 0 or step == args.steps - 1:
             history.append({"step": step, "loss": loss, "accuracy": accuracy})
             print(
@@ -213,7 +233,7 @@ def evaluate(
 
 
 def run(args: argparse.Namespace) -> int:
-    device, dtype = resolve_device(args)
+    device, dtype = resolve_device(args, cuda_dtype="float32")  # training: float32 weights
     settings = {**apply_defaults(args, FULL, SMOKE), **vars_of(args)}
     unknown = sorted(set(args.tasks) - set(TASKS))
     if unknown:
@@ -278,7 +298,8 @@ def train_and_test(
 
 
 def vars_of(args: argparse.Namespace) -> dict[str, Any]:
-    keys = ("lr", "d_model", "n_layer", "d_state", "vocab", "copy_tokens", "stop_accuracy", "seed")
+    keys = ("lr", "d_model", "n_layer", "d_state", "vocab", "copy_tokens", "stop_accuracy",
+            "curriculum", "seed")  # fmt: skip
     return {key: getattr(args, key) for key in keys}
 
 

@@ -35,10 +35,10 @@ declare -A OPTIONS=(
              --warmup 1 --repeats 3 --time-budget 105"
   [vision]="--pairs vim_tiny=deit_tiny_patch16_224,vim_small=deit_small_patch16_224
             --resolutions 224,512,1024,1248 --batch 16 --warmup 1 --repeats 3 --time-budget 50"
-  [generation]="--lm mamba_2.8b --batches 1,8 --prompt-tokens 32 --new-tokens 32
+  [generation]="--preset cobra_3b --batches 1,8 --prompt-tokens 32 --new-tokens 32
                 --warmup 1 --repeats 3 --time-budget 50"
   [synthetic]="--tasks induction_heads,selective_copying --models mamba,transformer,mamba2,hybrid
-               --train-length 256 --factors 1,2,4,16,64 --steps 800 --batch 64 --lr 3e-3
+               --train-length 256 --curriculum 16:300,64:600 --factors 1,2,4,16,64 --steps 1500 --batch 64 --lr 1e-3
                --stop-accuracy 1.0 --eval-samples 256 --eval-tokens 1048576 --time-budget 70"
 )
 

@@ -106,3 +106,12 @@ def test_selective_copying_batches() -> None:
         data = [t for t in row[:30] if t >= 2]  # noise 0, recall marker 1
         assert len(data) == 5 and row[30:] == [1] * 5
         assert label[30:] == data and set(label[:30]) == {-100}
+
+
+def test_curriculum_option() -> None:
+    from mambaverse.bench.synthetic import curriculum
+
+    assert curriculum("16:400,64:800") == [(16, 400), (64, 800)]
+    for bad in ("16:800,64:400", "16", "a:1"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            curriculum(bad)
