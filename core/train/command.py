@@ -11,6 +11,7 @@ def _configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "config",
         nargs="?",
+        metavar="CONFIG.yaml",
         help="YAML config (default: a small Vision Mamba on scikit-learn's digits)",
     )
     parser.add_argument(

@@ -53,7 +53,7 @@ class DataSection(BaseModel):
 class OptimSection(Section):
     """AdamW. Weight decay skips 1-D tensors, biases and the model's ``no_weight_decay()``."""
 
-    lr: float = Field(1e-3, gt=0)
+    lr: float = Field(2e-3, gt=0)
     weight_decay: float = Field(0.05, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = Field(1e-8, gt=0)
@@ -64,7 +64,7 @@ class ScheduleSection(Section):
     """Linear warm-up from 0 to ``optim.lr``, then cosine decay to ``min_lr_ratio * lr``."""
 
     name: Literal["cosine", "constant"] = "cosine"
-    warmup_steps: int = Field(0, ge=0)
+    warmup_steps: int = Field(40, ge=0)
     min_lr_ratio: float = Field(0.0, ge=0, le=1)
 
 
@@ -89,9 +89,9 @@ class TrainConfig(Section):
     schedule: ScheduleSection = Field(default_factory=ScheduleSection)
     eval: EvalSection = Field(default_factory=EvalSection)
     checkpoint: CheckpointSection = Field(default_factory=CheckpointSection)
-    epochs: int = Field(1, gt=0)
+    epochs: int = Field(6, gt=0)
     max_steps: int | None = Field(None, gt=0, description="optimiser steps; overrides epochs")
-    batch_size: int = Field(32, gt=0, description="per process and per micro-batch")
+    batch_size: int = Field(16, gt=0, description="per process and per micro-batch")
     grad_accum_steps: int = Field(1, gt=0)
     precision: Literal["no", "fp16", "bf16"] | None = Field(
         None, description="null: what `accelerate launch` was given (default no)"
@@ -102,6 +102,12 @@ class TrainConfig(Section):
     )
     log_every: int = Field(10, gt=0)
     num_workers: int = Field(0, ge=0)
+    threads: int | None = Field(
+        1,
+        ge=1,
+        description="torch CPU threads per process; null: torch's default (one per core). "
+        "Small models train fastest on one, and several slow them down badly on a busy CPU",
+    )
     output_dir: str = "runs/train"
 
 

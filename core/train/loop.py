@@ -197,6 +197,7 @@ class Run:
         )
         self.display = Display(self.main, self.total_steps, self.progress.step)
         self.window = Window(self.accelerator.device)
+        self.last_eval: dict[str, Any] | None = None
 
     def _checkpoint_to_resume(self, resume: str | None) -> Path | None:
         """Check, before any work, that the checkpoint to resume is intact (or that a fresh run
@@ -228,7 +229,6 @@ class Run:
         """Train to ``total_steps``, or until a stop signal (then save a checkpoint)."""
         progress = self.progress
         self._announce()
-        last_eval: dict[str, Any] | None = None
         with StopSignals() as signals:
             while progress.step < self.total_steps:
                 stopped = self._train_epoch(signals)
@@ -238,10 +238,10 @@ class Run:
                     progress.epoch += 1
                     progress.batches_done = 0
                     if self.config.eval.every_steps is None:
-                        last_eval = self._evaluate()
-            if last_eval is None or last_eval["step"] != progress.step:
-                last_eval = self._evaluate()
-        return self._finish(last_eval)
+                        self._evaluate()
+            if self.last_eval is None or self.last_eval["step"] != progress.step:
+                self._evaluate()
+        return self._finish(self.last_eval)
 
     def _train_epoch(self, signals: StopSignals) -> bool:
         """Optimiser steps over the rest of the epoch, or up to ``total_steps``; True if stopped."""
@@ -357,6 +357,7 @@ class Run:
         )
         if running:
             self.window.start()
+        self.last_eval = record
         return record
 
     def _save_checkpoint(self) -> Path:
@@ -479,10 +480,18 @@ class Window:
 
 def train(config: TrainConfig, resume: str | None = None, source: str = "config") -> dict[str, Any]:
     """Run a training job; returns its summary (or, if stopped by a signal, where it stopped)."""
-    run = Run(config, resume, source)
+    threads = torch.get_num_threads()
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    try:
+        run = Run(config, resume, source)
+    except BaseException:
+        torch.set_num_threads(threads)
+        raise
     try:
         return run.train()
     finally:
+        torch.set_num_threads(threads)
         run.display.close()
         run.accelerator.end_training()
         # accelerate keeps its state (device, precision) in a process-wide singleton; forget it

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from mambaverse import manager
 
@@ -30,21 +29,14 @@ def toy_site(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def toys(toy_site, monkeypatch):
-    """Make the toy models available here and in subprocesses (through PYTHONPATH).
-
-    The toys' matrices are tiny: one thread runs them fastest, and many times faster than two
-    when other work shares the cores."""
+    """Make the toy models available here and in subprocesses (through PYTHONPATH)."""
     monkeypatch.syspath_prepend(str(toy_site))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(toy_site), str(ROOT)]))
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     for name in ("TOY_RECORD_DIR", "TOY_SIGTERM_AT", "TOY_STEP_SECONDS"):
         monkeypatch.delenv(name, raising=False)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     manager.reset()
     yield
     manager.reset()
-    torch.set_num_threads(threads)
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120):

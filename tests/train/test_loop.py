@@ -17,7 +17,12 @@ from mambaverse.train import load_config, train
 from mambaverse.train.config import DataSection
 from mambaverse.train.data import build_dataset
 
-DIGITS = ["model.name=toy_classifier_micro", "data.img_size=8"]
+DIGITS = [
+    "model.name=toy_classifier_micro",
+    "data.img_size=8",
+    "batch_size=32",
+    "schedule.warmup_steps=0",
+]
 
 
 def run(tmp_path, *overrides, name="run", base=DIGITS):

@@ -26,7 +26,7 @@ from .conftest import ROOT
 # an epoch boundary (45 batches of 32 per epoch: 23 steps, the last of one micro-batch).
 RUN = ["model.name=toy_classifier_micro", "data.img_size=8", "model.dropout=0.2",
        "grad_accum_steps=2", "max_steps=30", "log_every=5", "eval.every_steps=10",
-       "schedule.warmup_steps=4"]  # fmt: skip
+       "schedule.warmup_steps=4", "batch_size=32"]  # fmt: skip
 
 
 def run(out, *overrides, resume=None):

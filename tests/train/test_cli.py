@@ -1,0 +1,59 @@
+"""`mambaverse train` on the command line, and the real models through the loop."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from mambaverse.train import load_config, train
+
+from .conftest import run_cli
+
+
+def test_help_lists_the_arguments():
+    result = run_cli("train", "--help")
+    assert result.returncode == 0
+    for word in ("CONFIG", "key=value", "--resume"):
+        assert word in result.stdout
+
+
+def test_bad_override_is_a_one_line_error_with_exit_code_2(tmp_path):
+    result = run_cli("train", "optim.lrr=1e-3", f"output_dir={tmp_path}")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "mambaverse train: error: defaults + overrides: optim: unknown key 'lrr' (did you mean "
+        "'lr'?); valid keys: betas, clip_grad_norm, eps, lr, weight_decay"
+    ]
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("model", "data"),
+    [
+        ("vim_micro", ["data.name=digits"]),
+        ("mamba_micro", ["data.name=induction_heads", "data.seq_len=16", "data.test_samples=32"]),
+    ],
+)
+def test_registered_models_train_a_few_steps(tmp_path, model, data):
+    summary = train(
+        load_config(None, [f"model.name={model}", *data, "max_steps=3", f"output_dir={tmp_path}"])
+    )
+    assert summary["steps"] == 3 and summary["test_loss"] > 0
+    assert (
+        json.loads((tmp_path / "model" / "config.json").read_text())["mambaverse"]["model"] == model
+    )
+
+
+@pytest.mark.slow
+def test_the_default_job_reaches_95_percent_in_five_minutes(tmp_path):
+    """The README's first command: `mambaverse train` with no arguments (measured on 2 cores)."""
+    start = time.monotonic()
+    result = run_cli("train", f"output_dir={tmp_path}", timeout=600)
+    seconds = time.monotonic() - start
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["model"] == "vim_micro" and summary["test_samples"] == 360
+    assert summary["test_accuracy"] >= 0.95
+    assert seconds < 300
