@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import mambaverse
-from mambaverse.plugins.cobra.data import DIGIT_WORDS, write_digit_images
+from mambaverse.plugins.cobra.data import DIGIT_QUESTION, DIGIT_WORDS, write_digit_images
 from mambaverse.train import load_config, train
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,29 +48,29 @@ def test_the_same_config_trains_with_each_kind_of_tower(tower, tmp_path):
 
 
 def test_training_on_the_digits_learns_to_name_them(tmp_path):
-    """A short run of the demo config: the captions name the digit well above chance (10 %)."""
-    summary = train(
-        load_config(
-            DEMO_CONFIG, ["max_steps=250", f"output_dir={tmp_path}", "eval.every_steps=1000"]
-        ),
-        source="test",
-    )
+    """A short run of the demo config on the question rows: the answers name the digit far
+    above chance (10 %). (The full demo, captions included, is the slow test below.)"""
+    overrides = ["max_steps=200", "data.style=question", "schedule.warmup_steps=20"]
+    overrides += [f"output_dir={tmp_path}", "eval.every_steps=1000"]
+    summary = train(load_config(DEMO_CONFIG, overrides), source="test")
     model = mambaverse.load_pretrained(summary["model_dir"]).eval()
-    written = write_digit_images(tmp_path / "test_images", "test")[::3]
-    captions = model.generate([str(p) for p, _ in written], max_new_tokens=8)
-    accuracy = named_digits(captions, [label for _, label in written])
-    assert accuracy > 0.4, captions[:5]
+    written = write_digit_images(tmp_path / "test_images", "test")[::2]
+    answers = model.generate([str(p) for p, _ in written], DIGIT_QUESTION, max_new_tokens=4)
+    accuracy = named_digits(answers, [label for _, label in written])
+    assert accuracy > 0.3, answers[:5]
 
 
 @pytest.mark.slow
 def test_the_digits_demo_names_90_percent_of_held_out_digits(tmp_path):
     """The documented demo: `mambaverse train` with the config, then `mambaverse caption`."""
+    import os
     import subprocess
     import sys
 
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # as measured in docs/vlm.md
     result = subprocess.run(
         [sys.executable, "-m", "mambaverse", "train", str(DEMO_CONFIG), f"output_dir={tmp_path}"],
-        capture_output=True, text=True, cwd=ROOT, timeout=1800,
+        capture_output=True, text=True, cwd=ROOT, timeout=1800, env=env,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -78,7 +78,7 @@ def test_the_digits_demo_names_90_percent_of_held_out_digits(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "mambaverse", "caption", "--checkpoint", summary["model_dir"],
          *[str(p) for p, _ in written], "--batch-size", "120"],
-        capture_output=True, text=True, cwd=ROOT, timeout=1800,
+        capture_output=True, text=True, cwd=ROOT, timeout=1800, env=env,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     captions = [line.split("\t", 1)[1] for line in result.stdout.splitlines()]
