@@ -34,7 +34,7 @@ from .images import as_pixels
 from .projector import build_projector
 from .templates import CAPTION_PROMPT, get_template
 from .tokenizer import load_tokenizer
-from .towers import build_towers
+from .towers import build_towers, load_weights
 
 IGNORE_INDEX = -100
 STAGES = ("align", "finetune")
@@ -54,6 +54,8 @@ class CobraVLM(nn.Module):
     raised to the tokenizer's if smaller). tokenizer: None = open_clip's bundled BPE, or a local
     Hugging Face tokenizer directory. template: ``plain`` or ``chat``. max_length: limit on image
     plus text tokens. stage: ``align`` or ``finetune``. train_towers: also train the towers.
+    projector_from: a checkpoint (directory or safetensors file) of a VLM whose ``projector.*``
+    weights initialise this projector, e.g. the align stage's export for the finetune stage.
     kernels: op -> impl around the forward.
     """
 
@@ -69,6 +71,7 @@ class CobraVLM(nn.Module):
         max_length: int = 2048,
         stage: Literal["align", "finetune"] = "finetune",
         train_towers: bool = False,
+        projector_from: str | None = None,
         kernels: dict[str, str] | None = None,
     ) -> None:
         super().__init__()
@@ -87,6 +90,8 @@ class CobraVLM(nn.Module):
         self.projector = build_projector(
             projector, self.towers.num_features, self.language_model.d_model
         )
+        if projector_from is not None:  # Cobra's finetune stage starts from the align projector
+            load_weights(self.projector, projector_from, strip_prefix="projector.")
 
         self.towers.requires_grad_(train_towers)
         self.language_model.requires_grad_(stage == "finetune")

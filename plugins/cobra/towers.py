@@ -279,7 +279,7 @@ def _mambaverse_tower(spec: TowerSpec, img_size: int) -> VisionTower:
 def _existing(path: str) -> Path:
     resolved = Path(path).expanduser()
     if not resolved.exists():
-        raise ConfigError(f"vision tower weights {str(resolved)!r} do not exist")
+        raise ConfigError(f"weights {str(resolved)!r} do not exist")
     return resolved
 
 
@@ -289,7 +289,7 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     if resolved.is_dir():
         files = sorted(resolved.glob("*.safetensors"))
         if not files:
-            raise ConfigError(f"vision tower weights: {resolved} holds no *.safetensors file")
+            raise ConfigError(f"weights: {resolved} holds no *.safetensors file")
     else:
         files = [resolved]
     tensors: dict[str, torch.Tensor] = {}
@@ -307,8 +307,10 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
 def load_weights(
     model: nn.Module, path: str, strip_prefix: str = "", skip_prefixes: tuple[str, ...] = ()
 ) -> None:
-    """Load ``path`` into ``model``: every parameter must be found, nothing left over (keys under
-    ``skip_prefixes``, such as an unused classifier head, excepted)."""
+    """Load ``path`` into ``model`` (a tower, or a VLM's projector): every parameter must be
+    found, nothing left over (keys under ``skip_prefixes``, such as an unused head, excepted);
+    with ``strip_prefix``, only the keys under it are read when the file has any."""
+    what = type(model).__name__
     tensors = read_state_dict(path)
     if strip_prefix and any(k.startswith(strip_prefix) for k in tensors):
         tensors = {
@@ -318,10 +320,10 @@ def load_weights(
     try:
         result = model.load_state_dict(tensors, strict=False)
     except RuntimeError as err:  # a tensor of the wrong shape
-        raise ConfigError(f"vision tower weights {path!r} do not fit the tower: {err}") from None
+        raise ConfigError(f"weights {path!r} do not fit the {what}: {err}") from None
     missing = [k for k in result.missing_keys if not k.startswith(skip_prefixes)]
     if missing or result.unexpected_keys:
         raise ConfigError(
-            f"vision tower weights {path!r} do not fit the tower: missing {missing[:5]}"
+            f"weights {path!r} do not fit the {what}: missing {missing[:5]}"
             f"{' ...' if len(missing) > 5 else ''}, unexpected {result.unexpected_keys[:5]}"
         )

@@ -68,7 +68,9 @@ def test_image_tokens_come_before_the_text(model):
         assert not torch.allclose(model(other, ids), logits)  # the text sees the image
 
 
-def test_generate_with_the_cache_equals_greedy_decoding_without_it(model):
+@pytest.mark.parametrize("language_model", ["mamba_micro", "mamba2_micro", "jamba_micro"])
+def test_generate_with_the_cache_equals_greedy_decoding_without_it(language_model):
+    model = tiny(language_model=language_model)
     images = torch.rand(3, 3, 16, 16)
     prompts = ["What digit is this?", "What digit is this?", "Describe the image, please."]
     answers = model.generate(images, prompts, max_new_tokens=6)
@@ -132,6 +134,21 @@ def test_stages_choose_what_trains():
     assert all(p.requires_grad for p in everything.parameters()) and everything.towers.training
     with pytest.raises(UnknownNameError, match="'align'"):
         mambaverse.create_model("cobra_tiny", stage="alignn")
+
+
+def test_the_finetune_stage_can_start_from_the_align_projector(model, tmp_path):
+    mambaverse.save_pretrained(model, tmp_path / "align")
+    finetune = mambaverse.create_model("cobra_tiny", projector_from=str(tmp_path / "align"))
+    for (name, p), q in zip(
+        model.projector.state_dict().items(), finetune.projector.state_dict().values()
+    ):
+        torch.testing.assert_close(p, q, msg=name)
+    lm_before = next(model.language_model.parameters())
+    assert not torch.equal(
+        lm_before, next(finetune.language_model.parameters())
+    )  # only the projector
+    with pytest.raises(ConfigError, match="do not exist"):
+        mambaverse.create_model("cobra_tiny", projector_from=str(tmp_path / "nothing"))
 
 
 def test_the_language_model_is_chosen_by_name_and_covers_the_tokenizer():

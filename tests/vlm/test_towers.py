@@ -115,7 +115,7 @@ def test_local_weights_are_loaded_and_checked(tmp_path):
 
     with pytest.raises(ConfigError, match="do not exist"):
         build_towers({"name": "vim_micro", "weights": str(tmp_path / "missing.safetensors")}, 32)
-    with pytest.raises(ConfigError, match="do not fit the tower"):
+    with pytest.raises(ConfigError, match="do not fit the VisionMamba"):
         build_towers({"name": "vim_micro", "weights": str(tmp_path / "vit.safetensors")}, 32)
 
 
