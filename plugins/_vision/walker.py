@@ -113,7 +113,10 @@ def _key(options: dict) -> tuple:
     return tuple(sorted(options.items()))
 
 
+# Cached tensors outlive the call: build ordinary ones even inside torch.inference_mode(), or a
+# later training step could not save them for backward.
 @lru_cache(maxsize=256)
+@torch.inference_mode(False)
 def _walked_cells(flatten, options: tuple, height: int, width: int) -> torch.Tensor:
     """(K, L_walk): the row-major cell each walk visits at each step, -1 on padding."""
     numbers = torch.arange(1, height * width + 1, dtype=torch.float64).view(1, height, width, 1)
@@ -135,6 +138,7 @@ def _class_token_steps(
 
 
 @lru_cache(maxsize=256)
+@torch.inference_mode(False)
 def _coverage(flatten, merge, options: tuple, height: int, width: int) -> torch.Tensor:
     ones = torch.ones(1, height, width, 1)
     counts = merge(flatten(ones, **dict(options)), height, width, **dict(options))

@@ -36,13 +36,16 @@ def walks_on(
     walks: WalksFn, height: int, width: int, device: torch.device, options: tuple = ()
 ) -> Walks:
     """``walks(height, width, **dict(options))`` on ``device``, with its inverse (cached)."""
-    order = walks(height, width, **dict(options))  # (K, L), on the CPU
-    K, L = order.shape
-    cells = height * width
-    inverse = torch.full((K, cells + 1), L, dtype=torch.long)
-    inverse.scatter_(1, order, torch.arange(L).expand(K, L))
-    padded = bool((order == cells).any())
-    return Walks(order.to(device), inverse[:, :cells].to(device), padded)
+    # The cache outlives the call: build ordinary tensors even when the first call comes from
+    # inside torch.inference_mode(), or later training steps could not save them for backward.
+    with torch.inference_mode(False):
+        order = walks(height, width, **dict(options))  # (K, L), on the CPU
+        K, L = order.shape
+        cells = height * width
+        inverse = torch.full((K, cells + 1), L, dtype=torch.long)
+        inverse.scatter_(1, order, torch.arange(L).expand(K, L))
+        padded = bool((order == cells).any())
+        return Walks(order.to(device), inverse[:, :cells].to(device), padded)
 
 
 def check_grid(x: torch.Tensor, scan: str) -> None:
