@@ -124,10 +124,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if min(args.contexts) <= args.image_tokens:
         raise SystemExit(f"--contexts must exceed the {args.image_tokens} image tokens")
 
-    lm_preset = (
-        vlm.mambaverse_config["config"].get("language_model")
-        or mambaverse.model_config(args.preset)["language_model"]
-    )
+    lm_preset = vlm.mambaverse_config["config"]["language_model"]
     cobra = f"{args.preset} ({lm_preset})"
     rows = measure_contexts(vlm, cobra, args, device, dtype)
     (spec,) = transformer_specs(vlm, lm_preset, [args.attention])
