@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -83,7 +82,3 @@ TASKS: dict[str, Callable[[nn.Module, dict[str, Tensor]], Outcome]] = {
     "vlm": caption,
 }
 
-
-def zero_outcome(device: torch.device) -> Outcome:
-    empty = torch.zeros(0, device=device)
-    return Outcome(empty, empty, empty)

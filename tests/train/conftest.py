@@ -32,7 +32,7 @@ def toys(toy_site, monkeypatch):
     """Make the toy models available here and in subprocesses (through PYTHONPATH)."""
     monkeypatch.syspath_prepend(str(toy_site))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(toy_site), str(ROOT)]))
-    for name in ("TOY_RECORD_DIR", "TOY_SIGTERM_AT", "TOY_STEP_SECONDS"):
+    for name in ("TOY_RECORD_DIR", "TOY_SIGNAL_AT", "TOY_SIGNAL", "TOY_STEP_SECONDS"):
         monkeypatch.delenv(name, raising=False)
     manager.reset()
     yield

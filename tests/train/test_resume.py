@@ -51,20 +51,22 @@ def comparable(out):
     ]
 
 
-def test_sigterm_then_resume_equals_an_uninterrupted_run(toys, tmp_path, monkeypatch):
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGINT"])  # SIGINT: a first Ctrl-C
+def test_a_stop_signal_then_resume_equals_an_uninterrupted_run(toys, tmp_path, monkeypatch, name):
     run(tmp_path / "straight")
 
-    # A real SIGTERM, sent to this process by the model during micro-batch 19 (step 10's second).
-    monkeypatch.setenv("TOY_SIGTERM_AT", "19")
+    # A real signal, sent to this process by the model during micro-batch 19 (step 10's second).
+    monkeypatch.setenv("TOY_SIGNAL_AT", "19")
+    monkeypatch.setenv("TOY_SIGNAL", name)
     stopped = run(tmp_path / "resumed")
-    assert stopped["interrupted"] == "SIGTERM" and stopped["step"] == 10
+    assert stopped["interrupted"] == name and stopped["step"] == 10
     assert stopped["batches_done"] == 20 and stopped["epoch"] == 0  # mid-epoch
     assert checkpoint.committed(tmp_path / "resumed") == [
         tmp_path / "resumed" / "checkpoints" / "step-00000010"
     ]
     assert not (tmp_path / "resumed" / "model").exists()
 
-    monkeypatch.delenv("TOY_SIGTERM_AT")
+    monkeypatch.delenv("TOY_SIGNAL_AT")
     finished = run(tmp_path / "resumed", resume="latest")
     assert finished["steps"] == 30
     assert_same_weights(weights(tmp_path / "resumed"), weights(tmp_path / "straight"))

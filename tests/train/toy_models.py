@@ -2,7 +2,8 @@
 
 Environment hooks (read at every training forward):
 - ``TOY_RECORD_DIR``: append a fingerprint of every training sample to ``<dir>/rank<RANK>.txt``.
-- ``TOY_SIGTERM_AT``: send SIGTERM to this process at that training forward call (1-based).
+- ``TOY_SIGNAL_AT``: send ``TOY_SIGNAL`` (default SIGTERM) to this process at that training
+  forward call (1-based).
 - ``TOY_STEP_SECONDS``: sleep that long per training forward (to give a test time to signal).
 """
 
@@ -38,8 +39,8 @@ class Watched(nn.Module):
             rank = os.environ.get("RANK", "0")
             with (Path(record_dir) / f"rank{rank}.txt").open("a") as f:
                 f.writelines(fingerprint(sample) + "\n" for sample in samples)
-        if int(os.environ.get("TOY_SIGTERM_AT", "0")) == self.calls:
-            os.kill(os.getpid(), signal.SIGTERM)
+        if int(os.environ.get("TOY_SIGNAL_AT", "0")) == self.calls:
+            os.kill(os.getpid(), signal.Signals[os.environ.get("TOY_SIGNAL", "SIGTERM")])
         time.sleep(float(os.environ.get("TOY_STEP_SECONDS", "0")))
 
 
