@@ -81,4 +81,3 @@ TASKS: dict[str, Callable[[nn.Module, dict[str, Tensor]], Outcome]] = {
     "lm": next_token,
     "vlm": caption,
 }
-
