@@ -47,7 +47,7 @@ from .data import build_dataset
 from .display import Display
 from .metrics import PLOT_FILE, MetricsLog, plot_metrics
 from .optim import build_optimizer, build_scheduler, freeze
-from .tasks import TASKS, Outcome
+from .tasks import TASKS, Outcome, auxiliary_loss
 
 MODEL_DIR = "model"
 
@@ -261,7 +261,8 @@ class Run:
             # Gradients are all-reduced once per optimiser step, on the group's last micro-batch.
             with nullcontext() if last else accelerator.no_sync(self.model):
                 outcome = TASKS[self.task](self.model, batch)
-                accelerator.backward(outcome.mean_loss() / group_size)
+                loss = outcome.mean_loss() + auxiliary_loss(accelerator.unwrap_model(self.model))
+                accelerator.backward(loss / group_size)
             self.window.add(outcome)
             micro_batch += 1
             group_samples += len(outcome.count)

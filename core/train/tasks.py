@@ -47,6 +47,13 @@ def score(logits: Tensor, labels: Tensor) -> Outcome:
     return Outcome(nll.sum(1), hits.sum(1), labelled.sum(1))
 
 
+def auxiliary_loss(model: nn.Module) -> Tensor | float:
+    """Extra training loss a model reports after its forward: ``aux_loss_coef * aux_loss``
+    (the MoE router's load-balancing loss of the hybrid models); 0 for models without one."""
+    aux = getattr(model, "aux_loss", None)
+    return 0.0 if aux is None else getattr(model, "aux_loss_coef", 1.0) * aux
+
+
 def classify(model: nn.Module, batch: dict[str, Tensor]) -> Outcome:
     """vision: images (B, C, H, W) -> logits (B, classes); labels (B,)."""
     return score(model(batch["images"]), batch["labels"])
