@@ -7,8 +7,9 @@ models of width 64 with vocabulary 16 on induction heads at length 256, then tes
 lengths: Mamba stays perfect up to 2^20 tokens while attention models fail beyond ~2x.
 
 Here each model (Mamba, Mamba-2, hybrid, attention; all ``n_layer`` layers of width ``d_model``)
-is trained on fresh random batches at ``train_length`` and evaluated at ``factor ×
-train_length`` for each factor (default 1, 2, 4, 16, 64). The task generators are the training
+is trained on fresh random batches at ``train_length`` (after an optional curriculum of shorter
+lengths, never longer) and evaluated at ``factor × train_length`` for each factor (default 1,
+2, 4, 16, 64). The task generators are the training
 datasets' (``mambaverse.train.data.tokens``), so ``mambaverse train`` sees the same tasks.
 
 Accuracy: induction heads, the share of sequences whose final prediction is right; selective
