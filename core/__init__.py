@@ -33,7 +33,7 @@ from .errors import (
 )
 from .hookspecs import hookimpl
 from .pretrained import load_pretrained, save_pretrained
-from .specs import BackboneSpec, KernelSpec, MixerSpec, ScanSpec
+from .specs import BackboneSpec, DatasetSpec, KernelSpec, MixerSpec, ScanSpec
 
 try:
     __version__ = version("mambaverse")
@@ -44,6 +44,7 @@ __all__ = [
     "AmbiguousNameError",
     "BackboneSpec",
     "ConfigError",
+    "DatasetSpec",
     "KernelSpec",
     "KernelUnavailableError",
     "MambaverseError",

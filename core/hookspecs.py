@@ -1,4 +1,4 @@
-"""The four hooks a mambaverse plugin may implement.
+"""The five hooks a mambaverse plugin may implement.
 
 A plugin is a module with functions decorated by :data:`mambaverse.hookimpl` whose names are the
 hooks below. Each hook takes no arguments and returns a list of typed specs; the core records which
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import pluggy
 
-from .specs import BackboneSpec, KernelSpec, MixerSpec, ScanSpec
+from .specs import BackboneSpec, DatasetSpec, KernelSpec, MixerSpec, ScanSpec
 
 PROJECT = "mambaverse"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -47,3 +47,12 @@ def mambaverse_mixers() -> list[MixerSpec]:
 @hookspec
 def mambaverse_backbones() -> list[BackboneSpec]:
     """Return model families with their presets: ``builder(**config)`` -> ``nn.Module``."""
+
+
+@hookspec
+def mambaverse_datasets() -> list[DatasetSpec]:
+    """Return training datasets for ``mambaverse train``'s ``data.name``.
+
+    Each :class:`DatasetSpec` names its options schema and ``build(options) -> Splits`` as
+    ``"module:attribute"`` strings, imported only when a run uses the dataset.
+    """

@@ -24,7 +24,7 @@ import pluggy
 from . import hookspecs
 from .errors import AmbiguousNameError, unknown_name
 from .registry import kernel_specs, load_default
-from .specs import BackboneSpec, KernelSpec, MixerSpec, ScanSpec
+from .specs import BackboneSpec, DatasetSpec, KernelSpec, MixerSpec, ScanSpec
 
 ENTRY_POINT_GROUP = "mambaverse"
 REGISTRY_PLUGIN = "registry.yaml"
@@ -35,8 +35,9 @@ HOOKS: dict[str, tuple[str, type]] = {
     "mambaverse_scans": ("scans", ScanSpec),
     "mambaverse_mixers": ("mixers", MixerSpec),
     "mambaverse_backbones": ("backbones", BackboneSpec),
+    "mambaverse_datasets": ("datasets", DatasetSpec),
 }
-KINDS = ("kernels", "scans", "mixers", "backbones", "models")
+KINDS = ("kernels", "scans", "mixers", "backbones", "models", "datasets")
 
 
 @dataclass
@@ -197,24 +198,7 @@ class Catalogue:
 
     def lookup(self, kind: str, name: str) -> tuple[str, Any]:
         """``(plugin, spec)`` for ``name`` or ``plugin:name``."""
-        table = self.entries[kind]
-        plugin, sep, bare = name.rpartition(":")
-        if sep:
-            for owner, spec in table.get(bare, []):
-                if owner == plugin:
-                    return owner, spec
-            qualified = [f"{o}:{n}" for n, owners in table.items() for o, _ in owners]
-            raise unknown_name(_SINGULAR[kind], name, qualified)
-        owners = table.get(name)
-        if not owners:
-            raise unknown_name(_SINGULAR[kind], name, table)
-        if len(owners) > 1:
-            who = " and ".join(repr(o) for o, _ in owners)
-            choices = ", ".join(repr(f"{o}:{name}") for o, _ in owners)
-            raise AmbiguousNameError(
-                f"{_SINGULAR[kind]} {name!r} is contributed by plugins {who}; use one of {choices}"
-            )
-        return owners[0]
+        return find(self.entries[kind], kind, name)
 
     def collisions(self) -> dict[str, dict[str, list[str]]]:
         return {
@@ -231,7 +215,34 @@ _SINGULAR = {
     "mixers": "mixer",
     "backbones": "backbone",
     "models": "model",
+    "datasets": "dataset",
 }
+
+
+def find(table: dict[str, list[tuple[str, Any]]], kind: str, name: str) -> tuple[str, Any]:
+    """``(owner, spec)`` for ``name`` or ``owner:name`` in ``table`` (name -> [(owner, spec)]).
+
+    A bare name contributed by two owners is ambiguous: the error names both and the qualified
+    names that resolve it.
+    """
+    plugin, sep, bare = name.rpartition(":")
+    if sep:
+        for owner, spec in table.get(bare, []):
+            if owner == plugin:
+                return owner, spec
+        qualified = [f"{o}:{n}" for n, owners in table.items() for o, _ in owners]
+        raise unknown_name(_SINGULAR[kind], name, qualified)
+    owners = table.get(name)
+    if not owners:
+        raise unknown_name(_SINGULAR[kind], name, table)
+    if len(owners) > 1:
+        who = " and ".join(repr(o) for o, _ in owners)
+        choices = ", ".join(repr(f"{o}:{name}") for o, _ in owners)
+        raise AmbiguousNameError(
+            f"{_SINGULAR[kind]} {name!r} is contributed by plugins {who}; use one of {choices}"
+        )
+    return owners[0]
+
 
 _catalogue: Catalogue | None = None
 _lock = threading.Lock()

@@ -174,3 +174,30 @@ class BackboneSpec:
 
     def load(self) -> Callable[..., Any]:
         return resolve_target(self.builder)
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A training dataset that a config's ``data.name`` can pick (``mambaverse train``).
+
+    options: its schema, a :class:`mambaverse.train.data.DatasetOptions` subclass (pydantic): the
+             keys of the config's ``data`` section. The class, or ``"module:Class"``.
+    build:   ``build(options) -> Splits`` (train and test datasets), or ``"module:function"``.
+    task:    the model task its items are for: ``"vision"``, ``"lm"`` or ``"vlm"``.
+    """
+
+    name: str
+    options: Target
+    build: Target
+    task: Literal["vision", "lm", "vlm"] = "vision"
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(
+                f"DatasetSpec {self.name!r}: task must be one of {TASKS}, got {self.task!r}"
+            )
+
+    def load(self) -> tuple[Any, Callable[..., Any]]:
+        """``(options class, build function)``, imported on first use."""
+        return resolve_target(self.options), resolve_target(self.build)

@@ -27,7 +27,6 @@ from pydantic import Field
 from torch.utils.data import Dataset
 
 from mambaverse.errors import ConfigError
-from mambaverse.train.data import DatasetSpec, register_dataset
 from mambaverse.train.data.base import DatasetOptions, Splits
 
 from .images import load_image, to_pixels
@@ -243,13 +242,3 @@ def build_json_lines(options: JsonLinesOptions) -> Splits:
     return Splits(
         train=ImageRows(train_rows, options.img_size), test=ImageRows(test_rows, options.img_size)
     )
-
-
-register_dataset(
-    DatasetSpec(
-        "vlm_digits", DigitTextOptions, build_digit_text, "vlm", "digits as captions and answers"
-    )
-)
-register_dataset(
-    DatasetSpec("vlm_jsonl", JsonLinesOptions, build_json_lines, "vlm", "image–text JSON lines")
-)

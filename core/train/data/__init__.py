@@ -1,20 +1,21 @@
 """Training datasets, by name: the ``data`` section of a training config.
 
-``data.name`` picks a :class:`DatasetSpec` from :data:`DATASETS`; the section's other keys are
-validated against the spec's options schema and passed to its builder. To add a dataset (e.g. a
-captioning corpus with its own tokenizer), call :func:`register_dataset` from the module that
-defines it, before training starts.
+``data.name`` picks a :class:`~mambaverse.DatasetSpec`: one of the core's own (:data:`DATASETS`)
+or one a plugin contributes through the ``mambaverse_datasets`` hook (``plugin:name`` picks one
+of two that share a name). The section's other keys are validated against the spec's options
+schema and passed to its builder. To add a dataset, a package declares it in a plugin; a script
+can also call :func:`register_dataset` before training starts.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ConfigDict, create_model
 
-from ...errors import ConfigError, unknown_name
+from ...errors import ConfigError, UnknownNameError
+from ...manager import catalogue, find
+from ...specs import DatasetSpec
 from ...validation import validate
 from ..config import DataSection
 from .base import IGNORE_INDEX, DatasetOptions, Splits, TensorItems
@@ -44,27 +45,14 @@ __all__ = [
     "Splits",
     "TensorItems",
     "build_dataset",
+    "datasets",
     "register_dataset",
 ]
 
 
-@dataclass(frozen=True)
-class DatasetSpec:
-    """A dataset the ``data`` section can name.
-
-    options: its schema (a :class:`DatasetOptions` subclass); the config's ``data`` keys.
-    build:   ``build(options) -> Splits``.
-    task:    the model task its items are for: ``"vision"``, ``"lm"`` or ``"vlm"``.
-    """
-
-    name: str
-    options: type[DatasetOptions]
-    build: Callable[[Any], Splits]
-    task: str
-    description: str = ""
-
-
+# The core's datasets and those registered at run time; plugins' come from the catalogue.
 DATASETS: dict[str, DatasetSpec] = {}
+CORE = "mambaverse"  # their owner, for ``mambaverse:name``
 
 
 def register_dataset(spec: DatasetSpec) -> None:
@@ -73,24 +61,36 @@ def register_dataset(spec: DatasetSpec) -> None:
     DATASETS[spec.name] = spec
 
 
+def datasets() -> dict[str, list[tuple[str, DatasetSpec]]]:
+    """Every dataset: name -> ``[(owner, spec), ...]``, the core's first, then plugins'."""
+    table: dict[str, list[tuple[str, Any]]] = {n: [(CORE, s)] for n, s in DATASETS.items()}
+    for name, owners in catalogue().entries["datasets"].items():
+        table.setdefault(name, []).extend(owners)
+    return table
+
+
 def build_dataset(section: DataSection, task: str, source: str) -> Splits:
     """Validate ``section`` against its dataset's options and build the splits for ``task``."""
-    if section.name not in DATASETS:
-        err = unknown_name("dataset", section.name, DATASETS)
-        raise type(err)(f"{source}: data.name: {err}")
-    spec = DATASETS[section.name]
+    table = datasets()
+    try:
+        _, spec = find(table, "datasets", section.name)
+    except UnknownNameError as err:
+        raise type(err)(
+            f"{source}: data.name: {err}; datasets: {', '.join(sorted(table))}"
+        ) from None
     if spec.task != task:
-        fitting = sorted(n for n, s in DATASETS.items() if s.task == task)
+        fitting = sorted(n for n, owners in table.items() if owners[0][1].task == task)
         raise ConfigError(
             f"{source}: data.name: dataset {spec.name!r} is for {spec.task} models, but the model "
             f"is a {task} model; datasets for {task}: {', '.join(fitting) or 'none'}"
         )
+    options_schema, build = spec.load()
     # Validate as {"data": {...}} so errors read "data.seq_len: ..." and "data: unknown key ...".
     wrapper = create_model(
-        "Config", __config__=ConfigDict(extra="forbid"), data=(spec.options, ...)
+        "Config", __config__=ConfigDict(extra="forbid"), data=(options_schema, ...)
     )
     options = validate(wrapper, {"data": section.model_dump()}, source).data
-    return spec.build(options)
+    return build(options)
 
 
 for _spec in (
@@ -120,7 +120,3 @@ for _spec in (
     ),
 ):
     register_dataset(_spec)
-
-# The vision-language datasets that the model itself tokenises (vlm_digits, vlm_jsonl) register
-# themselves when their module is imported; it builds on this package, so it comes last.
-from mambaverse.plugins.cobra import data as _vlm_data  # noqa: E402, F401
