@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +25,24 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 
 
-def write_atomically(directory: str | Path, write: Any) -> Path:
-    """Call ``write(tmp_dir)`` then move ``tmp_dir`` into place; the old copy survives a failure."""
+def write_atomically(
+    directory: str | Path, write: Callable[[Path], Any], staging: str | Path | None = None
+) -> Path:
+    """Call ``write(staging)`` then move ``staging`` into place as ``directory``.
+
+    A failure (or a crash) before the move leaves ``directory`` as it was: a complete old copy,
+    or nothing. ``staging`` is a fresh hidden folder beside ``directory`` by default; name it
+    (beside ``directory``, so that the move is a rename) when other processes must know where to
+    write before ``write`` runs: an old one left by a crash is removed first.
+    """
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    if staging is None:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    else:
+        tmp = Path(staging)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
     try:
         write(tmp)
         old = directory.with_name(f".{directory.name}.old-{os.getpid()}")

@@ -5,11 +5,11 @@ A checkpoint is ``<output_dir>/checkpoints/step-<N>/``: what ``Accelerator.save_
 ``trainer_state.json`` (step, epoch, batches of the epoch already consumed), the run's
 ``config.yaml``, and last ``manifest.json`` (size and SHA-256 of every other file).
 
-Atomicity: every process writes into a hidden ``.step-<N>.partial`` directory; once all are done
-the main process writes the manifest and renames the directory into place. (``write_atomically``
-in ``mambaverse.pretrained`` does the same for one process; here the temporary directory must be
-known to every process before any of them writes.) A crash mid-save therefore leaves only a
-hidden directory that is never read, and the newest complete checkpoint stays the last good one.
+Atomicity: ``write_atomically`` (``mambaverse.pretrained``) with a staging directory every
+process knows in advance, the hidden ``.step-<N>.partial``: all processes write into it; once all
+are done the main process writes the manifest and renames it into place. A crash mid-save
+therefore leaves only a hidden directory that is never read, and the newest complete checkpoint
+stays the last good one.
 Older checkpoints are removed only after a newer one is committed.
 
 Verification: a checkpoint without a manifest, with a missing file, or with a file whose size or
@@ -31,6 +31,7 @@ from typing import Any
 from accelerate.utils import broadcast_object_list
 
 from ..errors import ConfigError
+from ..pretrained import write_atomically
 
 CHECKPOINTS = "checkpoints"
 MANIFEST = "manifest.json"
@@ -160,21 +161,24 @@ def save(
     if already[0]:
         return final
     staging = root / f".step-{progress.step:08d}.partial"
+
+    def write(folder: Path) -> None:
+        accelerator.wait_for_everyone()  # the main process has made the folder
+        accelerator.save_state(str(folder), safe_serialization=True)
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            (folder / TRAINER_STATE).write_text(json.dumps(asdict(progress), indent=1))
+            (folder / CONFIG_COPY).write_text(config_text)
+            write_manifest(folder)
+
     if accelerator.is_main_process:
         if final.exists():  # a damaged copy (a resume went back past it): set it aside, unread
             os.replace(final, root / f".step-{progress.step:08d}.damaged-{time.time_ns()}")
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(staging), safe_serialization=True)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        (staging / TRAINER_STATE).write_text(json.dumps(asdict(progress), indent=1))
-        (staging / CONFIG_COPY).write_text(config_text)
-        write_manifest(staging)
-        os.replace(staging, final)  # the commit
+        write_atomically(final, write, staging=staging)  # the commit
         for old in committed(output_dir)[:-keep]:
             shutil.rmtree(old)
+    else:
+        write(staging)
     accelerator.wait_for_everyone()
     return final
 
