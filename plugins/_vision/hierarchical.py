@@ -11,7 +11,7 @@ must be divisible by the total stride p · 2^(stages - 1).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -20,6 +20,7 @@ from torch import nn
 from mambaverse.plugins.mixers.base import kernel_scope
 
 from .backbone import VisionBackbone, intermediate_indices
+from .layers import drop_path_rates
 
 
 class Stage(nn.Module):
@@ -31,6 +32,26 @@ class Stage(nn.Module):
         super().__init__()
         self.down, self.blocks = down, nn.ModuleList(blocks)
         self.norm = norm if norm is not None else nn.Identity()
+
+
+def build_stages(
+    dims: Sequence[int],
+    depths: Sequence[int],
+    drop_path_rate: float,
+    downsample: Callable[[int, int], nn.Module],
+    block: Callable[[int, int, float], nn.Module],
+    norm: Callable[[int, int], nn.Module | None] | None = None,
+) -> nn.ModuleList:
+    """The stages of a pyramid: stage i is ``downsample(dims[i - 1], dims[i])`` (none for i = 0),
+    then ``depths[i]`` blocks ``block(i, dims[i], drop_path)``, then ``norm(i, dims[i])`` (none
+    by default). Stochastic depth rises linearly from 0 to ``drop_path_rate`` over all blocks."""
+    rates = iter(drop_path_rates(drop_path_rate, sum(depths)))
+    stages = nn.ModuleList()
+    for i, (dim, depth) in enumerate(zip(dims, depths, strict=True)):
+        down = nn.Identity() if i == 0 else downsample(dims[i - 1], dim)
+        blocks = [block(i, dim, next(rates)) for _ in range(depth)]
+        stages.append(Stage(down, blocks, norm(i, dim) if norm else None))
+    return stages
 
 
 class HierarchicalBackbone(VisionBackbone):

@@ -40,6 +40,29 @@ from .walker import Walker, join_class_token, split_class_token
 CONVS = ("1d", "2d", "none")
 
 
+def ss2d_options(
+    d_state: int,
+    d_conv: int,
+    expand: float,
+    dt_rank: int | Literal["auto"],
+    conv_bias: bool,
+    gate: bool,
+) -> dict[str, object]:
+    """:class:`ScanMamba` options of VMamba's SS2D and EfficientVMamba's ES2D: the depthwise conv
+    on the grid and the LayerNorm on the merged SSM output; they differ in the conv's bias and the
+    gate."""
+    return {
+        "d_state": d_state,
+        "d_conv": d_conv,
+        "expand": expand,
+        "dt_rank": dt_rank,
+        "conv": "2d",
+        "conv_bias": conv_bias,
+        "gate": gate,
+        "out_norm": True,
+    }
+
+
 class ScanMamba(nn.Module):
     """(B, L, dim) tokens of an H×W grid (+ a class token) -> (B, L, dim).
 

@@ -29,8 +29,9 @@ from torch import nn
 
 from mambaverse.plugins._vision.backbone import init_weights
 from mambaverse.plugins._vision.grid_mixer import build_grid_mixer
-from mambaverse.plugins._vision.hierarchical import HierarchicalBackbone, Stage
-from mambaverse.plugins._vision.layers import DropPath, Permute, drop_path_rates, stage_widths
+from mambaverse.plugins._vision.hierarchical import HierarchicalBackbone, build_stages
+from mambaverse.plugins._vision.layers import DropPath, Permute, stage_widths
+from mambaverse.plugins._vision.scan_mamba import ss2d_options
 from mambaverse.plugins.mixers.mamba import SelectiveSSM
 
 
@@ -170,34 +171,19 @@ class EfficientVMamba(HierarchicalBackbone):
         )
         if scan == "atrous":
             scan_options = {"step": step_size, **(scan_options or {})}
-        mamba_options = {
-            "d_state": d_state,
-            "d_conv": ssm_conv,
-            "expand": ssm_ratio,
-            "dt_rank": dt_rank,
-            "conv": "2d",
-            "conv_bias": True,
-            "gate": True,
-            "out_norm": True,
-        }
-        rates = iter(drop_path_rates(drop_path_rate, sum(depths)))
-        self.stages = nn.ModuleList()
-        for i, (dim, depth) in enumerate(zip(dims, depths)):
-            down = nn.Identity() if i == 0 else PatchMerging(dims[i - 1], dim)
-            if i < evss_stages:
-                blocks = [
-                    EVSSBlock(
-                        dim,
-                        build_grid_mixer(
-                            dim, scan, mixer, scan_options, mixer_config, mamba_options
-                        ),
-                        next(rates),
-                    )
-                    for _ in range(depth)
-                ]
-            else:
-                blocks = [InvertedResidual(dim, next(rates)) for _ in range(depth)]
-            self.stages.append(Stage(down, blocks))
+        mamba_options = ss2d_options(
+            d_state, ssm_conv, ssm_ratio, dt_rank, conv_bias=True, gate=True
+        )
+
+        def block(stage: int, dim: int, drop_path: float) -> nn.Module:
+            if stage >= evss_stages:
+                return InvertedResidual(dim, drop_path)
+            grid_mixer = build_grid_mixer(
+                dim, scan, mixer, scan_options, mixer_config, mamba_options
+            )
+            return EVSSBlock(dim, grid_mixer, drop_path)
+
+        self.stages = build_stages(dims, depths, drop_path_rate, PatchMerging, block)
         self.norm = nn.LayerNorm(dims[-1])
         self.init_pyramid(
             dims,

@@ -34,8 +34,8 @@ from torch import nn
 from mambaverse.api import create_mixer, get_mixer, list_mixers
 from mambaverse.errors import ConfigError
 from mambaverse.plugins._vision.grid_mixer import build_grid_mixer
-from mambaverse.plugins._vision.hierarchical import HierarchicalBackbone, Stage
-from mambaverse.plugins._vision.layers import DropPath, Permute, conv_downsample, drop_path_rates
+from mambaverse.plugins._vision.hierarchical import HierarchicalBackbone, build_stages
+from mambaverse.plugins._vision.layers import DropPath, Permute, conv_downsample
 
 
 class SiMBABlock(nn.Module):
@@ -126,18 +126,17 @@ class SiMBA(HierarchicalBackbone):
             return build_channel_mixer(channel_mixer, dim, channel_mixer_config)
 
         self.stem = make_stem(in_chans, stem_hidden_dim, embed_dims[0])
-        rates = iter(drop_path_rates(drop_path_rate, sum(depths)))
-        self.stages = nn.ModuleList()
         last = len(depths) - 1
-        for i, (dim, depth) in enumerate(zip(embed_dims, depths)):
-            down = nn.Identity() if i == 0 else conv_downsample(embed_dims[i - 1], dim)
-            blocks = [
-                SiMBABlock(dim, token_mixer(dim), channel(dim), next(rates), norm_eps)
-                for _ in range(depth)
-            ]
-            self.stages.append(
-                Stage(down, blocks, nn.LayerNorm(dim, eps=norm_eps) if i < last else None)
-            )
+
+        def block(stage: int, dim: int, drop_path: float) -> SiMBABlock:
+            return SiMBABlock(dim, token_mixer(dim), channel(dim), drop_path, norm_eps)
+
+        def stage_norm(stage: int, dim: int) -> nn.Module | None:
+            return nn.LayerNorm(dim, eps=norm_eps) if stage < last else None
+
+        self.stages = build_stages(
+            embed_dims, depths, drop_path_rate, conv_downsample, block, stage_norm
+        )
         self.norm = nn.Identity()  # the last stage's LayerNorm comes after the class block
         dim = embed_dims[-1]
         self.class_norm1, self.class_mixer = nn.LayerNorm(dim), token_mixer(dim)

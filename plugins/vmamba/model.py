@@ -25,14 +25,9 @@ from torch import nn
 from mambaverse.errors import ConfigError
 from mambaverse.plugins._vision.backbone import init_weights
 from mambaverse.plugins._vision.grid_mixer import build_grid_mixer
-from mambaverse.plugins._vision.hierarchical import HierarchicalBackbone, Stage
-from mambaverse.plugins._vision.layers import (
-    DropPath,
-    Permute,
-    conv_downsample,
-    drop_path_rates,
-    stage_widths,
-)
+from mambaverse.plugins._vision.hierarchical import HierarchicalBackbone, build_stages
+from mambaverse.plugins._vision.layers import DropPath, Permute, conv_downsample, stage_widths
+from mambaverse.plugins._vision.scan_mamba import ss2d_options
 from mambaverse.plugins.mixers.mamba import SelectiveSSM
 from mambaverse.plugins.mixers.mlp import MLP
 
@@ -104,30 +99,17 @@ class VMamba(HierarchicalBackbone):
             raise ConfigError(f"vmamba: patch_size must be an even number >= 4, got {patch_size}")
         self.kernels = kernels
         self.stem = make_stem(in_chans, dims[0], patch_size)
-        mamba_options = {
-            "d_state": ssm_d_state,
-            "d_conv": ssm_conv,
-            "expand": ssm_ratio,
-            "dt_rank": ssm_dt_rank,
-            "conv": "2d",
-            "conv_bias": ssm_conv_bias,
-            "gate": ssm_gate,
-            "out_norm": True,
-        }
-        rates = iter(drop_path_rates(drop_path_rate, sum(depths)))
-        self.stages = nn.ModuleList()
-        for i, (dim, depth) in enumerate(zip(dims, depths)):
-            down = nn.Identity() if i == 0 else conv_downsample(dims[i - 1], dim)
-            blocks = [
-                VSSBlock(
-                    dim,
-                    build_grid_mixer(dim, scan, mixer, scan_options, mixer_config, mamba_options),
-                    mlp_ratio,
-                    next(rates),
-                )
-                for _ in range(depth)
-            ]
-            self.stages.append(Stage(down, blocks))
+        mamba_options = ss2d_options(
+            ssm_d_state, ssm_conv, ssm_ratio, ssm_dt_rank, conv_bias=ssm_conv_bias, gate=ssm_gate
+        )
+
+        def block(stage: int, dim: int, drop_path: float) -> VSSBlock:
+            grid_mixer = build_grid_mixer(
+                dim, scan, mixer, scan_options, mixer_config, mamba_options
+            )
+            return VSSBlock(dim, grid_mixer, mlp_ratio, drop_path)
+
+        self.stages = build_stages(dims, depths, drop_path_rate, conv_downsample, block)
         self.norm = nn.LayerNorm(dims[-1])
         self.init_pyramid(
             dims,
