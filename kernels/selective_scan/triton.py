@@ -8,22 +8,26 @@ Per channel d and state n, with δ = softplus(δ_raw + bias) (or δ_raw + bias):
 Shapes: u, δ, z, out (b, d, l); A (d, n); B, C (b, n, l) or grouped (b, g, n, l) where channel d
 reads group d // (d / g); D, bias (d,); last state (b, d, n) fp32.
 
-Forward: one program per (batch, block of BLOCK_D channels) walks the sequence in chunks of CHUNK
-steps; inside a chunk the recurrence is an associative scan over (a, b) pairs (the composition of
-h ↦ a h + b is associative), so the CHUNK steps run in parallel across threads, and the state
-(BLOCK_D, n) in fp32 is carried from chunk to chunk. When gradients are needed it also stores the
-state entering each chunk (b, d, chunks, n), so the backward can restart any chunk.
+Parallel over (batch, channel, state), sequential over time, as Mamba's CUDA kernel within a
+thread: one program per (batch, block of BLOCK_D channels) holds the state (BLOCK_D, n) in fp32
+registers and walks the sequence one step at a time, CHUNK steps unrolled per loop iteration so
+that the loads of a chunk are in flight together. b · d · n independent recurrences fill the GPU
+at the sizes Mamba uses; a parallel scan along time (tried first) moved every step through warp
+shuffles and was 8× slower (docs/kernels_notes.md).
+
+Forward: when gradients are needed it also stores the state entering every chunk (b, d, chunks, n).
 
 Backward: the same programs walk the chunks in reverse. For each chunk it recomputes h_t from the
-stored state, then runs the adjoint recurrence e_t = C_t dy_t + a_{t+1} e_{t+1} (e_t = ∂L/∂h_t)
-as a reverse associative scan, and reads every gradient off e and h:
+stored state into registers (CHUNK + 1 states), then runs the adjoint recurrence
+e_t = C_t dy_t + a_{t+1} e_{t+1} (e_t = ∂L/∂h_t) backwards through the chunk, reading every
+gradient off e and h:
 
-    ∂L/∂δ_t = Σ_n e_t (A (h_t − b_t) + B_t u_t)     (a_t h_{t-1} = h_t − b_t: no division)
-    ∂L/∂A   = Σ_t δ_t e_t (h_t − b_t)               ∂L/∂u_t = δ_t Σ_n e_t B_t + D dy_t
-    ∂L/∂B_t = Σ_d δ_t u_t e_t                       ∂L/∂C_t = Σ_d dy_t h_t
+    ∂L/∂δ_t = Σ_n e_t (A a_t h_{t-1} + B_t u_t)     ∂L/∂u_t = δ_t Σ_n e_t B_t + D dy_t
+    ∂L/∂A   = Σ_t δ_t e_t a_t h_{t-1}                ∂L/∂B_t = Σ_d δ_t u_t e_t
+    ∂L/∂C_t = Σ_d dy_t h_t
 
-∂L/∂B and ∂L/∂C sum over the channels of a group: each program reduces its BLOCK_D channels
-and adds the result into an fp32 buffer atomically.
+∂L/∂B and ∂L/∂C sum over the channels of a group: each program reduces its BLOCK_D channels and
+adds the result into an fp32 buffer atomically.
 """
 
 from __future__ import annotations
@@ -52,31 +56,15 @@ OP = "selective_scan"
 @dataclass(frozen=True)
 class LaunchConfig:
     block_d: int  # channels per program
-    chunk: int  # time steps scanned in parallel
+    chunk: int  # time steps unrolled per loop iteration (and, with gradients, per stored state)
     warps: int
 
 
-# Chosen on an H100 with examples/benchmarks/tune_selective_scan.py (docs/kernels_notes.md).
-FORWARD = LaunchConfig(block_d=4, chunk=32, warps=4)
-BACKWARD = LaunchConfig(block_d=4, chunk=16, warps=2)
+# Chosen on an H100 with examples/benchmarks/tune_kernels.py (docs/kernels_notes.md).
+FORWARD = LaunchConfig(block_d=8, chunk=8, warps=1)
+BACKWARD = LaunchConfig(block_d=8, chunk=16, warps=1)
 # The interpreter runs every element in Python: small tiles, several chunks even at tiny lengths.
-INTERPRETED = LaunchConfig(block_d=2, chunk=8, warps=1)
-
-
-# -- the two associative operators ----------------------------------------------------------------
-@triton.jit
-def _compose(a_first, b_first, a_then, b_then):
-    # h ↦ a_then (a_first h + b_first) + b_then
-    return a_first * a_then, b_first * a_then + b_then
-
-
-@triton.jit
-def _compose_adjoint(a_later, q_later, s_later, a_earlier, q_earlier, s_earlier):
-    # Segment [t..s] of the adjoint recurrence, summarised by (a_t, Q = Π_{r=t+1..s} a_r,
-    # S = Σ_k Π_{r=t+1..k} a_r c_k), so that e_t = S + Q · a_{s+1} e_{s+1}. A reverse scan hands
-    # the combine the later segment first.
-    bridge = q_earlier * a_later
-    return a_earlier, bridge * q_later, s_earlier + bridge * s_later
+INTERPRETED = LaunchConfig(block_d=2, chunk=4, warps=1)
 
 
 @triton.jit
@@ -101,41 +89,26 @@ def _channels(pid_d, dim, dstate, d_per_group, A_ptr, s_A_d, s_A_n, D_ptr, bias_
 
 
 @triton.jit
-def _bc_tile(ptr, pid_b, s_b, group, s_g, offs_d, offs_n, s_n):
-    # B and C are read as (BD, N, T) tiles with stride 0 across channels: a 3-D load makes
-    # Triton lay the chunk out with 8 consecutive steps per thread, so the scans along time run
-    # mostly inside threads (a 2-D load broadcast to 3-D put time across lanes: 5× the shuffles).
-    return ptr + pid_b * s_b + group * s_g + offs_d[:, None, None] * 0 + offs_n[None, :, None] * s_n
+def _load_step(u_p, dt_p, B_p, C_p, t, valid, mask_d, mask_n, s_u_l, s_dt_l, s_B_l, s_C_l):
+    """Step t of u and δ_raw (BLOCK_D,) and of B and C (N,), fp32, zero past the end."""
+    md = mask_d & valid
+    mn = mask_n & valid
+    u = tl.load(u_p + t * s_u_l, mask=md, other=0.0).to(tl.float32)
+    dt_raw = tl.load(dt_p + t * s_dt_l, mask=md, other=0.0).to(tl.float32)
+    B = tl.load(B_p + t * s_B_l, mask=mn, other=0.0).to(tl.float32)
+    C = tl.load(C_p + t * s_C_l, mask=mn, other=0.0).to(tl.float32)
+    return u, dt_raw, B, C
 
 
 @triton.jit
-def _load_chunk(u_base, dt_base, B_base, C_base, offs_t, seqlen, mask_d, mask_n,
-                s_u_l, s_dt_l, s_B_l, s_C_l):  # fmt: skip
-    """One chunk of u and δ_raw (BD, T) and of B and C (BD, N, T), fp32, zero past the end."""
-    mask_t = offs_t < seqlen
-    mask_dt = mask_d[:, None] & mask_t[None, :]
-    mask_3 = mask_n[None, :, None] & mask_t[None, None, :]
-    u = tl.load(u_base + offs_t[None, :] * s_u_l, mask=mask_dt, other=0.0).to(tl.float32)
-    dt_raw = tl.load(dt_base + offs_t[None, :] * s_dt_l, mask=mask_dt, other=0.0).to(tl.float32)
-    B = tl.load(B_base + offs_t[None, None, :] * s_B_l, mask=mask_3, other=0.0).to(tl.float32)
-    C = tl.load(C_base + offs_t[None, None, :] * s_C_l, mask=mask_3, other=0.0).to(tl.float32)
-    return mask_t, mask_dt, u, dt_raw, B, C
-
-
-@triton.jit
-def _discretise(dt_raw, bias, u, A2, B, mask_t, SOFTPLUS: tl.constexpr):
-    """δ (BD, T), its softplus slope, δu, and a = exp(δA), b = δ u B (BD, N, T); B is (BD, N, T)."""
-    dt = dt_raw + bias[:, None]
-    slope = tl.full(dt.shape, 1.0, tl.float32)  # dδ/dδ_raw
+def _discretise(dt_raw, bias, valid, SOFTPLUS: tl.constexpr):
+    """δ (BLOCK_D,) and its slope dδ/dδ_raw; steps past the end get δ = 0, the identity map."""
+    dt = dt_raw + bias
+    slope = tl.full(dt.shape, 1.0, tl.float32)
     if SOFTPLUS:
         slope = tl.sigmoid(dt)
         dt = softplus(dt)
-    # Steps past the end become the identity map (a = 1, b = 0), so the carried state is exact.
-    dt = tl.where(mask_t[None, :], dt, 0.0)
-    a = tl.exp2(dt[:, None, :] * A2[:, :, None])
-    dtu = dt * u
-    b = dtu[:, None, :] * B
-    return dt, slope, dtu, a, b
+    return tl.where(valid, dt, 0.0), slope
 
 
 @triton.jit
@@ -155,35 +128,32 @@ def _fwd_kernel(
         HAS_D, HAS_BIAS, BLOCK_D, N_PAD,
     )  # fmt: skip
     A2 = A * LOG2E
-    offs_c = tl.arange(0, CHUNK)
-    u_base = u_ptr + pid_b * s_u_b + offs_d[:, None] * s_u_d
-    dt_base = dt_ptr + pid_b * s_dt_b + offs_d[:, None] * s_dt_d
-    z_base = z_ptr + pid_b * s_z_b + offs_d[:, None] * s_z_d
-    y_base = y_ptr + (pid_b * dim + offs_d[:, None]) * seqlen
-    B_base = _bc_tile(B_ptr, pid_b, s_B_b, group, s_B_g, offs_d, offs_n, s_B_n)
-    C_base = _bc_tile(C_ptr, pid_b, s_C_b, group, s_C_g, offs_d, offs_n, s_C_n)
-    ckpt_base = ckpt_ptr + ((pid_b * dim + offs_d[:, None]) * n_chunks) * dstate + offs_n[None, :]
+    u_p = u_ptr + pid_b * s_u_b + offs_d * s_u_d
+    dt_p = dt_ptr + pid_b * s_dt_b + offs_d * s_dt_d
+    z_p = z_ptr + pid_b * s_z_b + offs_d * s_z_d
+    y_p = y_ptr + (pid_b * dim + offs_d) * seqlen
+    B_p = B_ptr + pid_b * s_B_b + group * s_B_g + offs_n * s_B_n
+    C_p = C_ptr + pid_b * s_C_b + group * s_C_g + offs_n * s_C_n
+    ckpt_p = ckpt_ptr + ((pid_b * dim + offs_d[:, None]) * n_chunks) * dstate + offs_n[None, :]
 
     h = tl.zeros((BLOCK_D, N_PAD), dtype=tl.float32)
     for chunk in range(n_chunks):
         if STORE_CKPT:
-            tl.store(ckpt_base + chunk * dstate, h, mask=mask_dn)
-        offs_t = chunk * CHUNK + offs_c
-        mask_t, mask_dt, u, dt_raw, B, C = _load_chunk(
-            u_base, dt_base, B_base, C_base, offs_t, seqlen, mask_d, mask_n,
-            s_u_l, s_dt_l, s_B_l, s_C_l,
-        )  # fmt: skip
-        _, _, _, a, b = _discretise(dt_raw, bias, u, A2, B, mask_t, SOFTPLUS)
-        a_cum, b_cum = tl.associative_scan((a, b), 2, _compose)
-        hs = a_cum * h[:, :, None] + b_cum  # (BD, N, T): the state after each step
-        y = tl.sum(hs * C, axis=1) + Dv[:, None] * u
-        if HAS_Z:
-            zv = tl.load(z_base + offs_t[None, :] * s_z_l, mask=mask_dt, other=0.0)
-            silu, _ = silu_and_grad(zv.to(tl.float32))
-            y = y * silu
-        tl.store(y_base + offs_t[None, :], y.to(y_ptr.dtype.element_ty), mask=mask_dt)
-        # Padded steps are identities, so the last column is the state after the last real step.
-        h = tl.sum(tl.where(offs_c[None, None, :] == CHUNK - 1, hs, 0.0), axis=2)
+            tl.store(ckpt_p + chunk * dstate, h, mask=mask_dn)
+        for i in tl.static_range(CHUNK):
+            t = chunk * CHUNK + i
+            valid = t < seqlen
+            u, dt_raw, B, C = _load_step(
+                u_p, dt_p, B_p, C_p, t, valid, mask_d, mask_n, s_u_l, s_dt_l, s_B_l, s_C_l
+            )
+            dt, _ = _discretise(dt_raw, bias, valid, SOFTPLUS)
+            h = tl.exp2(dt[:, None] * A2) * h + (dt * u)[:, None] * B[None, :]
+            y = tl.sum(h * C[None, :], axis=1) + Dv * u
+            if HAS_Z:
+                zv = tl.load(z_p + t * s_z_l, mask=mask_d & valid, other=0.0)
+                silu, _ = silu_and_grad(zv.to(tl.float32))
+                y = y * silu
+            tl.store(y_p + t, y.to(y_ptr.dtype.element_ty), mask=mask_d & valid)
 
     if STORE_LAST:
         last = last_ptr + (pid_b * dim + offs_d[:, None]) * dstate + offs_n[None, :]
@@ -207,75 +177,76 @@ def _bwd_kernel(
         HAS_D, HAS_BIAS, BLOCK_D, N_PAD,
     )  # fmt: skip
     A2 = A * LOG2E
-    offs_c = tl.arange(0, CHUNK)
-    u_base = u_ptr + pid_b * s_u_b + offs_d[:, None] * s_u_d
-    dt_base = dt_ptr + pid_b * s_dt_b + offs_d[:, None] * s_dt_d
-    z_base = z_ptr + pid_b * s_z_b + offs_d[:, None] * s_z_d
-    dout_base = dout_ptr + pid_b * s_o_b + offs_d[:, None] * s_o_d
-    B_base = _bc_tile(B_ptr, pid_b, s_B_b, group, s_B_g, offs_d, offs_n, s_B_n)
-    C_base = _bc_tile(C_ptr, pid_b, s_C_b, group, s_C_g, offs_d, offs_n, s_C_n)
-    ckpt_base = ckpt_ptr + ((pid_b * dim + offs_d[:, None]) * n_chunks) * dstate + offs_n[None, :]
+    u_p = u_ptr + pid_b * s_u_b + offs_d * s_u_d
+    dt_p = dt_ptr + pid_b * s_dt_b + offs_d * s_dt_d
+    z_p = z_ptr + pid_b * s_z_b + offs_d * s_z_d
+    dout_p = dout_ptr + pid_b * s_o_b + offs_d * s_o_d
+    B_p = B_ptr + pid_b * s_B_b + group * s_B_g + offs_n * s_B_n
+    C_p = C_ptr + pid_b * s_C_b + group * s_C_g + offs_n * s_C_n
+    ckpt_p = ckpt_ptr + ((pid_b * dim + offs_d[:, None]) * n_chunks) * dstate + offs_n[None, :]
     # Gradients we allocate are contiguous: (b, d, l), and (b, g, n, l) fp32 for dB and dC.
-    grad_base = (pid_b * dim + offs_d[:, None]) * seqlen
-    dBC_base = ((pid_b * n_groups + group) * dstate + offs_n[:, None]) * seqlen
+    grad_p = (pid_b * dim + offs_d) * seqlen
+    dBC_p = ((pid_b * n_groups + group) * dstate + offs_n) * seqlen
 
-    carry = tl.zeros((BLOCK_D, N_PAD), dtype=tl.float32)  # a_{t+1} e_{t+1} from the later chunk
+    carry = tl.zeros((BLOCK_D, N_PAD), dtype=tl.float32)  # a_{t+1} e_{t+1}
     dA = tl.zeros((BLOCK_D, N_PAD), dtype=tl.float32)
     dD = tl.zeros((BLOCK_D,), dtype=tl.float32)
     dbias = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    ones = tl.full((BLOCK_D, N_PAD, CHUNK), 1.0, tl.float32)
     for step in range(n_chunks):
         chunk = n_chunks - 1 - step
-        offs_t = chunk * CHUNK + offs_c
-        mask_t, mask_dt, u, dt_raw, B, C = _load_chunk(
-            u_base, dt_base, B_base, C_base, offs_t, seqlen, mask_d, mask_n,
-            s_u_l, s_dt_l, s_B_l, s_C_l,
-        )  # fmt: skip
-        mask_nt = mask_n[:, None] & mask_t[None, :]
-        dout = tl.load(dout_base + offs_t[None, :] * s_o_l, mask=mask_dt, other=0.0)
-        dout = dout.to(tl.float32)
-        h0 = tl.load(ckpt_base + chunk * dstate, mask=mask_dn, other=0.0)
-
-        # Recompute the chunk's forward pass.
-        dt, slope, dtu, a, b = _discretise(dt_raw, bias, u, A2, B, mask_t, SOFTPLUS)
-        a_cum, b_cum = tl.associative_scan((a, b), 2, _compose)
-        hs = a_cum * h0[:, :, None] + b_cum
-        if HAS_Z:
-            y = tl.sum(hs * C, axis=1) + Dv[:, None] * u
-            zv = tl.load(z_base + offs_t[None, :] * s_z_l, mask=mask_dt, other=0.0)
-            silu, dsilu = silu_and_grad(zv.to(tl.float32))
-            dz = dout * y * dsilu
-            tl.store(
-                dz_ptr + grad_base + offs_t[None, :], dz.to(dz_ptr.dtype.element_ty), mask=mask_dt
+        # Recompute the chunk's states: states[i] is the state entering step i of the chunk.
+        h = tl.load(ckpt_p + chunk * dstate, mask=mask_dn, other=0.0)
+        states = (h,)
+        for i in tl.static_range(CHUNK):
+            t = chunk * CHUNK + i
+            valid = t < seqlen
+            u, dt_raw, B, _ = _load_step(
+                u_p, dt_p, B_p, C_p, t, valid, mask_d, mask_n, s_u_l, s_dt_l, s_B_l, s_C_l
             )
-            dy = dout * silu
-        else:
-            dy = dout
+            dt, _ = _discretise(dt_raw, bias, valid, SOFTPLUS)
+            h = tl.exp2(dt[:, None] * A2) * h + (dt * u)[:, None] * B[None, :]
+            states = states + (h,)  # noqa: RUF005 (Triton 3.6 parses no starred tuples)
 
-        # Adjoint: e_t = ∂L/∂h_t, by a reverse scan over the chunk plus the later chunks' carry.
-        direct = C * dy[:, None, :]
-        _, q, s = tl.associative_scan((a, ones, direct), 2, _compose_adjoint, reverse=True)
-        e = s + q * carry[:, :, None]
-        carry = tl.sum(tl.where(offs_c[None, None, :] == 0, a * e, 0.0), axis=2)
+        for i in tl.static_range(CHUNK - 1, -1, -1):
+            t = chunk * CHUNK + i
+            valid = t < seqlen
+            md = mask_d & valid
+            u, dt_raw, B, C = _load_step(
+                u_p, dt_p, B_p, C_p, t, valid, mask_d, mask_n, s_u_l, s_dt_l, s_B_l, s_C_l
+            )
+            dt, slope = _discretise(dt_raw, bias, valid, SOFTPLUS)
+            dout = tl.load(dout_p + t * s_o_l, mask=md, other=0.0).to(tl.float32)
+            h_prev = states[i]
+            h = states[i + 1]
+            if HAS_Z:
+                y = tl.sum(h * C[None, :], axis=1) + Dv * u
+                zv = tl.load(z_p + t * s_z_l, mask=md, other=0.0)
+                silu, dsilu = silu_and_grad(zv.to(tl.float32))
+                tl.store(
+                    dz_ptr + grad_p + t, (dout * y * dsilu).to(dz_ptr.dtype.element_ty), mask=md
+                )
+                dy = dout * silu
+            else:
+                dy = dout
 
-        e_prev = e * (hs - b)  # e_t · a_t h_{t-1}
-        dA += tl.sum(e_prev * dt[:, None, :], axis=2)
-        eB = tl.sum(e * B, axis=1)  # (BD, T)
-        ddt = tl.sum(e_prev * A[:, :, None], axis=1) + u * eB
-        du = dt * eB + Dv[:, None] * dy
-        dD += tl.sum(dy * u, axis=1)
-        if SOFTPLUS:
-            ddt = ddt * slope
-        ddt = tl.where(mask_dt, ddt, 0.0)
-        dbias += tl.sum(ddt, axis=1)
-        tl.store(du_ptr + grad_base + offs_t[None, :], du.to(du_ptr.dtype.element_ty), mask=mask_dt)
-        tl.store(
-            ddt_ptr + grad_base + offs_t[None, :], ddt.to(ddt_ptr.dtype.element_ty), mask=mask_dt
-        )
-        dB = tl.sum(e * dtu[:, None, :], axis=0)  # (N, T), summed over this block's channels
-        dC = tl.sum(hs * dy[:, None, :], axis=0)
-        tl.atomic_add(dB_ptr + dBC_base + offs_t[None, :], dB, mask=mask_nt)
-        tl.atomic_add(dC_ptr + dBC_base + offs_t[None, :], dC, mask=mask_nt)
+            e = carry + dy[:, None] * C[None, :]  # ∂L/∂h_t
+            a = tl.exp2(dt[:, None] * A2)
+            e_ah = e * a * h_prev
+            eB = tl.sum(e * B[None, :], axis=1)
+            ddt = (tl.sum(e_ah * A, axis=1) + u * eB) * slope
+            dA += dt[:, None] * e_ah
+            dD += dy * u
+            dbias += ddt
+            tl.store(du_ptr + grad_p + t, (dt * eB + Dv * dy).to(du_ptr.dtype.element_ty), mask=md)
+            tl.store(ddt_ptr + grad_p + t, ddt.to(ddt_ptr.dtype.element_ty), mask=md)
+            mn = mask_n & valid
+            tl.atomic_add(
+                dB_ptr + dBC_p + t, tl.sum(e * (dt * u)[:, None], axis=0), mask=mn, sem="relaxed"
+            )
+            tl.atomic_add(
+                dC_ptr + dBC_p + t, tl.sum(h * dy[:, None], axis=0), mask=mn, sem="relaxed"
+            )
+            carry = a * e
 
     # Per-batch partial sums of the parameter gradients, added up by the caller.
     tl.store(dA_ptr + (pid_b * dim + offs_d[:, None]) * dstate + offs_n[None, :], dA, mask=mask_dn)
