@@ -157,6 +157,7 @@ class CobraVLM(nn.Module):
         images: Any,
         prompts: str | Sequence[str] | None = None,
         max_new_tokens: int = 32,
+        cuda_graph: bool | None = None,
         **sampling: Any,
     ) -> list[str]:
         """Answer ``prompts`` (default: "Describe the image.") about ``images``; one string each.
@@ -165,6 +166,11 @@ class CobraVLM(nn.Module):
         sampling: the language model's ``generate`` options (temperature, top_k, top_p,
         do_sample, generator); greedy by default. Decoding uses the language model's recurrent
         state: constant memory per new token for SSM layers.
+        cuda_graph: after the prefill of image tokens + prompt, decode each token by replaying
+        one captured CUDA graph of the language model's step (mamba_lm's ``generate``): None =
+        on CUDA when the language model's state has a fixed size (Mamba, Mamba-2), eager with
+        attention layers or on the CPU; True = always (an error says why it cannot); False =
+        eager.
         """
         device = next(self.projector.parameters()).device
         pixels = as_pixels(images, self.img_size).to(device)
@@ -193,6 +199,7 @@ class CobraVLM(nn.Module):
                     max_new_tokens,
                     eos_token_id=self.tokenizer.eot_token_id,
                     prefix_embeds=image_tokens[rows],
+                    cuda_graph=cuda_graph,
                     **sampling,
                 )
                 for row, new_ids in zip(rows, out[:, length:].tolist()):

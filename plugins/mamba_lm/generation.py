@@ -8,15 +8,21 @@
 For SSM layers ``state`` has a fixed size, so each new token costs the same time and memory
 however long the sequence already is. Works with any model exposing ``allocate_state``,
 ``forward(input_ids, state, num_last_tokens)``, ``step(input_ids, state)`` and ``vocab_size``.
+
+On a CUDA device ``model.step`` can be a captured CUDA graph replayed per token
+(:mod:`.decode_graph`; ``cuda_graph`` below): the same kernels on the same state, without
+launching each of them from Python. Choosing the token (argmax or sampling) stays outside it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import torch
 
+from .decode_graph import DecodeGraph, GraphUnsupportedError, decode_graph, device_refusal
 from .sampling import check_sampling, next_token
 
 
@@ -37,6 +43,7 @@ def generate(
     do_sample: bool | None = None,
     generator: torch.Generator | None = None,
     prefix_embeds: torch.Tensor | None = None,
+    cuda_graph: bool | None = None,
 ) -> torch.Tensor:
     """Continue ``input_ids`` (B, L) by up to ``max_new_tokens``; returns (B, L + new) ids.
 
@@ -47,6 +54,12 @@ def generate(
     greedy (argmax). eos_token_id: a sequence that emits one stops; it is padded with the first
     eos id until every sequence has stopped (then generation ends early).
     generator: random source for reproducible sampling.
+
+    cuda_graph: decode with one captured CUDA graph per step (:mod:`.decode_graph`): same
+    tokens, fewer kernel launches. None = when it can (the model on CUDA, every layer's state of
+    fixed size, a step that never waits for the GPU), else eagerly, e.g. on the CPU or with
+    attention layers (their KV cache grows every step). True = always, raising
+    :class:`GraphUnsupportedError` (a ConfigError) that says why when it cannot. False = eager.
     """
     if input_ids.dim() != 2 or input_ids.shape[1] == 0:
         raise ValueError(
@@ -63,9 +76,15 @@ def generate(
     batch, length = input_ids.shape
     prefix = {} if prefix_embeds is None else {"prefix_embeds": prefix_embeds}
     prefix_length = 0 if prefix_embeds is None else prefix_embeds.shape[1]
-    state = model.allocate_state(
-        batch, prefix_length + length + max_new_tokens, device=input_ids.device
-    )
+    # The loop below calls the step max_new_tokens - 1 times (the last token needs none).
+    graph = _decode_graph(model, batch, input_ids.device, cuda_graph, max_new_tokens > 1)
+    if graph is None:
+        state = model.allocate_state(
+            batch, prefix_length + length + max_new_tokens, device=input_ids.device
+        )
+        step: Callable[[torch.Tensor], torch.Tensor] = partial(model.step, state=state)
+    else:
+        state, step = graph.reset(), graph.step  # prefill into the graph's own state
     logits = model(input_ids, state, num_last_tokens=1, **prefix)[:, -1]
     finished = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
     new_tokens = []
@@ -80,8 +99,30 @@ def generate(
         new_tokens.append(token)
         if (eos_ids is not None and bool(finished.all())) or i == max_new_tokens - 1:
             break
-        logits = model.step(token, state)
+        logits = step(token)
     return torch.cat([input_ids, *(t[:, None].to(input_ids.dtype) for t in new_tokens)], dim=1)
+
+
+def _decode_graph(
+    model: Any, batch: int, device: torch.device, cuda_graph: bool | None, needed: bool
+) -> DecodeGraph | None:
+    """The captured step to decode with, or None for eager steps (see ``generate``)."""
+    if cuda_graph is False:
+        return None
+    refusal = device_refusal(device)
+    if refusal is None and not needed:  # no step to take: nothing worth capturing
+        return None
+    if refusal is None:
+        try:
+            return decode_graph(model, batch, device)
+        except GraphUnsupportedError as err:
+            refusal = str(err)
+    if cuda_graph:
+        raise GraphUnsupportedError(
+            f"generate: cuda_graph=True, but {refusal}; use cuda_graph=None to decode with a "
+            "graph where one can be captured and eagerly elsewhere"
+        )
+    return None
 
 
 def _as_ids(ids: int | Sequence[int] | None, device: torch.device) -> torch.Tensor | None:

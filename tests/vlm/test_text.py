@@ -25,22 +25,6 @@ def test_open_clip_tokenizer_is_bundled_and_has_the_special_tokens():
     assert tok.decode([tok.image_token_id, *tok.encode("seven"), tok.eot_token_id]) == "seven"
 
 
-@pytest.fixture
-def hf_tokenizer_dir(tmp_path):
-    """A tiny word-level Hugging Face tokenizer saved locally (no eos token, no <image>)."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    words = ["[UNK]", "in", ":", "out", "what", "digit", "is", "this", "?", "seven", "a"]
-    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
-    backend.normalizer = normalizers.Lowercase()
-    backend.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Whitespace(), pre_tokenizers.Punctuation()]
-    )
-    PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]").save_pretrained(tmp_path)
-    return tmp_path
-
-
 def test_a_local_hugging_face_tokenizer_gets_image_and_end_of_text_tokens(hf_tokenizer_dir):
     tok = load_tokenizer(str(hf_tokenizer_dir))
     assert tok.vocab_size == 11 + 2

@@ -1,0 +1,180 @@
+"""One decoding step captured as a CUDA graph, replayed for every new token.
+
+At batch 1 a decoding step of a Mamba language model is a few small kernels per layer (in_proj,
+conv update, x_proj, dt_proj, state update, out_proj, norms): the GPU finishes each faster than
+Python launches the next, so eager decoding is bound by kernel launches. As state-spaces/mamba's
+``generate(cg=True)``, the step is recorded once and replayed as a single graph launch:
+
+    input_ids (B,)  ──►  model.step(input_ids, state)  ──►  logits (B, padded vocab)
+    fixed buffers        every kernel of every layer        a fixed buffer
+                         state: each layer's conv window and SSM state, updated in place
+
+A graph replays fixed kernels on fixed addresses, so a step can be captured only when
+
+- the model is on a CUDA device;
+- every layer's state has a fixed size: :class:`SSMState` (conv window + SSM state). An attention
+  layer's KV cache grows by one token per step (its shapes and positions change), so hybrid
+  models with attention layers, and Transformers, decode eagerly;
+- a step never waits for the GPU (``.item()``, ``nonzero``, a host-to-device copy, a shape read
+  from a tensor). The warm-up steps run with ``torch.cuda.set_sync_debug_mode("error")``, so any
+  such operation refuses the capture (a mixture of experts' routing does, for instance).
+
+Graphs are cached per model (weakly: they go with the model) and per batch size, device and
+kernel choice; a model whose weights moved (``.to(dtype)``, a reload) is captured anew.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from mambaverse.dispatch import choose_kernel
+from mambaverse.errors import ConfigError, MambaverseError
+from mambaverse.plugins.mixers.state import SSMState
+
+# Steps run before the capture: Triton compiles its kernels and cuBLAS picks its algorithms on
+# the first calls, which must not happen inside the graph (state-spaces/mamba warms up twice too).
+WARMUP_STEPS = 2
+# What torch raises in sync debug mode "error" (c10/cuda/CUDAFunctions.cpp).
+SYNC_ERROR = "called a synchronizing CUDA operation"
+# The ops of a decoding step whose implementation a kernel choice can change.
+DECODE_OPS = ("selective_state_update", "ssd_state_update", "causal_conv1d_update", "attention")
+
+
+class GraphUnsupportedError(ConfigError):
+    """This model's decoding step cannot be captured as a CUDA graph (the message says why)."""
+
+
+@dataclass
+class DecodeGraph:
+    """A captured decoding step of one model for one batch size on one device.
+
+    input_ids: (B,) the graph's input buffer. state: the model's decoding state (one
+    :class:`SSMState` per layer), allocated once: prefill into it, then call :meth:`step`.
+    logits: (B, padded vocab) the graph's output buffer, overwritten by every step.
+    """
+
+    graph: torch.cuda.CUDAGraph
+    input_ids: torch.Tensor
+    state: list[SSMState]
+    logits: torch.Tensor
+
+    @torch.inference_mode()
+    def step(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """input_ids (B,) -> logits (B, padded vocab), as ``model.step(input_ids, state)``; the
+        returned tensor is the output buffer: read it before the next step."""
+        self.input_ids.copy_(input_ids)
+        self.graph.replay()
+        return self.logits
+
+    @torch.inference_mode()
+    def reset(self) -> list[SSMState]:
+        """Zero the state (an empty sequence, as ``allocate_state``) and return it."""
+        for layer_state in self.state:
+            layer_state.conv.zero_()
+            layer_state.ssm.zero_()
+        return self.state
+
+
+@dataclass
+class _ModelGraphs:
+    weights: tuple[tuple[int, torch.dtype], ...]  # the addresses the graphs read
+    graphs: dict[tuple[Any, ...], DecodeGraph | str]  # key -> graph, or why it cannot be one
+
+
+_CACHE: weakref.WeakKeyDictionary[nn.Module, _ModelGraphs] = weakref.WeakKeyDictionary()
+
+
+def device_refusal(device: torch.device | str) -> str | None:
+    """Why decoding on ``device`` cannot use a CUDA graph (None: it can, as far as the device goes)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return f"the model decodes on {device.type}; CUDA graphs need a CUDA device"
+    return None
+
+
+@torch.inference_mode()
+def decode_graph(model: nn.Module, batch_size: int, device: torch.device | str) -> DecodeGraph:
+    """The captured decoding step of ``model`` for ``batch_size`` sequences on ``device``,
+    captured on first use and then reused. Raises :class:`GraphUnsupportedError` saying why
+    when the step cannot be a graph (see the module docstring)."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    refusal = device_refusal(device)
+    if refusal is not None:
+        raise GraphUnsupportedError(refusal)
+    weights = _weights(model)
+    cached = _CACHE.get(model)
+    if cached is None or cached.weights != weights:
+        cached = _CACHE[model] = _ModelGraphs(weights, {})  # stale graphs are freed here
+    key = (batch_size, device, _kernel_choices(device, weights))
+    if key not in cached.graphs:
+        cached.graphs[key] = _capture(model, batch_size, device)
+    found = cached.graphs[key]
+    if isinstance(found, str):
+        raise GraphUnsupportedError(found)
+    return found
+
+
+def clear_decode_graphs(model: nn.Module) -> None:
+    """Free the graphs captured for ``model`` (their memory pools and states)."""
+    _CACHE.pop(model, None)
+
+
+def _capture(model: nn.Module, batch_size: int, device: torch.device) -> DecodeGraph | str:
+    """A new graph of ``model.step``, or the reason it cannot be captured."""
+    state = model.allocate_state(batch_size, 1, device=device)
+    for i, layer_state in enumerate(state):
+        if not isinstance(layer_state, SSMState):
+            return (
+                f"layer {i} keeps a {type(layer_state).__name__}, which grows by one token per "
+                "step (an attention KV cache), so the step's shapes change every token"
+            )
+    input_ids = torch.zeros(batch_size, dtype=torch.long, device=device)
+
+    # Warm up on a side stream (lazy initialisation must not land on the capturing stream),
+    # refusing every operation that would make the host wait for the GPU.
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    debug_mode = torch.cuda.get_sync_debug_mode()
+    try:
+        with torch.cuda.stream(side):
+            torch.cuda.set_sync_debug_mode("error")
+            for _ in range(WARMUP_STEPS):
+                model.step(input_ids, state)
+    except RuntimeError as err:
+        if SYNC_ERROR not in str(err):
+            raise
+        return f"a decoding step synchronises with the host ({str(err).strip().splitlines()[0]})"
+    finally:
+        torch.cuda.set_sync_debug_mode(debug_mode)
+    torch.cuda.current_stream(device).wait_stream(side)
+
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        logits = model.step(input_ids, state)
+    return DecodeGraph(graph, input_ids, state, logits)
+
+
+def _weights(model: nn.Module) -> tuple[tuple[int, torch.dtype], ...]:
+    """Address and dtype of every parameter and buffer: the memory a captured graph reads."""
+    tensors = [*model.parameters(), *model.buffers()]
+    return tuple((t.data_ptr(), t.dtype) for t in tensors)
+
+
+def _kernel_choices(device: torch.device, weights: tuple) -> tuple[str, ...]:
+    """The implementations the step's ops would use here (``kernels=`` scopes, the
+    environment): a graph replays the kernels of its capture, so another choice needs another."""
+    dtype = weights[0][1] if weights else None
+    choices = []
+    for op in DECODE_OPS:
+        try:
+            choices.append(choose_kernel(op, device=device, dtype=dtype).impl)
+        except MambaverseError as err:  # an op this model may not use; the step will tell
+            choices.append(f"unavailable: {err}")
+    return tuple(choices)
