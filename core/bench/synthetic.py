@@ -3,14 +3,21 @@
 Gu & Dao (2023), section 4.1: *selective copying* (remember the data tokens scattered among
 noise, then reproduce them in order) and *induction heads* (after a trigger token appears a
 second time, produce the token that followed its first appearance). The paper trains 2-layer
-models of width 64 with vocabulary 16 on induction heads at length 256, then tests at longer
-lengths: Mamba stays perfect up to 2^20 tokens while attention models fail beyond ~2x.
+models with vocabulary 16 on induction heads at length 256, then tests at lengths 2^6 .. 2^20:
+Mamba (width 64) stays perfect up to 2^20 while the attention models fail beyond ~2x.
 
-Here each model (Mamba, Mamba-2, hybrid, attention; all ``n_layer`` layers of width ``d_model``)
-is trained on fresh random batches at ``train_length`` (after an optional curriculum of shorter
-lengths, never longer) and evaluated at ``factor × train_length`` for each factor (default 1,
-2, 4, 16, 64). The task generators are the training
-datasets' (``mambaverse.train.data.tokens``), so ``mambaverse train`` sees the same tasks.
+The defaults are the paper's induction-heads recipe (appendix E.1): fresh random batches of 8
+every step, Adam without weight decay at a constant learning rate (1e-3 for Mamba, 2e-4 for
+attention, which "did not learn at 1e-3"), 204,800 steps for Mamba (the attention models got
+409,600), no gradient clipping or warm-up named. Its attention models are 2 layers of
+multi-head attention only (8 heads, width 128, no MLP); ``transformer`` here is that model with
+rotary embeddings (the paper's MHA-RoPE). Mamba-2 and the hybrid are not in the paper; they
+take Mamba's width and learning rate. ``--train-seconds`` caps each model's training time (the
+steps reached are recorded): on a budget that, not the step count, ends training.
+
+Each model is evaluated at ``factor × train_length`` for each factor (default 1, 2, 4, 16, 64)
+on fixed test sequences. The task generators are the training datasets'
+(``mambaverse.train.data.tokens``), so ``mambaverse train`` sees the same tasks.
 
 Accuracy: induction heads, the share of sequences whose final prediction is right; selective
 copying, the share of the copied tokens produced right. Chance is 1 / (vocab_size - 1) and
@@ -30,14 +37,15 @@ import torch
 from torch import nn
 
 from mambaverse.train.config import ScheduleSection
+from mambaverse.train.data.base import IGNORE_INDEX
 from mambaverse.train.data.tokens import (
     InductionHeadsOptions,
     SelectiveCopyingOptions,
-    induction_heads_sample,
-    selective_copying_sample,
+    induction_heads_batch,
+    selective_copying_batch,
 )
 from mambaverse.train.optim import lr_factor, parameter_groups
-from mambaverse.train.tasks import score
+from mambaverse.train.tasks import Outcome, score
 
 from .language_models import LMSpec, lm_family
 from .measure import OK, SKIPPED, Deadline, failure
@@ -56,10 +64,13 @@ from .report import (
 
 SUITE = "synthetic"
 TASKS: dict[str, tuple[type, Callable[..., tuple[np.ndarray, np.ndarray]]]] = {
-    "induction_heads": (InductionHeadsOptions, induction_heads_sample),
-    "selective_copying": (SelectiveCopyingOptions, selective_copying_sample),
+    "induction_heads": (InductionHeadsOptions, induction_heads_batch),
+    "selective_copying": (SelectiveCopyingOptions, selective_copying_batch),
 }
 MODELS = ("mamba", "mamba2", "hybrid", "transformer")
+# Appendix E.1: Mamba learned best at 1e-3, the attention models only learned at 2e-4.
+PAPER_LR = {"mamba": 1e-3, "mamba2": 1e-3, "hybrid": 1e-3, "transformer": 2e-4}
+LOG_EVERY = 50  # steps between training-history points (and reads of the device's counters)
 
 # Full run (a GPU, or patience) and --smoke (CPU seconds). An option given on the command line
 # wins over both.
@@ -68,8 +79,8 @@ FULL = {
     "models": list(MODELS),
     "train_length": 256,
     "factors": [1, 2, 4, 16, 64],
-    "steps": 2000,
-    "batch": 32,
+    "steps": 204_800,  # the paper's Mamba: 25 "epochs" of 8192 steps
+    "batch": 8,
     "eval_samples": 256,
     "eval_tokens": 2**21,
 }
@@ -93,10 +104,40 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--factors", type=int_list, help="test lengths / train length (1,2,4,16,64)"
     )
-    parser.add_argument("--steps", type=int, help="training steps, fresh random batches (2000)")
-    parser.add_argument("--batch", type=int, help="training batch size (32)")
-    parser.add_argument("--lr", type=float, default=1e-3, help="AdamW peak learning rate")
-    parser.add_argument("--d-model", type=int, default=64, help="model width (paper: 64)")
+    parser.add_argument("--steps", type=int, help="training steps, fresh random batches (204800)")
+    parser.add_argument("--batch", type=int, help="training batch size (8)")
+    parser.add_argument(
+        "--lr",
+        type=per_model,
+        default=None,
+        metavar="LR | MODEL=LR,...",
+        help="peak learning rate, for every model or per model (default: the paper's, "
+        + ", ".join(f"{name} {lr:g}" for name, lr in PAPER_LR.items())
+        + ")",
+    )
+    parser.add_argument(
+        "--train-seconds",
+        type=per_model,
+        default=None,
+        metavar="S | MODEL=S,...",
+        help="stop training a model after this much wall time (default: no limit)",
+    )
+    parser.add_argument(
+        "--weight-decay", type=float, default=0.0, help="AdamW's, on matrices (paper: none)"
+    )
+    parser.add_argument(
+        "--schedule",
+        choices=("constant", "cosine"),
+        default="constant",
+        help="learning rate after the warm-up: constant (paper) or cosine decay to a tenth",
+    )
+    parser.add_argument("--lr-warmup", type=int, default=0, help="linear warm-up steps (paper: 0)")
+    parser.add_argument("--clip", type=float, default=None, help="gradient norm clip (paper: none)")
+    parser.add_argument("--d-model", type=int, default=64, help="SSM models' width (paper: 64)")
+    parser.add_argument(
+        "--attention-d-model", type=int, default=128, help="attention model's width (paper: 128)"
+    )
+    parser.add_argument("--heads", type=int, default=8, help="attention model's heads (paper: 8)")
     parser.add_argument("--n-layer", type=int, default=2, help="layers of every model (paper: 2)")
     parser.add_argument("--d-state", type=int, default=16, help="SSM state size of Mamba layers")
     parser.add_argument("--vocab", type=int, default=16, help="vocabulary, special tokens included")
@@ -109,20 +150,40 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "under 32",
     )
     parser.add_argument(
-        "--stop-accuracy",
-        type=float,
-        default=None,
-        help="stop training once the last 50 steps' training accuracy reaches this (e.g. 1.0)",
-    )
-    parser.add_argument(
         "--curriculum",
         type=curriculum,
         default=None,
         metavar="LENGTH:UNTIL,...",
-        help="shorter lengths first: '16:400,64:800' trains steps 0-399 at length 16, 400-799 "
-        "at 64, the rest at --train-length (never longer: the test lengths stay unseen)",
+        help="shorter lengths first (not in the paper): '16:400,64:800' trains steps 0-399 at "
+        "length 16, 400-799 at 64, the rest at --train-length (never longer: the test lengths "
+        "stay unseen)",
     )
     parser.add_argument("--seed", type=int, default=0)
+
+
+def per_model(text: str) -> dict[str, float]:
+    """'1e-3' -> {'*': 0.001} (every model); 'mamba=1e-3,transformer=2e-4' -> those models
+    (argparse type)."""
+    values: dict[str, float] = {}
+    for part in text.split(","):
+        name, sep, value = part.strip().rpartition("=")
+        if sep and name not in MODELS:
+            raise argparse.ArgumentTypeError(
+                f"unknown model {name!r} in {text!r}: choose from {', '.join(MODELS)}"
+            )
+        try:
+            values[name if sep else "*"] = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected NUMBER or MODEL=NUMBER,..., got {text!r}"
+            ) from None
+    return values
+
+
+def for_model(values: dict[str, float] | None, name: str, default: float | None) -> float | None:
+    """The value of a :func:`per_model` option for model ``name``."""
+    values = values or {}
+    return values.get(name, values.get("*", default))
 
 
 def curriculum(text: str) -> list[tuple[int, int]]:
@@ -147,75 +208,103 @@ def make_batch(
     task: str, rng: np.random.Generator, size: int, length: int, args: argparse.Namespace
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``size`` fresh sequences of the task at ``length``: input_ids and labels (size, L')."""
-    options_type, sample = TASKS[task]
+    options_type, batch = TASKS[task]
     extra = {"num_tokens": args.copy_tokens} if task == "selective_copying" else {}
     options = options_type(name=task, seq_len=length, vocab_size=args.vocab, **extra)
-    pairs = [sample(rng, options) for _ in range(size)]
-    return (
-        torch.from_numpy(np.stack([ids for ids, _ in pairs])),
-        torch.from_numpy(np.stack([labels for _, labels in pairs])),
-    )
+    input_ids, labels = batch(rng, size, options)
+    return torch.from_numpy(input_ids), torch.from_numpy(labels)
 
 
-def family(args: argparse.Namespace, models: list[str]) -> list[LMSpec]:
-    """The paper's small models: every one ``n_layer`` layers of width ``d_model``."""
-    common = {"vocab_size": args.vocab, "pad_vocab_size_multiple": 8, "d_model": args.d_model}
+def predict(model: nn.Module, input_ids: torch.Tensor, labels: torch.Tensor) -> Outcome:
+    """The model's outcome on a batch (CPU tensors, moved here). The labelled positions are the
+    last ones of every sequence, so only their logits are computed."""
+    answered = int((labels != IGNORE_INDEX).sum(1).max())
+    device = next(model.parameters()).device
+    logits = model(input_ids.to(device), num_last_tokens=answered)
+    return score(logits, labels[:, -answered:].to(device))
+
+
+def family(args: argparse.Namespace, models: list[str]) -> list[tuple[str, LMSpec]]:
+    """(name, model) for each of ``models``: the paper's small models, ``n_layer`` layers each."""
+    common = {"vocab_size": args.vocab, "pad_vocab_size_multiple": 8, "n_layer": args.n_layer}
     ssm = {"d_state": args.d_state, "d_conv": 4, "expand": 2}
-    mamba = {**common, "n_layer": args.n_layer, "mixer": "mamba", "mixer_config": ssm}
-    head_dim = 16  # 4 attention heads at width 64
+    mamba = {**common, "d_model": args.d_model, "mixer": "mamba", "mixer_config": ssm}
+    head_dim = 16  # the hybrid's attention: 4 heads at width 64
     mamba2_ssm = {**ssm, "headdim": head_dim, "chunk_size": 64}
     mamba2 = {**mamba, "mixer": "mamba2", "mixer_config": mamba2_ssm}
-    return lm_family(mamba, mamba2, models, match_params=False, head_dim=head_dim)
+    # The paper's attention models: multi-head attention layers only (no MLP), 137K parameters.
+    attention = {"num_heads": args.heads}  # rotary embeddings: MHA-RoPE
+    mha = {**common, "d_model": args.attention_d_model, "mixer": "attention",
+           "mixer_config": attention}  # fmt: skip
+    specs = []
+    for name in models:
+        if name == "transformer":
+            specs.append((name, LMSpec("MHA-RoPE", "mamba_lm", mha)))
+        else:
+            specs += [(name, s) for s in lm_family(mamba, mamba2, [name], match_params=False,
+                                                    head_dim=head_dim)]  # fmt: skip
+    return specs
 
 
 # -- training and testing -----------------------------------------------------------------------
 def train(
-    model: nn.Module, task: str, args: argparse.Namespace, device: torch.device, label: str
+    model: nn.Module, name: str, task: str, args: argparse.Namespace, label: str
 ) -> dict[str, Any]:
-    """Train on fresh batches; returns the loss and accuracy history and the time taken."""
+    """Train on fresh batches; returns the loss and accuracy history, the steps run, the
+    learning rate and the time taken."""
     rng = np.random.default_rng([args.seed, 0])
-    # Weight decay 0.1 on matrices only: decaying Mamba's Δ bias towards 0 would raise Δ and
-    # shorten the memory (what extrapolation needs), so biases and norms are exempt, as usual.
-    optimizer = torch.optim.AdamW(parameter_groups(model, 0.1), lr=args.lr)
-    schedule = ScheduleSection(warmup_steps=max(1, args.steps // 10), min_lr_ratio=0.1)
+    lr = for_model(args.lr, name, PAPER_LR[name])
+    seconds = for_model(args.train_seconds, name, None)
+    # Weight decay (paper: none) on matrices only: decaying Mamba's Δ bias towards 0 would raise
+    # Δ and shorten the memory, so biases and norms are exempt. AdamW without decay is Adam.
+    optimizer = torch.optim.AdamW(parameter_groups(model, args.weight_decay), lr=lr)
+    schedule = ScheduleSection(name=args.schedule, warmup_steps=args.lr_warmup, min_lr_ratio=0.1)
     model.train()
     history: list[dict[str, float]] = []
-    recent: list[float] = []
+    # loss sum, hits, answers since the last history point; kept on the device, read every
+    # LOG_EVERY steps, so the CPU never waits for the GPU in between.
+    window = torch.zeros(3, device=next(model.parameters()).device)
     start = time.perf_counter()
+    step = since = 0
     for step in range(args.steps):
         for group in optimizer.param_groups:
-            group["lr"] = args.lr * lr_factor(step, args.steps, schedule)
+            group["lr"] = lr * lr_factor(step, args.steps, schedule)
         length = next((n for n, until in args.curriculum or () if step < until), args.train_length)
-        input_ids, labels = (t.to(device) for t in make_batch(task, rng, args.batch, length, args))
-        outcome = score(model(input_ids), labels)
+        outcome = predict(model, *make_batch(task, rng, args.batch, length, args))
         loss = outcome.mean_loss()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        if args.clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
         optimizer.step()
-        loss, accuracy = float(loss.detach()), float(outcome.correct.sum() / outcome.count.sum())
-        # Stopping looks at the training length only, not at the curriculum's shorter one.
-        recent = [*recent[-49:], accuracy] if length == args.train_length else []
-        if step % 25 == 0 or step == args.steps - 1:
-            history.append({"step": step, "loss": loss, "accuracy": accuracy})
-            print(
-                f"  {task} {label}: step {step}/{args.steps} loss {loss:.4f} "
-                f"acc {accuracy:.3f} ({time.perf_counter() - start:.0f} s)",
-                flush=True,
-            )
-        reached = args.stop_accuracy is not None and len(recent) == 50
-        if reached and sum(recent) / 50 >= args.stop_accuracy:
-            history.append({"step": step, "loss": loss, "accuracy": accuracy})
-            print(f"  {task} {label}: stopped at step {step} (training accuracy reached)")
+        window += torch.stack(
+            [loss.detach(), outcome.correct.sum().float(), outcome.count.sum().float()]
+        )
+        since += 1
+        out_of_time = seconds is not None and time.perf_counter() - start >= seconds
+        if step % LOG_EVERY == 0 or step == args.steps - 1 or out_of_time:
+            loss_sum, hits, answers = window.tolist()
+            point = {"step": step, "loss": loss_sum / since, "accuracy": hits / answers}
+            history.append(point)
+            window.zero_()
+            since = 0
+            if step % (20 * LOG_EVERY) == 0 or step == args.steps - 1 or out_of_time:
+                print(f"  {task} {label}: step {step}/{args.steps} loss {point['loss']:.4f} "
+                      f"acc {point['accuracy']:.3f} (lr {lr:g}, "
+                      f"{time.perf_counter() - start:.0f} s)", flush=True)  # fmt: skip
+        if out_of_time:
+            print(f"  {task} {label}: stopped at step {step} ({seconds:g} s of training)")
             break
-    return {"history": history, "steps_run": step + 1, "train_s": time.perf_counter() - start}
+    return {"history": history, "steps_run": step + 1, "batch": args.batch, "lr": lr,
+            "train_s": time.perf_counter() - start}  # fmt: skip
 
 
 @torch.inference_mode()
 def evaluate(
-    model: nn.Module, task: str, length: int, args: argparse.Namespace, device: torch.device
+    model: nn.Module, task: str, length: int, args: argparse.Namespace
 ) -> tuple[float, int]:
-    """Accuracy on fresh test sequences at ``length``, and how many sequences were tested."""
+    """Accuracy on the fixed test sequences at ``length`` (seeded by it), and how many
+    sequences were tested."""
     model.eval()
     samples = max(32, min(args.eval_samples, args.eval_tokens // length))
     samples = min(samples, args.eval_samples)
@@ -224,10 +313,7 @@ def evaluate(
     hits = total = 0
     for first in range(0, samples, per_batch):
         size = min(per_batch, samples - first)
-        input_ids, labels = (t.to(device) for t in make_batch(task, rng, size, length, args))
-        answered = int((labels != -100).sum(1).max())  # labelled positions are the last ones
-        logits = model(input_ids, num_last_tokens=answered)
-        outcome = score(logits, labels[:, -answered:])
+        outcome = predict(model, *make_batch(task, rng, size, length, args))
         hits += int(outcome.correct.sum())
         total += int(outcome.count.sum())
     return hits / total, samples
@@ -244,7 +330,7 @@ def run(args: argparse.Namespace) -> int:
     results: list[dict[str, Any]] = []
     training: list[dict[str, Any]] = []
     for task in args.tasks:
-        for spec in specs:
+        for name, spec in specs:
             base = {"task": task, "model": spec.label, "params": spec.count_parameters()}
             if deadline.passed():
                 results += [
@@ -253,7 +339,7 @@ def run(args: argparse.Namespace) -> int:
                 ]
                 continue
             try:
-                results += train_and_test(spec, task, base, training, args, device, dtype)
+                results += train_and_test(name, spec, task, base, training, args, device, dtype)
             except Exception as err:  # one failing model must not end the suite
                 status = failure(err)
                 results += [
@@ -273,6 +359,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def train_and_test(
+    name: str,
     spec: LMSpec,
     task: str,
     base: dict[str, Any],
@@ -286,20 +373,24 @@ def train_and_test(
     torch.manual_seed(args.seed)
     model = spec.build(device, dtype)
     print(f"{task}: training {spec.label} ({base['params']:,} parameters)", flush=True)
-    training.append({**base, **train(model, task, args, device, spec.label)})
+    training.append({**base, **train(model, name, task, args, spec.label)})
     rows = []
     for factor in args.factors:
-        length = factor * args.train_length
-        accuracy, samples = evaluate(model, task, length, args, device)
-        print(f"  {task} {spec.label}: {factor}x ({length}) accuracy {accuracy:.4f} "
+        point = {**base, "factor": factor, "length": factor * args.train_length}
+        try:
+            accuracy, samples = evaluate(model, task, point["length"], args)
+        except Exception as err:  # out of memory at one length (the paper's ✗) keeps the rest
+            rows.append({**point, "status": failure(err)})
+            continue
+        print(f"  {task} {spec.label}: {factor}x ({point['length']}) accuracy {accuracy:.4f} "
               f"on {samples} sequences", flush=True)  # fmt: skip
-        rows.append({**base, "factor": factor, "length": length, "accuracy": accuracy,
-                     "samples": samples, "status": OK})  # fmt: skip
+        rows.append({**point, "accuracy": accuracy, "samples": samples, "status": OK})
     return rows
 
 
 def vars_of(args: argparse.Namespace) -> dict[str, Any]:
-    keys = ("lr", "d_model", "n_layer", "d_state", "vocab", "copy_tokens", "stop_accuracy",
+    keys = ("lr", "train_seconds", "weight_decay", "schedule", "lr_warmup", "clip", "d_model",
+            "attention_d_model", "heads", "n_layer", "d_state", "vocab", "copy_tokens",
             "curriculum", "seed")  # fmt: skip
     return {key: getattr(args, key) for key in keys}
 

@@ -37,9 +37,9 @@ declare -A OPTIONS=(
             --resolutions 224,512,1024,1248 --batch 16 --warmup 1 --repeats 3 --time-budget 40"
   [generation]="--preset cobra_3b --batches 1,8 --prompt-tokens 32 --new-tokens 32
                 --warmup 1 --repeats 3 --time-budget 45"
-  [synthetic]="--tasks induction_heads,selective_copying --models mamba,transformer,mamba2,hybrid
-               --train-length 256 --curriculum 16:300,64:600 --factors 1,2,4,16,64 --steps 1500 --batch 64 --lr 1e-3
-               --stop-accuracy 1.0 --eval-samples 256 --eval-tokens 1048576 --time-budget 60"
+  [synthetic]="--tasks induction_heads --models mamba,transformer --train-length 256 --factors 1,2,4,16,64
+               --batch 8 --train-seconds mamba=45,transformer=20 --eval-samples 256 --eval-tokens 1048576
+               --time-budget 75"
 )
 
 declare -A STATUS

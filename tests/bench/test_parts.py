@@ -18,7 +18,7 @@ from mambaverse.bench.language_models import (
     matched_layers,
 )
 from mambaverse.bench.measure import OOM, measure
-from mambaverse.bench.synthetic import make_batch
+from mambaverse.bench.synthetic import PAPER_LR, family, for_model, make_batch, per_model
 
 MAMBA = {"vocab_size": 96, "pad_vocab_size_multiple": 8, "d_model": 32, "n_layer": 3,
          "mixer": "mamba", "mixer_config": {"d_state": 8, "d_conv": 4, "expand": 2}}  # fmt: skip
@@ -106,6 +106,48 @@ def test_selective_copying_batches() -> None:
         data = [t for t in row[:30] if t >= 2]  # noise 0, recall marker 1
         assert len(data) == 5 and row[30:] == [1] * 5
         assert label[30:] == data and set(label[:30]) == {-100}
+
+
+def test_induction_heads_trigger_position_is_uniform() -> None:
+    # The paper's task (Dao, Fu et al. 2023's generator): the first trigger anywhere from the
+    # start to L - 3, uniformly, so that both the shortest and the longest recalls are trained.
+    length, size = 10, 8000
+    ids, _ = make_batch("induction_heads", np.random.default_rng(3), size, length, _task_args())
+    first = (ids == 0).int().argmax(1)
+    counts = torch.bincount(first, minlength=length)
+    expected = size / (length - 2)
+    assert counts[length - 2 :].sum() == 0  # never at the value's or the query's place
+    assert ((counts[: length - 2] - expected).abs() < 5 * expected**0.5).all()  # 5 sigma
+
+
+def test_per_model_option() -> None:
+    assert per_model("3e-4") == {"*": 3e-4}
+    both = per_model("mamba=1e-3, transformer=2e-4")
+    assert both == {"mamba": 1e-3, "transformer": 2e-4}
+    # unnamed models fall back to "*", then to the default
+    assert for_model(both, "transformer", None) == 2e-4
+    assert for_model({"*": 5.0, "hybrid": 1.0}, "mamba2", None) == 5.0
+    assert for_model(None, "transformer", PAPER_LR["transformer"]) == 2e-4
+    for bad in ("mamaba=1e-3", "fast", "mamba=x"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            per_model(bad)
+
+
+def test_synthetic_models_have_the_papers_shapes() -> None:
+    args = argparse.Namespace(vocab=16, d_model=64, attention_d_model=128, heads=8, n_layer=2,
+                              d_state=16)  # fmt: skip
+    (_, mamba), (_, mha) = family(args, ["mamba", "transformer"])
+    # Attention only, as the paper's 137K-parameter MHA models: per layer Wq, Wk, Wv, Wo
+    # (128 x 128, no bias) and an RMSNorm; the tied embedding and the final norm.
+    d, v = 128, 16
+    assert mha.count_parameters() == 2 * (4 * d * d + d) + v * d + d
+    model = mha.build()
+    assert [block.mixer.num_heads for block in model.layers] == [8, 8]
+    # Mamba at width 64 (d_inner 128, dt_rank 4, 16 states): in_proj, conv, x_proj, dt_proj,
+    # A_log, D, out_proj and the norm per layer; embedding and final norm.
+    e, n, r = 128, 16, 4
+    layer = 64 * 2 * e + e * 4 + e + e * (r + 2 * n) + r * e + e + e * n + e + e * 64 + 64
+    assert mamba.count_parameters() == 2 * layer + v * 64 + 64
 
 
 def test_curriculum_option() -> None:

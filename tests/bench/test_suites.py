@@ -75,11 +75,13 @@ def test_synthetic(tmp_path: Path) -> None:
     assert {(r["task"], r["model"], r["length"]) for r in results} == {
         (t, m, n)
         for t in ("induction_heads", "selective_copying")
-        for m in ("Mamba", "Transformer")
+        for m in ("Mamba", "MHA-RoPE")
         for n in (16, 32)
     }
     assert all(0.0 <= r["accuracy"] <= 1.0 and r["samples"] == 8 for r in results)
     assert all(t["steps_run"] == 3 for t in record["training"])
+    # the paper's learning rates (appendix E.1): 1e-3 for Mamba, 2e-4 for attention
+    assert {t["model"]: t["lr"] for t in record["training"]} == {"Mamba": 1e-3, "MHA-RoPE": 2e-4}
 
 
 def test_unknown_suite_names_the_suites(capsys: pytest.CaptureFixture[str]) -> None:

@@ -117,24 +117,35 @@ class SelectiveCopyingOptions(SyntheticOptions):
     num_tokens: int = Field(16, ge=1)
 
 
-def selective_copying_sample(
-    rng: np.random.Generator, options: SelectiveCopyingOptions
+def selective_copying_batch(
+    rng: np.random.Generator, size: int, options: SelectiveCopyingOptions
 ) -> tuple[np.ndarray, np.ndarray]:
+    """``size`` sequences at once: input_ids and labels, both (size, seq_len + num_tokens)."""
     context, k = options.seq_len, options.num_tokens
-    data = rng.integers(RECALL + 1, options.vocab_size, size=k)
-    positions = np.sort(rng.choice(context, size=k, replace=False))
-    input_ids = np.full(context + k, NOISE, dtype=np.int64)
-    input_ids[positions] = data
-    input_ids[context:] = RECALL
-    labels = np.full(context + k, IGNORE_INDEX, dtype=np.int64)
-    labels[context:] = data  # at the i-th recall marker, answer the i-th data token
+    rows = np.arange(size)[:, None]
+    data = rng.integers(RECALL + 1, options.vocab_size, size=(size, k), dtype=np.int64)
+    # k distinct positions per row, in order: the k smallest of random keys, sorted.
+    positions = np.sort(np.argsort(rng.random((size, context)), axis=1)[:, :k], axis=1)
+    input_ids = np.full((size, context + k), NOISE, dtype=np.int64)
+    input_ids[rows, positions] = data
+    input_ids[:, context:] = RECALL
+    labels = np.full((size, context + k), IGNORE_INDEX, dtype=np.int64)
+    labels[:, context:] = data  # at the i-th recall marker, answer the i-th data token
     return input_ids, labels
 
 
+def selective_copying_sample(
+    rng: np.random.Generator, options: SelectiveCopyingOptions
+) -> tuple[np.ndarray, np.ndarray]:
+    input_ids, labels = selective_copying_batch(rng, 1, options)
+    return input_ids[0], labels[0]
+
+
 class InductionHeadsOptions(SyntheticOptions):
-    """Induction heads: random tokens with a trigger token placed once, followed by a value; the
-    sequence ends with the trigger again, where the value must be recalled. The paper trains at
-    seq_len 256 with vocabulary 16."""
+    """Induction heads (Gu & Dao 2023, section 4.1.2, after Dao, Fu et al. 2023 / H3): random
+    tokens, among them the trigger token once, at a uniformly random place, followed by a value;
+    the sequence ends with the trigger again, where that value must be recalled. Nothing else
+    is asked. The paper trains at seq_len 256 with vocabulary 16 and tests up to 2^20."""
 
     seq_len: int = Field(256, ge=4)
 
@@ -142,17 +153,27 @@ class InductionHeadsOptions(SyntheticOptions):
 TRIGGER = 0  # induction heads' special token; the others are 1 .. vocab_size - 1
 
 
+def induction_heads_batch(
+    rng: np.random.Generator, size: int, options: InductionHeadsOptions
+) -> tuple[np.ndarray, np.ndarray]:
+    """``size`` sequences at once: input_ids and labels, both (size, seq_len); labels are
+    IGNORE_INDEX except the last, the value that followed the first trigger."""
+    length, rows = options.seq_len, np.arange(size)
+    input_ids = rng.integers(TRIGGER + 1, options.vocab_size, size=(size, length), dtype=np.int64)
+    # trigger at `where` in 0 .. L-3, its value at `where + 1` (before the final trigger)
+    where = rng.integers(0, length - 2, size=size)
+    input_ids[rows, where] = TRIGGER
+    input_ids[:, -1] = TRIGGER
+    labels = np.full((size, length), IGNORE_INDEX, dtype=np.int64)
+    labels[:, -1] = input_ids[rows, where + 1]
+    return input_ids, labels
+
+
 def induction_heads_sample(
     rng: np.random.Generator, options: InductionHeadsOptions
 ) -> tuple[np.ndarray, np.ndarray]:
-    length = options.seq_len
-    input_ids = rng.integers(TRIGGER + 1, options.vocab_size, size=length).astype(np.int64)
-    where = rng.integers(0, length - 2)  # trigger at `where`, its value at `where + 1`
-    input_ids[where] = TRIGGER
-    input_ids[-1] = TRIGGER
-    labels = np.full(length, IGNORE_INDEX, dtype=np.int64)
-    labels[-1] = input_ids[where + 1]
-    return input_ids, labels
+    input_ids, labels = induction_heads_batch(rng, 1, options)
+    return input_ids[0], labels[0]
 
 
 def synthetic_builder(sample: Sampler) -> Callable[[SyntheticOptions], Splits]:
