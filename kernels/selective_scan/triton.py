@@ -89,15 +89,23 @@ def _channels(pid_d, dim, dstate, d_per_group, A_ptr, s_A_d, s_A_n, D_ptr, bias_
 
 
 @triton.jit
-def _load_step(u_p, dt_p, B_p, C_p, t, valid, mask_d, mask_n, s_u_l, s_dt_l, s_B_l, s_C_l):
-    """Step t of u and δ_raw (BLOCK_D,) and of B and C (N,), fp32, zero past the end."""
-    md = mask_d & valid
-    mn = mask_n & valid
-    u = tl.load(u_p + t * s_u_l, mask=md, other=0.0).to(tl.float32)
-    dt_raw = tl.load(dt_p + t * s_dt_l, mask=md, other=0.0).to(tl.float32)
-    B = tl.load(B_p + t * s_B_l, mask=mn, other=0.0).to(tl.float32)
-    C = tl.load(C_p + t * s_C_l, mask=mn, other=0.0).to(tl.float32)
-    return u, dt_raw, B, C
+def _load_chunk(u_p, dt_p, B_p, C_p, z_p, start, seqlen, mask_d, mask_n,
+                s_u_l, s_dt_l, s_B_l, s_C_l, s_z_l, HAS_Z: tl.constexpr, CHUNK: tl.constexpr):  # fmt: skip
+    """Steps start … start + CHUNK − 1, each a tuple over steps: u, δ_raw, z (BLOCK_D,) and B, C
+    (N,), in fp32, zero past the end (z is an empty tuple without z)."""
+    us, dts, Bs, Cs, zs = (), (), (), (), ()
+    for i in tl.static_range(CHUNK):
+        t = start + i
+        md = mask_d & (t < seqlen)
+        mn = mask_n & (t < seqlen)
+        # Tuples grow by concatenation: Triton 3.6 parses no starred tuples.
+        us = us + (tl.load(u_p + t * s_u_l, mask=md, other=0.0).to(tl.float32),)  # noqa: RUF005
+        dts = dts + (tl.load(dt_p + t * s_dt_l, mask=md, other=0.0).to(tl.float32),)  # noqa: RUF005
+        Bs = Bs + (tl.load(B_p + t * s_B_l, mask=mn, other=0.0).to(tl.float32),)  # noqa: RUF005
+        Cs = Cs + (tl.load(C_p + t * s_C_l, mask=mn, other=0.0).to(tl.float32),)  # noqa: RUF005
+        if HAS_Z:
+            zs = zs + (tl.load(z_p + t * s_z_l, mask=md, other=0.0).to(tl.float32),)  # noqa: RUF005
+    return us, dts, Bs, Cs, zs
 
 
 @triton.jit
@@ -140,18 +148,21 @@ def _fwd_kernel(
     for chunk in range(n_chunks):
         if STORE_CKPT:
             tl.store(ckpt_p + chunk * dstate, h, mask=mask_dn)
+        # Every load of the chunk before its first store: the compiler cannot move a load past a
+        # store that may alias it, and a step waiting on its own loads idles for the latency.
+        us, dts, Bs, Cs, zs = _load_chunk(
+            u_p, dt_p, B_p, C_p, z_p, chunk * CHUNK, seqlen, mask_d, mask_n,
+            s_u_l, s_dt_l, s_B_l, s_C_l, s_z_l, HAS_Z, CHUNK,
+        )  # fmt: skip
         for i in tl.static_range(CHUNK):
             t = chunk * CHUNK + i
             valid = t < seqlen
-            u, dt_raw, B, C = _load_step(
-                u_p, dt_p, B_p, C_p, t, valid, mask_d, mask_n, s_u_l, s_dt_l, s_B_l, s_C_l
-            )
-            dt, _ = _discretise(dt_raw, bias, valid, SOFTPLUS)
-            h = tl.exp2(dt[:, None] * A2) * h + (dt * u)[:, None] * B[None, :]
-            y = tl.sum(h * C[None, :], axis=1) + Dv * u
+            u = us[i]
+            dt, _ = _discretise(dts[i], bias, valid, SOFTPLUS)
+            h = tl.exp2(dt[:, None] * A2) * h + (dt * u)[:, None] * Bs[i][None, :]
+            y = tl.sum(h * Cs[i][None, :], axis=1) + Dv * u
             if HAS_Z:
-                zv = tl.load(z_p + t * s_z_l, mask=mask_d & valid, other=0.0)
-                silu, _ = silu_and_grad(zv.to(tl.float32))
+                silu, _ = silu_and_grad(zs[i])
                 y = y * silu
             tl.store(y_p + t, y.to(y_ptr.dtype.element_ty), mask=mask_d & valid)
 
@@ -194,34 +205,34 @@ def _bwd_kernel(
     dbias = tl.zeros((BLOCK_D,), dtype=tl.float32)
     for step in range(n_chunks):
         chunk = n_chunks - 1 - step
+        us, dts, Bs, Cs, zs = _load_chunk(
+            u_p, dt_p, B_p, C_p, z_p, chunk * CHUNK, seqlen, mask_d, mask_n,
+            s_u_l, s_dt_l, s_B_l, s_C_l, s_z_l, HAS_Z, CHUNK,
+        )  # fmt: skip
+        douts = ()
+        for i in tl.static_range(CHUNK):
+            t = chunk * CHUNK + i
+            dout = tl.load(dout_p + t * s_o_l, mask=mask_d & (t < seqlen), other=0.0)
+            douts = douts + (dout.to(tl.float32),)  # noqa: RUF005
         # Recompute the chunk's states: states[i] is the state entering step i of the chunk.
         h = tl.load(ckpt_p + chunk * dstate, mask=mask_dn, other=0.0)
         states = (h,)
         for i in tl.static_range(CHUNK):
-            t = chunk * CHUNK + i
-            valid = t < seqlen
-            u, dt_raw, B, _ = _load_step(
-                u_p, dt_p, B_p, C_p, t, valid, mask_d, mask_n, s_u_l, s_dt_l, s_B_l, s_C_l
-            )
-            dt, _ = _discretise(dt_raw, bias, valid, SOFTPLUS)
-            h = tl.exp2(dt[:, None] * A2) * h + (dt * u)[:, None] * B[None, :]
-            states = states + (h,)  # noqa: RUF005 (Triton 3.6 parses no starred tuples)
+            dt, _ = _discretise(dts[i], bias, chunk * CHUNK + i < seqlen, SOFTPLUS)
+            h = tl.exp2(dt[:, None] * A2) * h + (dt * us[i])[:, None] * Bs[i][None, :]
+            states = states + (h,)  # noqa: RUF005
 
         for i in tl.static_range(CHUNK - 1, -1, -1):
             t = chunk * CHUNK + i
             valid = t < seqlen
             md = mask_d & valid
-            u, dt_raw, B, C = _load_step(
-                u_p, dt_p, B_p, C_p, t, valid, mask_d, mask_n, s_u_l, s_dt_l, s_B_l, s_C_l
-            )
-            dt, slope = _discretise(dt_raw, bias, valid, SOFTPLUS)
-            dout = tl.load(dout_p + t * s_o_l, mask=md, other=0.0).to(tl.float32)
+            u, B, C, dout = us[i], Bs[i], Cs[i], douts[i]
+            dt, slope = _discretise(dts[i], bias, valid, SOFTPLUS)
             h_prev = states[i]
             h = states[i + 1]
             if HAS_Z:
                 y = tl.sum(h * C[None, :], axis=1) + Dv * u
-                zv = tl.load(z_p + t * s_z_l, mask=md, other=0.0)
-                silu, dsilu = silu_and_grad(zv.to(tl.float32))
+                silu, dsilu = silu_and_grad(zs[i])
                 tl.store(
                     dz_ptr + grad_p + t, (dout * y * dsilu).to(dz_ptr.dtype.element_ty), mask=md
                 )
@@ -240,9 +251,8 @@ def _bwd_kernel(
             tl.store(du_ptr + grad_p + t, (dt * eB + Dv * dy).to(du_ptr.dtype.element_ty), mask=md)
             tl.store(ddt_ptr + grad_p + t, ddt.to(ddt_ptr.dtype.element_ty), mask=md)
             mn = mask_n & valid
-            tl.atomic_add(
-                dB_ptr + dBC_p + t, tl.sum(e * (dt * u)[:, None], axis=0), mask=mn, sem="relaxed"
-            )
+            dB = tl.sum(e * (dt * u)[:, None], axis=0)
+            tl.atomic_add(dB_ptr + dBC_p + t, dB, mask=mn, sem="relaxed")
             tl.atomic_add(
                 dC_ptr + dBC_p + t, tl.sum(h * dy[:, None], axis=0), mask=mn, sem="relaxed"
             )

@@ -124,7 +124,8 @@ class Attention(TokenMixer):
             raise ValueError(
                 "attention mixer: step() decodes causally; this mixer has causal=False"
             )
-        positions = torch.tensor([state.length], device=x.device)
+        # arange launches a kernel; torch.tensor([...]) would copy from host memory and wait.
+        positions = torch.arange(state.length, state.length + 1, device=x.device)
         q, k, v = self._qkv(x[:, None], positions)  # (B, heads, 1, head_dim)
         keys, values = state.append(k, v)
         # The new query may see every cached token, so no mask is needed.
