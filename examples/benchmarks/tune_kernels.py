@@ -42,8 +42,8 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 def selective_scan_jobs() -> list[tuple[str, Callable[[], list[torch.Tensor]]]]:
     jobs = []
     batch, dim, dstate = 4, 1536, 16
-    forward = [(8, 8, 1), (4, 8, 1), (2, 8, 1), (8, 4, 1), (8, 16, 1), (16, 8, 2), (4, 16, 1)]
-    backward = [(8, 16, 1), (8, 8, 1), (4, 16, 1), (4, 8, 1), (2, 16, 1), (2, 8, 1)]
+    forward = [(4, 8, 1), (4, 16, 1), (8, 8, 1), (2, 16, 1), (4, 4, 1), (8, 16, 1), (16, 8, 2)]
+    backward = [(4, 8, 1), (4, 4, 1), (8, 8, 1), (2, 8, 1), (4, 16, 1), (8, 4, 1), (2, 4, 1)]
     for length in (2048, 16384):
         gen = torch.Generator(device="cuda").manual_seed(0)
 
