@@ -220,8 +220,9 @@ def predict(model: nn.Module, input_ids: torch.Tensor, labels: torch.Tensor) -> 
     last ones of every sequence, so only their logits are computed."""
     answered = int((labels != IGNORE_INDEX).sum(1).max())
     device = next(model.parameters()).device
-    logits = model(input_ids.to(device), num_last_tokens=answered)
-    return score(logits, labels[:, -answered:].to(device))
+    # non_blocking: a plain copy to the GPU would wait for all queued work, once a step
+    logits = model(input_ids.to(device, non_blocking=True), num_last_tokens=answered)
+    return score(logits, labels[:, -answered:].to(device, non_blocking=True))
 
 
 def family(args: argparse.Namespace, models: list[str]) -> list[tuple[str, LMSpec]]:
