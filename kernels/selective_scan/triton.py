@@ -62,7 +62,7 @@ class LaunchConfig:
 
 # Chosen on an H100 with examples/benchmarks/tune_kernels.py (docs/kernels_notes.md).
 FORWARD = LaunchConfig(block_d=8, chunk=8, warps=1)
-BACKWARD = LaunchConfig(block_d=8, chunk=16, warps=1)
+BACKWARD = LaunchConfig(block_d=8, chunk=8, warps=1)
 # The interpreter runs every element in Python: small tiles, several chunks even at tiny lengths.
 INTERPRETED = LaunchConfig(block_d=2, chunk=4, warps=1)
 
