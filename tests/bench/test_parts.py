@@ -157,3 +157,23 @@ def test_curriculum_option() -> None:
     for bad in ("16:800,64:400", "16", "a:1"):
         with pytest.raises(argparse.ArgumentTypeError):
             curriculum(bad)
+
+
+@pytest.mark.slow
+def test_mamba_learns_induction_heads_with_the_papers_recipe() -> None:
+    # The suite's own training and test at a CPU-sized length: trained at 16, right at 4x.
+    from mambaverse.bench import suite_parser
+    from mambaverse.bench.report import apply_defaults
+    from mambaverse.bench.synthetic import FULL, SMOKE, evaluate, train
+
+    args = suite_parser("synthetic").parse_args(
+        ["--train-length", "16", "--steps", "800", "--eval-samples", "256", "--out", "unused"]
+    )
+    apply_defaults(args, FULL, SMOKE)
+    ((name, spec),) = family(args, ["mamba"])
+    torch.manual_seed(0)
+    model = spec.build()
+    record = train(model, name, "induction_heads", args, spec.label)
+    assert record["lr"] == 1e-3 and record["steps_run"] == 800
+    assert evaluate(model, "induction_heads", 16, args)[0] >= 0.95
+    assert evaluate(model, "induction_heads", 64, args)[0] >= 0.9
