@@ -89,6 +89,21 @@ def _channels(pid_d, dim, dstate, d_per_group, A_ptr, s_A_d, s_A_n, D_ptr, bias_
 
 
 @triton.jit
+def _input_pointers(u_ptr, dt_ptr, z_ptr, B_ptr, C_ptr, ckpt_ptr, pid_b, offs_d, offs_n, group,
+                    dim, dstate, n_chunks, s_u_b, s_u_d, s_dt_b, s_dt_d, s_z_b, s_z_d,
+                    s_B_b, s_B_g, s_B_n, s_C_b, s_C_g, s_C_n):  # fmt: skip
+    """Step 0 of u, δ, z (BLOCK_D,) and of B, C (N,) for this program's channels and group, and
+    the first chunk-start state (BLOCK_D, N); a step t or chunk c is an offset from these."""
+    u_p = u_ptr + pid_b * s_u_b + offs_d * s_u_d
+    dt_p = dt_ptr + pid_b * s_dt_b + offs_d * s_dt_d
+    z_p = z_ptr + pid_b * s_z_b + offs_d * s_z_d
+    B_p = B_ptr + pid_b * s_B_b + group * s_B_g + offs_n * s_B_n
+    C_p = C_ptr + pid_b * s_C_b + group * s_C_g + offs_n * s_C_n
+    ckpt_p = ckpt_ptr + ((pid_b * dim + offs_d[:, None]) * n_chunks) * dstate + offs_n[None, :]
+    return u_p, dt_p, z_p, B_p, C_p, ckpt_p
+
+
+@triton.jit
 def _load_chunk(u_p, dt_p, B_p, C_p, z_p, start, seqlen, mask_d, mask_n,
                 s_u_l, s_dt_l, s_B_l, s_C_l, s_z_l, HAS_Z: tl.constexpr, CHUNK: tl.constexpr):  # fmt: skip
     """Steps start … start + CHUNK − 1, each a tuple over steps: u, δ_raw, z (BLOCK_D,) and B, C
@@ -136,13 +151,12 @@ def _fwd_kernel(
         HAS_D, HAS_BIAS, BLOCK_D, N_PAD,
     )  # fmt: skip
     A2 = A * LOG2E
-    u_p = u_ptr + pid_b * s_u_b + offs_d * s_u_d
-    dt_p = dt_ptr + pid_b * s_dt_b + offs_d * s_dt_d
-    z_p = z_ptr + pid_b * s_z_b + offs_d * s_z_d
+    u_p, dt_p, z_p, B_p, C_p, ckpt_p = _input_pointers(
+        u_ptr, dt_ptr, z_ptr, B_ptr, C_ptr, ckpt_ptr, pid_b, offs_d, offs_n, group,
+        dim, dstate, n_chunks, s_u_b, s_u_d, s_dt_b, s_dt_d, s_z_b, s_z_d,
+        s_B_b, s_B_g, s_B_n, s_C_b, s_C_g, s_C_n,
+    )  # fmt: skip
     y_p = y_ptr + (pid_b * dim + offs_d) * seqlen
-    B_p = B_ptr + pid_b * s_B_b + group * s_B_g + offs_n * s_B_n
-    C_p = C_ptr + pid_b * s_C_b + group * s_C_g + offs_n * s_C_n
-    ckpt_p = ckpt_ptr + ((pid_b * dim + offs_d[:, None]) * n_chunks) * dstate + offs_n[None, :]
 
     h = tl.zeros((BLOCK_D, N_PAD), dtype=tl.float32)
     for chunk in range(n_chunks):
@@ -188,13 +202,12 @@ def _bwd_kernel(
         HAS_D, HAS_BIAS, BLOCK_D, N_PAD,
     )  # fmt: skip
     A2 = A * LOG2E
-    u_p = u_ptr + pid_b * s_u_b + offs_d * s_u_d
-    dt_p = dt_ptr + pid_b * s_dt_b + offs_d * s_dt_d
-    z_p = z_ptr + pid_b * s_z_b + offs_d * s_z_d
+    u_p, dt_p, z_p, B_p, C_p, ckpt_p = _input_pointers(
+        u_ptr, dt_ptr, z_ptr, B_ptr, C_ptr, ckpt_ptr, pid_b, offs_d, offs_n, group,
+        dim, dstate, n_chunks, s_u_b, s_u_d, s_dt_b, s_dt_d, s_z_b, s_z_d,
+        s_B_b, s_B_g, s_B_n, s_C_b, s_C_g, s_C_n,
+    )  # fmt: skip
     dout_p = dout_ptr + pid_b * s_o_b + offs_d * s_o_d
-    B_p = B_ptr + pid_b * s_B_b + group * s_B_g + offs_n * s_B_n
-    C_p = C_ptr + pid_b * s_C_b + group * s_C_g + offs_n * s_C_n
-    ckpt_p = ckpt_ptr + ((pid_b * dim + offs_d[:, None]) * n_chunks) * dstate + offs_n[None, :]
     # Gradients we allocate are contiguous: (b, d, l), and (b, g, n, l) fp32 for dB and dC.
     grad_p = (pid_b * dim + offs_d) * seqlen
     dBC_p = ((pid_b * n_groups + group) * dstate + offs_n) * seqlen
