@@ -70,6 +70,18 @@ def next_pow2(n: int) -> int:
     return triton.next_power_of_2(max(int(n), 1))
 
 
+def empty_like_sequence(x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """An empty (b, d, l) tensor laid out as x: channels innermost when x's are (the Mamba block
+    passes slices of a (b, l, ·) projection, transposed), else contiguous. Kernels then store
+    neighbouring channels together at each step, and the caller's transpose back to (b, l, d)
+    needs no copy."""
+    batch, dim, seqlen = x.shape
+    dtype = dtype or x.dtype
+    if x.stride(1) == 1 and dim > 1:
+        return torch.empty((batch, seqlen, dim), device=x.device, dtype=dtype).transpose(1, 2)
+    return torch.empty((batch, dim, seqlen), device=x.device, dtype=dtype)
+
+
 def dot_width(n: int) -> int:
     """A tile side for tl.dot: a power of 2 of at least 16 (the tensor cores' minimum); the
     kernels mask the padding, so any size works."""

@@ -6,6 +6,10 @@ kernel), a PyTorch loop over time steps, the Mamba reference Triton SSD kernel
 ``scaled_dot_product_attention`` with its flash and cuDNN backends. Times are medians of
 ``triton.testing.do_bench`` (CUDA events) after warm-up, on fresh random inputs.
 
+For ``causal_conv1d`` the peer is the reference path (``F.conv1d`` with d groups, in fp32 with
+casts around it); x is passed as the Mamba block passes it, a channels-innermost slice of its
+input projection.
+
 Counting: a scan's minimum bytes read every input once and write every output once; attention
 counts 4·b·h·lq·lk·d FLOPs forward (half when causal) and 2.5× that backward, the FlashAttention
 convention, so forward+backward is 3.5× the forward count.
@@ -29,7 +33,9 @@ SSD_SHAPE = {"batch": 4, "length": 4096, "heads": 32, "headdim": 64, "dstate": 1
 ATTN_TOKENS, ATTN_WIDTH = 16384, 2048  # batch = tokens / length, heads = width / head_dim
 ATTN_HEAD_DIMS = (64, 128)
 ATTN_LENGTHS = (2048, 4096, 8192, 16384)
-OPS = ("selective_scan", "ssd_scan", "attention")
+CONV_SHAPE = {"batch": 8, "dim": 1536, "width": 4}  # the Mamba-130m block at 16k tokens / step
+CONV_LENGTHS = (2048, 8192)
+OPS = ("selective_scan", "ssd_scan", "attention", "causal_conv1d")
 
 
 @dataclass
@@ -202,6 +208,43 @@ def bench_selective_scan(copy_gbs: float, quick: bool) -> list[Row]:
                 "GB/s",
             )
         )
+    return rows
+
+
+# -- causal convolution ------------------------------------------------------------------------------
+def bench_causal_conv1d(copy_gbs: float, quick: bool) -> list[Row]:
+    import torch
+
+    import mambaverse
+
+    batch, dim, width = CONV_SHAPE["batch"], CONV_SHAPE["dim"], CONV_SHAPE["width"]
+    rows = []
+    for length in CONV_LENGTHS[:1] if quick else CONV_LENGTHS:
+        # x as the Mamba block's: the first half of a (b, l, 2d) projection, transposed.
+        xz = torch.randn(batch, length, 2 * dim, device="cuda", dtype=torch.bfloat16)
+        x = xz[..., :dim].transpose(1, 2).detach().requires_grad_()
+        weight = torch.randn(dim, width, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+        bias = torch.randn(dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+        shape = f"b{batch} d{dim} w{width} l{length} bf16 silu"
+        one = batch * dim * length * 2  # bytes of x
+        n_bytes = {"fwd": 2 * one, "fwd+bwd": 5 * one}  # x in, y out; + dy, x in, dx out
+        times = {}
+        for impl in ("triton", "reference"):
+            kernel = mambaverse.get_kernel("causal_conv1d", impl, "cuda", torch.bfloat16)
+
+            def fwd(kernel=kernel, x=x, weight=weight, bias=bias):
+                return kernel(x, weight, bias=bias, activation="silu")
+
+            with torch.no_grad():
+                times[impl, "fwd"] = median_ms(fwd)
+            times[impl, "fwd+bwd"] = median_ms(fwd_bwd(fwd, [x, weight, bias]))
+        for (impl, pass_), t in times.items():
+            achieved = n_bytes[pass_] / t / 1e6
+            ratios = {}
+            if impl == "triton":
+                ratios = {"of copy bandwidth": achieved / copy_gbs,
+                          "x faster than reference": times["reference", pass_] / t}  # fmt: skip
+            rows.append(Row("causal_conv1d", shape, pass_, impl, t, achieved, "GB/s", ratios))
     return rows
 
 
@@ -409,6 +452,8 @@ def run(args: argparse.Namespace) -> int:
         rows += bench_ssd_scan(args.peer_path)
     if "attention" in ops:
         rows += bench_attention(args.quick)
+    if "causal_conv1d" in ops:
+        rows += bench_causal_conv1d(ceilings["copy GB/s"], args.quick)
     print_table(rows)
 
     out = Path(args.out)

@@ -27,7 +27,12 @@ gradient off e and h:
     ∂L/∂C_t = Σ_d dy_t h_t
 
 ∂L/∂B and ∂L/∂C sum over the channels of a group: each program reduces its BLOCK_D channels and
-adds the result into an fp32 buffer atomically.
+writes the sums to its own slice of an fp32 buffer, added up over the programs afterwards (or, with
+``bc_partials=False``, adds them into (b, g, n, l) atomically: d / BLOCK_D programs then contend
+for every address, 10-14 % slower on an H100 at the Mamba-130m shapes).
+
+Outputs (y; du, dδ, dz) take u's layout: channels innermost when u is a transposed (b, l, d)
+projection, as in the Mamba block, so each step's stores are adjacent and no copy is needed.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from mambaverse.kernels.triton_support import (
     check_float,
     check_rank,
     check_shape,
+    empty_like_sequence,
     interpreting,
     next_pow2,
     silu_and_grad,
@@ -58,13 +64,30 @@ class LaunchConfig:
     block_d: int  # channels per program
     chunk: int  # time steps unrolled per loop iteration (and, with gradients, per stored state)
     warps: int
+    # Backward only: each program writes its block's ∂L/∂B, ∂L/∂C to its own slice of an fp32
+    # buffer (b, blocks, l, n), summed over the blocks afterwards, instead of adding into
+    # (b, g, n, l) atomically (d / BLOCK_D programs contend for every address).
+    bc_partials: bool = False
+    # Time segments: when (batch × channel blocks) programs are fewer than segment_below, the
+    # sequence is cut into segments (of at least min_segment_chunks chunks) scanned in parallel,
+    # up to target_programs programs. A first pass computes each segment's own end state
+    # (forward) or start adjoint (backward) from zero, and its total decay; each program then
+    # starts from the composition of the segments before it. It costs a lighter extra pass and
+    # pays off only when the GPU is starved (H100: 1.7x faster fwd+bwd at 384 programs, 1.2x
+    # slower at 768; docs/kernels_notes.md v6).
+    segment_below: int = 512
+    target_programs: int = 4096
+    min_segment_chunks: int = 32
 
 
-# Chosen on an H100 with examples/benchmarks/tune_kernels.py (docs/kernels_notes.md).
+# Chosen on an H100 with examples/benchmarks/tune_kernels.py and the third session's A/B of the
+# dB / dC sums (docs/kernels_notes.md).
 FORWARD = LaunchConfig(block_d=8, chunk=8, warps=1)
-BACKWARD = LaunchConfig(block_d=8, chunk=8, warps=1)
+BACKWARD = LaunchConfig(block_d=8, chunk=8, warps=1, bc_partials=True)
 # The interpreter runs every element in Python: small tiles, several chunks even at tiny lengths.
-INTERPRETED = LaunchConfig(block_d=2, chunk=4, warps=1)
+INTERPRETED = LaunchConfig(
+    block_d=2, chunk=4, warps=1, segment_below=64, target_programs=64, min_segment_chunks=1
+)
 
 
 @triton.jit
@@ -104,6 +127,28 @@ def _input_pointers(u_ptr, dt_ptr, z_ptr, B_ptr, C_ptr, ckpt_ptr, pid_b, offs_d,
 
 
 @triton.jit
+def _program(u_ptr, dt_ptr, z_ptr, B_ptr, C_ptr, ckpt_ptr, A_ptr, D_ptr, bias_ptr,
+             dim, dstate, d_per_group, n_chunks, s_u_b, s_u_d, s_dt_b, s_dt_d, s_z_b, s_z_d,
+             s_A_d, s_A_n, s_B_b, s_B_g, s_B_n, s_C_b, s_C_g, s_C_n,
+             HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_D: tl.constexpr,
+             N_PAD: tl.constexpr):  # fmt: skip
+    """What every scan program starts from: its batch and time segment (grid axes 1 and 2),
+    its channels (see _channels) with A·log2(e), and its input pointers (see _input_pointers)."""
+    pid_b = tl.program_id(1).to(tl.int64)
+    offs_d, offs_n, mask_d, mask_n, mask_dn, group, A, Dv, bias = _channels(
+        tl.program_id(0), dim, dstate, d_per_group, A_ptr, s_A_d, s_A_n, D_ptr, bias_ptr,
+        HAS_D, HAS_BIAS, BLOCK_D, N_PAD,
+    )  # fmt: skip
+    u_p, dt_p, z_p, B_p, C_p, ckpt_p = _input_pointers(
+        u_ptr, dt_ptr, z_ptr, B_ptr, C_ptr, ckpt_ptr, pid_b, offs_d, offs_n, group,
+        dim, dstate, n_chunks, s_u_b, s_u_d, s_dt_b, s_dt_d, s_z_b, s_z_d,
+        s_B_b, s_B_g, s_B_n, s_C_b, s_C_g, s_C_n,
+    )  # fmt: skip
+    return (pid_b, tl.program_id(2), offs_d, offs_n, mask_d, mask_n, mask_dn, group, A,
+            A * LOG2E, Dv, bias, u_p, dt_p, z_p, B_p, C_p, ckpt_p)  # fmt: skip
+
+
+@triton.jit
 def _load_chunk(u_p, dt_p, B_p, C_p, z_p, start, seqlen, mask_d, mask_n,
                 s_u_l, s_dt_l, s_B_l, s_C_l, s_z_l, HAS_Z: tl.constexpr, CHUNK: tl.constexpr):  # fmt: skip
     """Steps start … start + CHUNK − 1, each a tuple over steps: u, δ_raw, z (BLOCK_D,) and B, C
@@ -135,31 +180,97 @@ def _discretise(dt_raw, bias, valid, SOFTPLUS: tl.constexpr):
 
 
 @triton.jit
-def _fwd_kernel(
-    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
-    y_ptr, last_ptr, ckpt_ptr,
-    dim, dstate, seqlen, d_per_group, n_chunks,
+def _segment_pointers(seg_h_ptr, seg_dt_ptr, pid_b, offs_d, offs_n, dim, dstate, n_segs):
+    """Segment 0's summaries for this program: a state or adjoint (BLOCK_D, N) in (b, S, d, n)
+    and Σδ (BLOCK_D,) in (b, S, d); segment j is j·d·n and j·d further."""
+    seg_h_p = seg_h_ptr + ((pid_b * n_segs * dim + offs_d[:, None]) * dstate + offs_n[None, :])
+    seg_dt_p = seg_dt_ptr + pid_b * n_segs * dim + offs_d
+    return seg_h_p, seg_dt_p
+
+
+@triton.jit
+def _selective_scan_segments(
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, z_ptr, bias_ptr, dout_ptr, seg_h_ptr, seg_dt_ptr,
+    dim, dstate, seqlen, d_per_group, n_chunks, seg_chunks,
     s_u_b, s_u_d, s_u_l, s_dt_b, s_dt_d, s_dt_l, s_A_d, s_A_n,
     s_B_b, s_B_g, s_B_n, s_B_l, s_C_b, s_C_g, s_C_n, s_C_l, s_z_b, s_z_d, s_z_l,
+    s_o_b, s_o_d, s_o_l,
+    ADJOINT: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+    SOFTPLUS: tl.constexpr, BLOCK_D: tl.constexpr, N_PAD: tl.constexpr, CHUNK: tl.constexpr,
+):  # fmt: skip
+    """A segment's summary from a zero start: its Σδ, and its end state h (forward) or the
+    adjoint a·e it passes to the segment before it (ADJOINT, backward), each linear in what
+    enters the segment with slope exp(A Σδ)."""
+    pid_b, seg, offs_d, offs_n, mask_d, mask_n, mask_dn, _group, _A, A2, _no_D, bias, u_p, dt_p, \
+        z_p, B_p, C_p, _no_ckpt = _program(
+            u_ptr, dt_ptr, z_ptr, B_ptr, C_ptr, seg_h_ptr, A_ptr, A_ptr, bias_ptr,
+            dim, dstate, d_per_group, n_chunks, s_u_b, s_u_d, s_dt_b, s_dt_d, s_z_b, s_z_d,
+            s_A_d, s_A_n, s_B_b, s_B_g, s_B_n, s_C_b, s_C_g, s_C_n,
+            False, HAS_BIAS, BLOCK_D, N_PAD,
+        )  # fmt: skip
+    dout_p = dout_ptr + pid_b * s_o_b + offs_d * s_o_d
+    first = seg * seg_chunks
+    count = tl.minimum(first + seg_chunks, n_chunks) - first
+    h = tl.zeros((BLOCK_D, N_PAD), dtype=tl.float32)  # the state, or the adjoint carry
+    dt_sum = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    for step in range(count):
+        chunk = first + count - 1 - step if ADJOINT else first + step
+        us, dts, Bs, Cs, zs = _load_chunk(
+            u_p, dt_p, B_p, C_p, z_p, chunk * CHUNK, seqlen, mask_d, mask_n,
+            s_u_l, s_dt_l, s_B_l, s_C_l, s_z_l, HAS_Z and ADJOINT, CHUNK,
+        )  # fmt: skip
+        if ADJOINT:
+            for i in tl.static_range(CHUNK - 1, -1, -1):
+                t = chunk * CHUNK + i
+                dt, _ = _discretise(dts[i], bias, t < seqlen, SOFTPLUS)
+                dy = tl.load(dout_p + t * s_o_l, mask=mask_d & (t < seqlen), other=0.0)
+                dy = dy.to(tl.float32)
+                if HAS_Z:
+                    silu, _ = silu_and_grad(zs[i])
+                    dy = dy * silu
+                h = tl.exp2(dt[:, None] * A2) * (h + dy[:, None] * Cs[i][None, :])
+                dt_sum += dt
+        else:
+            for i in tl.static_range(CHUNK):
+                dt, _ = _discretise(dts[i], bias, chunk * CHUNK + i < seqlen, SOFTPLUS)
+                h = tl.exp2(dt[:, None] * A2) * h + (dt * us[i])[:, None] * Bs[i][None, :]
+                dt_sum += dt
+    seg_h_p, seg_dt_p = _segment_pointers(seg_h_ptr, seg_dt_ptr, pid_b, offs_d, offs_n, dim,
+                                          dstate, tl.num_programs(2))  # fmt: skip
+    tl.store(seg_h_p + seg * dim * dstate, h, mask=mask_dn)
+    tl.store(seg_dt_p + seg * dim, dt_sum, mask=mask_d)
+
+
+@triton.jit
+def _selective_scan_fwd(
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
+    y_ptr, last_ptr, ckpt_ptr, seg_h_ptr, seg_dt_ptr,
+    dim, dstate, seqlen, d_per_group, n_chunks, seg_chunks,
+    s_u_b, s_u_d, s_u_l, s_dt_b, s_dt_d, s_dt_l, s_A_d, s_A_n,
+    s_B_b, s_B_g, s_B_n, s_B_l, s_C_b, s_C_g, s_C_n, s_C_l, s_z_b, s_z_d, s_z_l,
+    s_y_b, s_y_d, s_y_l,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     STORE_LAST: tl.constexpr, STORE_CKPT: tl.constexpr,
     BLOCK_D: tl.constexpr, N_PAD: tl.constexpr, CHUNK: tl.constexpr,
 ):  # fmt: skip
-    pid_b = tl.program_id(1).to(tl.int64)
-    offs_d, offs_n, mask_d, mask_n, mask_dn, group, A, Dv, bias = _channels(
-        tl.program_id(0), dim, dstate, d_per_group, A_ptr, s_A_d, s_A_n, D_ptr, bias_ptr,
-        HAS_D, HAS_BIAS, BLOCK_D, N_PAD,
-    )  # fmt: skip
-    A2 = A * LOG2E
-    u_p, dt_p, z_p, B_p, C_p, ckpt_p = _input_pointers(
-        u_ptr, dt_ptr, z_ptr, B_ptr, C_ptr, ckpt_ptr, pid_b, offs_d, offs_n, group,
-        dim, dstate, n_chunks, s_u_b, s_u_d, s_dt_b, s_dt_d, s_z_b, s_z_d,
-        s_B_b, s_B_g, s_B_n, s_C_b, s_C_g, s_C_n,
-    )  # fmt: skip
-    y_p = y_ptr + (pid_b * dim + offs_d) * seqlen
+    pid_b, seg, offs_d, offs_n, mask_d, mask_n, mask_dn, _group, _A, A2, Dv, bias, u_p, dt_p, \
+        z_p, B_p, C_p, ckpt_p = _program(
+            u_ptr, dt_ptr, z_ptr, B_ptr, C_ptr, ckpt_ptr, A_ptr, D_ptr, bias_ptr,
+            dim, dstate, d_per_group, n_chunks, s_u_b, s_u_d, s_dt_b, s_dt_d, s_z_b, s_z_d,
+            s_A_d, s_A_n, s_B_b, s_B_g, s_B_n, s_C_b, s_C_g, s_C_n,
+            HAS_D, HAS_BIAS, BLOCK_D, N_PAD,
+        )  # fmt: skip
+    y_p = y_ptr + pid_b * s_y_b + offs_d * s_y_d
 
+    # The state entering this segment: the earlier segments' own end states, each decayed by
+    # the segments after it (h ← exp(A Σδ) h + h_segment).
     h = tl.zeros((BLOCK_D, N_PAD), dtype=tl.float32)
-    for chunk in range(n_chunks):
+    seg_h_p, seg_dt_p = _segment_pointers(seg_h_ptr, seg_dt_ptr, pid_b, offs_d, offs_n, dim,
+                                          dstate, tl.num_programs(2))  # fmt: skip
+    for j in range(seg):
+        decay = tl.exp2(tl.load(seg_dt_p + j * dim, mask=mask_d, other=0.0)[:, None] * A2)
+        h = decay * h + tl.load(seg_h_p + j * dim * dstate, mask=mask_dn, other=0.0)
+    for chunk in range(seg * seg_chunks, tl.minimum(seg * seg_chunks + seg_chunks, n_chunks)):
         if STORE_CKPT:
             tl.store(ckpt_p + chunk * dstate, h, mask=mask_dn)
         # Every load of the chunk before its first store: the compiler cannot move a load past a
@@ -178,46 +289,60 @@ def _fwd_kernel(
             if HAS_Z:
                 silu, _ = silu_and_grad(zs[i])
                 y = y * silu
-            tl.store(y_p + t, y.to(y_ptr.dtype.element_ty), mask=mask_d & valid)
+            tl.store(y_p + t * s_y_l, y.to(y_ptr.dtype.element_ty), mask=mask_d & valid)
 
     if STORE_LAST:
         last = last_ptr + (pid_b * dim + offs_d[:, None]) * dstate + offs_n[None, :]
-        tl.store(last, h, mask=mask_dn)
+        tl.store(last, h, mask=mask_dn & (seg == tl.num_programs(2) - 1))
 
 
 @triton.jit
-def _bwd_kernel(
+def _selective_scan_bwd(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, ckpt_ptr,
+    seg_e_ptr, seg_dt_ptr,
     du_ptr, ddt_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
-    dim, dstate, seqlen, d_per_group, n_groups, n_chunks,
+    dim, dstate, seqlen, d_per_group, n_groups, n_chunks, seg_chunks,
     s_u_b, s_u_d, s_u_l, s_dt_b, s_dt_d, s_dt_l, s_A_d, s_A_n,
     s_B_b, s_B_g, s_B_n, s_B_l, s_C_b, s_C_g, s_C_n, s_C_l, s_z_b, s_z_d, s_z_l,
-    s_o_b, s_o_d, s_o_l,
+    s_o_b, s_o_d, s_o_l, s_g_b, s_g_d, s_g_l,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    BLOCK_D: tl.constexpr, N_PAD: tl.constexpr, CHUNK: tl.constexpr,
+    BC_PARTIALS: tl.constexpr, BLOCK_D: tl.constexpr, N_PAD: tl.constexpr, CHUNK: tl.constexpr,
 ):  # fmt: skip
-    pid_b = tl.program_id(1).to(tl.int64)
-    offs_d, offs_n, mask_d, mask_n, mask_dn, group, A, Dv, bias = _channels(
-        tl.program_id(0), dim, dstate, d_per_group, A_ptr, s_A_d, s_A_n, D_ptr, bias_ptr,
-        HAS_D, HAS_BIAS, BLOCK_D, N_PAD,
-    )  # fmt: skip
-    A2 = A * LOG2E
-    u_p, dt_p, z_p, B_p, C_p, ckpt_p = _input_pointers(
-        u_ptr, dt_ptr, z_ptr, B_ptr, C_ptr, ckpt_ptr, pid_b, offs_d, offs_n, group,
-        dim, dstate, n_chunks, s_u_b, s_u_d, s_dt_b, s_dt_d, s_z_b, s_z_d,
-        s_B_b, s_B_g, s_B_n, s_C_b, s_C_g, s_C_n,
-    )  # fmt: skip
+    pid_b, seg, offs_d, offs_n, mask_d, mask_n, mask_dn, group, A, A2, Dv, bias, u_p, dt_p, \
+        z_p, B_p, C_p, ckpt_p = _program(
+            u_ptr, dt_ptr, z_ptr, B_ptr, C_ptr, ckpt_ptr, A_ptr, D_ptr, bias_ptr,
+            dim, dstate, d_per_group, n_chunks, s_u_b, s_u_d, s_dt_b, s_dt_d, s_z_b, s_z_d,
+            s_A_d, s_A_n, s_B_b, s_B_g, s_B_n, s_C_b, s_C_g, s_C_n,
+            HAS_D, HAS_BIAS, BLOCK_D, N_PAD,
+        )  # fmt: skip
     dout_p = dout_ptr + pid_b * s_o_b + offs_d * s_o_d
-    # Gradients we allocate are contiguous: (b, d, l), and (b, g, n, l) fp32 for dB and dC.
-    grad_p = (pid_b * dim + offs_d) * seqlen
-    dBC_p = ((pid_b * n_groups + group) * dstate + offs_n) * seqlen
+    # du, dδ, dz share the strides s_g_*; dB and dC are fp32, (b, blocks, l, n) partial sums
+    # per program or (b, g, n, l) added into atomically.
+    grad_p = pid_b * s_g_b + offs_d * s_g_d
+    if BC_PARTIALS:
+        dBC_p = ((pid_b * tl.num_programs(0) + tl.program_id(0)) * seqlen) * dstate + offs_n
+        s_dBC_l = dstate
+    else:
+        dBC_p = ((pid_b * n_groups + group) * dstate + offs_n) * seqlen
+        s_dBC_l = 1
 
-    carry = tl.zeros((BLOCK_D, N_PAD), dtype=tl.float32)  # a_{t+1} e_{t+1}
+    # The adjoint entering this segment's last step, a_{t+1} e_{t+1}: the later segments' own
+    # adjoints, the latest first, each decayed through the segments before it.
+    n_segs = tl.num_programs(2)
+    carry = tl.zeros((BLOCK_D, N_PAD), dtype=tl.float32)
+    seg_e_p, seg_dt_p = _segment_pointers(seg_e_ptr, seg_dt_ptr, pid_b, offs_d, offs_n, dim,
+                                          dstate, n_segs)  # fmt: skip
+    for k in range(n_segs - 1 - seg):
+        j = n_segs - 1 - k
+        decay = tl.exp2(tl.load(seg_dt_p + j * dim, mask=mask_d, other=0.0)[:, None] * A2)
+        carry = decay * carry + tl.load(seg_e_p + j * dim * dstate, mask=mask_dn, other=0.0)
     dA = tl.zeros((BLOCK_D, N_PAD), dtype=tl.float32)
     dD = tl.zeros((BLOCK_D,), dtype=tl.float32)
     dbias = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    for step in range(n_chunks):
-        chunk = n_chunks - 1 - step
+    first = seg * seg_chunks
+    count = tl.minimum(first + seg_chunks, n_chunks) - first
+    for step in range(count):
+        chunk = first + count - 1 - step
         us, dts, Bs, Cs, zs = _load_chunk(
             u_p, dt_p, B_p, C_p, z_p, chunk * CHUNK, seqlen, mask_d, mask_n,
             s_u_l, s_dt_l, s_B_l, s_C_l, s_z_l, HAS_Z, CHUNK,
@@ -247,7 +372,9 @@ def _bwd_kernel(
                 y = tl.sum(h * C[None, :], axis=1) + Dv * u
                 silu, dsilu = silu_and_grad(zs[i])
                 tl.store(
-                    dz_ptr + grad_p + t, (dout * y * dsilu).to(dz_ptr.dtype.element_ty), mask=md
+                    dz_ptr + grad_p + t * s_g_l,
+                    (dout * y * dsilu).to(dz_ptr.dtype.element_ty),
+                    mask=md,
                 )
                 dy = dout * silu
             else:
@@ -261,24 +388,29 @@ def _bwd_kernel(
             dA += dt[:, None] * e_ah
             dD += dy * u
             dbias += ddt
-            tl.store(du_ptr + grad_p + t, (dt * eB + Dv * dy).to(du_ptr.dtype.element_ty), mask=md)
-            tl.store(ddt_ptr + grad_p + t, ddt.to(ddt_ptr.dtype.element_ty), mask=md)
+            du = dt * eB + Dv * dy
+            tl.store(du_ptr + grad_p + t * s_g_l, du.to(du_ptr.dtype.element_ty), mask=md)
+            tl.store(ddt_ptr + grad_p + t * s_g_l, ddt.to(ddt_ptr.dtype.element_ty), mask=md)
             mn = mask_n & valid
             dB = tl.sum(e * (dt * u)[:, None], axis=0)
-            tl.atomic_add(dB_ptr + dBC_p + t, dB, mask=mn, sem="relaxed")
-            tl.atomic_add(
-                dC_ptr + dBC_p + t, tl.sum(h * dy[:, None], axis=0), mask=mn, sem="relaxed"
-            )
+            dC = tl.sum(h * dy[:, None], axis=0)
+            if BC_PARTIALS:
+                tl.store(dB_ptr + dBC_p + t * s_dBC_l, dB, mask=mn)
+                tl.store(dC_ptr + dBC_p + t * s_dBC_l, dC, mask=mn)
+            else:
+                tl.atomic_add(dB_ptr + dBC_p + t * s_dBC_l, dB, mask=mn, sem="relaxed")
+                tl.atomic_add(dC_ptr + dBC_p + t * s_dBC_l, dC, mask=mn, sem="relaxed")
             carry = a * e
 
-    # Per-batch partial sums of the parameter gradients, added up by the caller.
-    tl.store(dA_ptr + (pid_b * dim + offs_d[:, None]) * dstate + offs_n[None, :], dA, mask=mask_dn)
-    tl.store(dD_ptr + pid_b * dim + offs_d, dD, mask=mask_d)
-    tl.store(dbias_ptr + pid_b * dim + offs_d, dbias, mask=mask_d)
+    # Per-(batch, segment) partial sums of the parameter gradients, added up by the caller.
+    row = pid_b * n_segs + seg
+    tl.store(dA_ptr + (row * dim + offs_d[:, None]) * dstate + offs_n[None, :], dA, mask=mask_dn)
+    tl.store(dD_ptr + row * dim + offs_d, dD, mask=mask_d)
+    tl.store(dbias_ptr + row * dim + offs_d, dbias, mask=mask_d)
 
 
 @triton.jit
-def _state_update_kernel(
+def _selective_state_update(
     state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, y_ptr,
     dim, dstate, d_per_group,
     s_s_b, s_s_d, s_s_n, s_x_b, s_x_d, s_dt_b, s_dt_d, s_A_d, s_A_n,
@@ -345,6 +477,44 @@ def _strides(t: torch.Tensor | None, rank: int) -> tuple[int, ...]:
     return tuple(t.stride()) if t is not None else (0,) * rank
 
 
+def _segments(config: LaunchConfig, programs: int, n_chunks: int) -> tuple[int, int]:
+    """(segments, chunks per segment): one segment from config.segment_below programs on, else
+    enough to reach config.target_programs programs, each at least config.min_segment_chunks
+    chunks long, none empty."""
+    if programs >= config.segment_below:
+        return 1, n_chunks
+    wanted = triton.cdiv(config.target_programs, programs)
+    n_segs = max(1, min(wanted, n_chunks // config.min_segment_chunks))
+    seg_chunks = triton.cdiv(n_chunks, n_segs)
+    return triton.cdiv(n_chunks, seg_chunks), seg_chunks
+
+
+def _launch_segments(
+    adjoint: bool, u, delta, A, B4, C4, z, delta_bias, dout, softplus_: bool, grid, seg_chunks,
+    n_chunks: int, block_d: int, chunk: int, config: LaunchConfig,
+):  # fmt: skip
+    """Every segment's summary (see _selective_scan_segments): (b, S, d, n) and (b, S, d) fp32;
+    with one segment nothing is run and the (unread) buffers are empty."""
+    batch, dim, seqlen = u.shape
+    dstate = A.shape[1]
+    n_segs = grid[2]
+    f32 = {"device": u.device, "dtype": torch.float32}
+    if n_segs == 1:
+        return torch.empty(0, **f32), torch.empty(0, **f32)
+    seg_h = torch.empty((batch, n_segs, dim, dstate), **f32)
+    seg_dt = torch.empty((batch, n_segs, dim), **f32)
+    _selective_scan_segments[grid](
+        u, delta, A, B4, C4, _or(z, u), _or(delta_bias, u), _or(dout, u), seg_h, seg_dt,
+        dim, dstate, seqlen, dim // B4.shape[1], n_chunks, seg_chunks,
+        *u.stride(), *delta.stride(), *A.stride(), *B4.stride(), *C4.stride(), *_strides(z, 3),
+        *_strides(dout, 3),
+        ADJOINT=adjoint, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+        SOFTPLUS=softplus_, BLOCK_D=block_d, N_PAD=next_pow2(dstate), CHUNK=chunk,
+        num_warps=config.warps,
+    )  # fmt: skip
+    return seg_h, seg_dt
+
+
 def _launch_forward(
     u, delta, A, B, C, D, z, delta_bias, softplus_: bool, store_last: bool, store_ckpt: bool,
     config: LaunchConfig, chunk: int,
@@ -355,17 +525,23 @@ def _launch_forward(
     B4, C4 = _grouped(B), _grouped(C)
     d_per_group = dim // B4.shape[1]
     n_chunks = triton.cdiv(seqlen, chunk)
-    y = torch.empty((batch, dim, seqlen), device=u.device, dtype=u.dtype)
+    y = empty_like_sequence(u)
     f32 = {"device": u.device, "dtype": torch.float32}
     last = torch.empty((batch, dim, dstate), **f32) if store_last else y
     ckpt = torch.empty((batch, dim, n_chunks, dstate), **f32) if store_ckpt else y
     block_d = _block_d(config, d_per_group)
-    grid = (triton.cdiv(dim, block_d), batch)
-    _fwd_kernel[grid](
+    n_segs, seg_chunks = _segments(config, triton.cdiv(dim, block_d) * batch, n_chunks)
+    grid = (triton.cdiv(dim, block_d), batch, n_segs)
+    seg_h, seg_dt = _launch_segments(
+        False, u, delta, A, B4, C4, None, delta_bias, None, softplus_, grid, seg_chunks,
+        n_chunks, block_d, chunk, config,
+    )  # fmt: skip
+    _selective_scan_fwd[grid](
         u, delta, A, B4, C4, _or(D, u), _or(z, u), _or(delta_bias, u),
-        y, last, ckpt,
-        dim, dstate, seqlen, d_per_group, n_chunks,
+        y, last, ckpt, seg_h, seg_dt,
+        dim, dstate, seqlen, d_per_group, n_chunks, seg_chunks,
         *u.stride(), *delta.stride(), *A.stride(), *B4.stride(), *C4.stride(), *_strides(z, 3),
+        *y.stride(),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
         SOFTPLUS=softplus_,
         STORE_LAST=store_last, STORE_CKPT=store_ckpt,
@@ -384,26 +560,38 @@ def _launch_backward(
     n_groups = B4.shape[1]
     d_per_group = dim // n_groups
     f32 = {"device": u.device, "dtype": torch.float32}
-    du = torch.empty_like(u, memory_format=torch.contiguous_format)
-    ddelta = torch.empty_like(delta, memory_format=torch.contiguous_format)
-    dz = torch.empty_like(z, memory_format=torch.contiguous_format) if z is not None else du
-    dB = torch.zeros((batch, n_groups, dstate, seqlen), **f32)
-    dC = torch.zeros((batch, n_groups, dstate, seqlen), **f32)
-    dA = torch.empty((batch, dim, dstate), **f32)
-    dD = torch.empty((batch, dim), **f32)
-    dbias = torch.empty((batch, dim), **f32)
+    du = empty_like_sequence(u)  # du, dδ, dz: one layout, the kernel takes one set of strides
+    ddelta = empty_like_sequence(u, delta.dtype)
+    dz = empty_like_sequence(u, z.dtype) if z is not None else du
     block_d = _block_d(config, d_per_group)
-    grid = (triton.cdiv(dim, block_d), batch)
-    _bwd_kernel[grid](
+    n_chunks = ckpt.shape[2]
+    n_segs, seg_chunks = _segments(config, triton.cdiv(dim, block_d) * batch, n_chunks)
+    grid = (triton.cdiv(dim, block_d), batch, n_segs)
+    seg_e, seg_dt = _launch_segments(
+        True, u, delta, A, B4, C4, z, delta_bias, dout, softplus_, grid, seg_chunks,
+        n_chunks, block_d, chunk, config,
+    )  # fmt: skip
+    dA = torch.empty((batch * n_segs, dim, dstate), **f32)
+    dD = torch.empty((batch * n_segs, dim), **f32)
+    dbias = torch.empty((batch * n_segs, dim), **f32)
+    if config.bc_partials:
+        dB = torch.empty((batch, grid[0], seqlen, dstate), **f32)
+        dC = torch.empty_like(dB)
+    else:
+        dB = torch.zeros((batch, n_groups, dstate, seqlen), **f32)
+        dC = torch.zeros_like(dB)
+    _selective_scan_bwd[grid](
         u, delta, A, B4, C4, _or(D, u), _or(z, u), _or(delta_bias, u), dout,
-        ckpt, du, ddelta, dz, dA, dB, dC, dD, dbias,
-        dim, dstate, seqlen, d_per_group, n_groups, ckpt.shape[2],
+        ckpt, seg_e, seg_dt, du, ddelta, dz, dA, dB, dC, dD, dbias,
+        dim, dstate, seqlen, d_per_group, n_groups, n_chunks, seg_chunks,
         *u.stride(), *delta.stride(), *A.stride(), *B4.stride(), *C4.stride(), *_strides(z, 3),
-        *dout.stride(),
+        *dout.stride(), *du.stride(),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-        SOFTPLUS=softplus_,
+        SOFTPLUS=softplus_, BC_PARTIALS=config.bc_partials,
         BLOCK_D=block_d, N_PAD=next_pow2(dstate), CHUNK=chunk, num_warps=config.warps,
     )  # fmt: skip
+    if config.bc_partials:  # (b, blocks, l, n) -> (b, g, n, l): a group's blocks are adjacent
+        dB, dC = (part.unflatten(1, (n_groups, -1)).sum(2).transpose(-1, -2) for part in (dB, dC))
     return {
         "u": du,
         "delta": ddelta,
@@ -546,7 +734,7 @@ def selective_state_update(
     y = torch.empty((batch, dim), device=x.device, dtype=x.dtype)
     block_d = _block_d(LaunchConfig(block_d=16, chunk=1, warps=4), dim // groups)
     grid = (triton.cdiv(dim, block_d), batch)
-    _state_update_kernel[grid](
+    _selective_state_update[grid](
         state, x, dt, A, B3, C3, _or(D, x), _or(z, x), _or(dt_bias, x), y,
         dim, dstate, dim // groups,
         *state.stride(), *x.stride(), *dt.stride(), *A.stride(), *B3.stride(), *C3.stride(),

@@ -265,9 +265,10 @@ class Mamba(TokenMixer):
                 nn.init.zeros_(linear.bias)
 
     def mix(self, u: torch.Tensor, state: SSMState | None) -> torch.Tensor:
-        xz = self.in_proj(u).transpose(1, 2)  # (B, 2·d_inner, L)
-        x, z = xz.chunk(2, dim=1)
-        y = self.ssm(x, z, state)  # (B, d_inner, L)
+        # Split before transposing: the gradients of x and z (channels innermost, as the kernels
+        # return them) then join into (B, L, 2·d_inner) without a transposing copy.
+        x, z = self.in_proj(u).chunk(2, dim=-1)  # (B, L, d_inner) each
+        y = self.ssm(x.transpose(1, 2), z.transpose(1, 2), state)  # (B, d_inner, L)
         return self.out_proj(y.transpose(1, 2).to(u.dtype))
 
     def mix_step(self, u: torch.Tensor, state: SSMState) -> torch.Tensor:

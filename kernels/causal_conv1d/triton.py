@@ -1,0 +1,196 @@
+"""Depthwise causal convolution in Triton, fused with its silu, forward and backward.
+
+Per channel d, with filter width w (the newest input meets weight[d, w-1]):
+
+    p_t = Σ_{k<w} weight[d, k] · x_{t-(w-1)+k} + bias[d]       (x_j = 0 for j < 0)
+    y_t = silu(p_t)  (or p_t without activation)
+
+Backward, with g_t = ∂L/∂p_t = ∂L/∂y_t · silu'(p_t):
+
+    ∂L/∂x_t = Σ_{k<w} weight[d, k] · g_{t+(w-1)-k}      ∂L/∂weight[d, k] = Σ_{b,t} g_t x_{t-(w-1)+k}
+    ∂L/∂bias[d] = Σ_{b,t} g_t
+
+One program per (batch, block of channels, block of time steps) holds a (time, channel) tile; the
+w shifted windows of x are w loads of overlapping tiles, served by the cache, so x is read from
+memory about once. The backward recomputes p at the w shifts it needs instead of storing it, and
+writes its share of ∂L/∂weight and ∂L/∂bias per program (summed afterwards: deterministic).
+
+Unlike ``F.conv1d`` (the reference), the kernel reads x in any layout, computes in fp32 and writes
+y in x's dtype and layout: the Mamba block's x is a channels-innermost slice of its input
+projection, and no copy, cast or padding pass is made around the convolution.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from mambaverse.kernels.triton_support import (
+    check_device,
+    check_float,
+    empty_like_sequence,
+    interpreting,
+    next_pow2,
+    silu_and_grad,
+)
+
+OP = "causal_conv1d"
+
+
+def _tiles(x: torch.Tensor) -> tuple[int, int]:
+    """(BLOCK_L, BLOCK_D): 16-channel rows read 32 bytes of bf16 per step when channels are
+    innermost; the interpreter gets small tiles and several of them."""
+    if interpreting():
+        return 4, 4
+    return (64, 64) if x.stride(1) == 1 else (128, 16)
+
+
+@triton.jit
+def _preactivation(x_p, w_p, bias, offs_t, shift, mask_d, seqlen, s_x_l, s_w_k,
+                   W: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr):  # fmt: skip
+    """p at steps offs_t + shift, (BLOCK_L, BLOCK_D) in fp32; zero-padded on the left."""
+    p = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32) + bias[None, :]
+    for k in tl.static_range(W):
+        t = offs_t + shift - (W - 1) + k
+        mask = (t >= 0)[:, None] & (t < seqlen)[:, None] & mask_d[None, :]
+        x = tl.load(x_p + t[:, None] * s_x_l, mask=mask, other=0.0).to(tl.float32)
+        p += x * tl.load(w_p + k * s_w_k, mask=mask_d, other=0.0).to(tl.float32)[None, :]
+    return p
+
+
+@triton.jit
+def _causal_conv_fwd(
+    x_ptr, w_ptr, bias_ptr, y_ptr,
+    dim, seqlen,
+    s_x_b, s_x_d, s_x_l, s_w_d, s_w_k, s_y_b, s_y_d, s_y_l,
+    HAS_BIAS: tl.constexpr, SILU: tl.constexpr, W: tl.constexpr,
+    BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    pid_b = tl.program_id(2).to(tl.int64)
+    offs_t = tl.program_id(0) * BLOCK_L + tl.arange(0, BLOCK_L)
+    offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_d = offs_d < dim
+    bias = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    x_p = x_ptr + pid_b * s_x_b + offs_d[None, :] * s_x_d
+    p = _preactivation(x_p, w_ptr + offs_d * s_w_d, bias, offs_t, 0, mask_d, seqlen, s_x_l, s_w_k,
+                       W, BLOCK_L, BLOCK_D)  # fmt: skip
+    if SILU:
+        p, _ = silu_and_grad(p)
+    y_p = y_ptr + pid_b * s_y_b + offs_d[None, :] * s_y_d + offs_t[:, None] * s_y_l
+    tl.store(y_p, p.to(y_ptr.dtype.element_ty), mask=(offs_t < seqlen)[:, None] & mask_d[None, :])
+
+
+@triton.jit
+def _causal_conv_bwd(
+    x_ptr, w_ptr, bias_ptr, dy_ptr, dx_ptr, dw_ptr, dbias_ptr,
+    dim, seqlen,
+    s_x_b, s_x_d, s_x_l, s_w_d, s_w_k, s_dy_b, s_dy_d, s_dy_l, s_dx_b, s_dx_d, s_dx_l,
+    HAS_BIAS: tl.constexpr, SILU: tl.constexpr, W: tl.constexpr, W_PAD: tl.constexpr,
+    BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    pid_t = tl.program_id(0)
+    pid_b = tl.program_id(2).to(tl.int64)
+    offs_t = pid_t * BLOCK_L + tl.arange(0, BLOCK_L)
+    offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_k = tl.arange(0, W_PAD)
+    mask_d = offs_d < dim
+    bias = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    x_p = x_ptr + pid_b * s_x_b + offs_d[None, :] * s_x_d
+    w_p = w_ptr + offs_d * s_w_d
+    dy_p = dy_ptr + pid_b * s_dy_b + offs_d[None, :] * s_dy_d
+
+    dx = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
+    dw = tl.zeros((BLOCK_D, W_PAD), dtype=tl.float32)
+    dbias = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    # g at steps t + shift feeds ∂L/∂x_t through weight[w-1-shift]; shift 0 also feeds ∂L/∂weight.
+    for shift in tl.static_range(W):
+        t = offs_t + shift
+        mask = (t < seqlen)[:, None] & mask_d[None, :]
+        g = tl.load(dy_p + t[:, None] * s_dy_l, mask=mask, other=0.0).to(tl.float32)
+        if SILU:
+            p = _preactivation(x_p, w_p, bias, offs_t, shift, mask_d, seqlen, s_x_l, s_w_k,
+                               W, BLOCK_L, BLOCK_D)  # fmt: skip
+            _, dsilu = silu_and_grad(p)
+            g = g * dsilu
+        w_k = tl.load(w_p + (W - 1 - shift) * s_w_k, mask=mask_d, other=0.0).to(tl.float32)
+        dx += g * w_k[None, :]
+        if shift == 0:
+            dbias = tl.sum(g, axis=0)
+            for k in tl.static_range(W):
+                tk = offs_t - (W - 1) + k
+                mask_k = (tk >= 0)[:, None] & (tk < seqlen)[:, None] & mask_d[None, :]
+                x = tl.load(x_p + tk[:, None] * s_x_l, mask=mask_k, other=0.0).to(tl.float32)
+                dw += tl.where(offs_k[None, :] == k, tl.sum(g * x, axis=0)[:, None], 0.0)
+    dx_p = dx_ptr + pid_b * s_dx_b + offs_d[None, :] * s_dx_d + offs_t[:, None] * s_dx_l
+    tl.store(
+        dx_p, dx.to(dx_ptr.dtype.element_ty), mask=(offs_t < seqlen)[:, None] & mask_d[None, :]
+    )
+    # This program's share of ∂L/∂weight and ∂L/∂bias: row (b, time block) of (rows, d, w_pad).
+    row = pid_b * tl.num_programs(0) + pid_t
+    mask_dw = mask_d[:, None] & (offs_k < W)[None, :]
+    tl.store(dw_ptr + (row * dim + offs_d[:, None]) * W_PAD + offs_k[None, :], dw, mask=mask_dw)
+    tl.store(dbias_ptr + row * dim + offs_d, dbias, mask=mask_d)
+
+
+def _grid(x: torch.Tensor) -> tuple[tuple[int, int, int], int, int]:
+    batch, dim, seqlen = x.shape
+    block_l, block_d = _tiles(x)
+    return (triton.cdiv(seqlen, block_l), triton.cdiv(dim, block_d), batch), block_l, block_d
+
+
+class _CausalConv1dFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, silu: bool):
+        dim, width = weight.shape
+        y = empty_like_sequence(x)
+        grid, block_l, block_d = _grid(x)
+        _causal_conv_fwd[grid](
+            x, weight, bias if bias is not None else weight, y,
+            dim, x.shape[2],
+            *x.stride(), *weight.stride(), *y.stride(),
+            HAS_BIAS=bias is not None, SILU=silu, W=width, BLOCK_L=block_l, BLOCK_D=block_d,
+            num_warps=4,
+        )  # fmt: skip
+        ctx.save_for_backward(x, weight, bias)
+        ctx.silu = silu
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, weight, bias = ctx.saved_tensors
+        dim, width = weight.shape
+        grid, block_l, block_d = _grid(x)
+        w_pad = next_pow2(width)
+        rows = grid[0] * grid[2]
+        dx = empty_like_sequence(x)
+        f32 = {"device": x.device, "dtype": torch.float32}
+        dw = torch.empty((rows, dim, w_pad), **f32)
+        dbias = torch.empty((rows, dim), **f32)
+        _causal_conv_bwd[grid](
+            x, weight, bias if bias is not None else weight, dy, dx, dw, dbias,
+            dim, x.shape[2],
+            *x.stride(), *weight.stride(), *dy.stride(), *dx.stride(),
+            HAS_BIAS=bias is not None, SILU=ctx.silu, W=width, W_PAD=w_pad,
+            BLOCK_L=block_l, BLOCK_D=block_d, num_warps=4,
+        )  # fmt: skip
+        dweight = dw.sum(0)[:, :width].to(weight.dtype)
+        dbias_out = dbias.sum(0).to(bias.dtype) if bias is not None else None
+        return dx, dweight, dbias_out, None
+
+
+def causal_conv1d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    activation: str | None = None,
+) -> torch.Tensor:
+    """Triton implementation of :func:`mambaverse.kernels.causal_conv1d` (see there); y has x's
+    layout. Shapes are checked by the public function."""
+    check_device(OP, {"x": x, "weight": weight, "bias": bias})
+    check_float(OP, {"x": x, "weight": weight, "bias": bias})
+    return _CausalConv1dFn.apply(x, weight, bias, activation in ("silu", "swish"))

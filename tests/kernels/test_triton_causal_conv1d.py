@@ -1,0 +1,101 @@
+"""Triton causal convolution against the float64 reference, forward and every gradient.
+
+The reference (``F.conv1d`` with d groups, itself checked against the loop oracle in
+test_reference_causal_conv1d.py) runs on the same rounded inputs in float64. Without CUDA the
+kernels run interpreted at tiny sizes (several time and channel tiles, ragged last ones).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mambaverse.kernels.causal_conv1d import causal_conv1d as public_causal_conv1d
+from mambaverse.kernels.causal_conv1d import reference
+from mambaverse.kernels.causal_conv1d import triton as kernels
+from tests.kernels.triton_helpers import DEVICE, gpu, grads, rel_err, report, run_interpreted, tiny
+
+TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 5e-3}
+
+
+def check(batch, dim, length, width, dtype, bias=True, activation="silu", channels_last=False,
+          seed=0, label=""):  # fmt: skip
+    """Triton in ``dtype`` against the float64 reference on the same rounded inputs."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, dim, length, generator=gen).to(dtype)
+    weight = (torch.randn(dim, width, generator=gen) / width**0.5).to(dtype)
+    b = torch.randn(dim, generator=gen).to(dtype) if bias else None
+    if channels_last:  # as the Mamba block passes x: a transposed (b, l, d) slice
+        x = x.transpose(1, 2).contiguous().transpose(1, 2)
+    ours = [t.to(DEVICE).requires_grad_() if t is not None else None for t in (x, weight, b)]
+    ref = [
+        t.to(DEVICE).double().requires_grad_() if t is not None else None for t in (x, weight, b)
+    ]
+
+    y = kernels.causal_conv1d(*ours, activation=activation)
+    y_ref = reference.causal_conv1d(*ref, activation=activation)
+    assert y.dtype == dtype and y.shape == x.shape
+    assert y.stride() == ours[0].stride(), "y keeps x's layout"
+    errors = {"y": rel_err(y, y_ref)}
+
+    gen_w = torch.Generator().manual_seed(seed + 1)
+    upstream = torch.randn(y.shape, generator=gen_w, dtype=torch.float64).to(DEVICE)
+    conv = lambda impl: lambda *a: impl.causal_conv1d(*a, activation=activation)  # noqa: E731
+    g = grads(conv(kernels), ours, [upstream])
+    g_ref = grads(conv(reference), ref, [upstream])
+    for name, a, r, t in zip(("x", "weight", "bias"), g, g_ref, ours):
+        assert a.dtype == t.dtype and a.shape == t.shape, name
+        errors[f"d{name}"] = rel_err(a, r)
+    report(label or f"causal_conv1d {dtype}", errors, TOL[dtype])
+
+
+# -- tiny cases: interpreted on CPU (through test_interpreted), compiled on CUDA ---------------------
+def test_interpreted():
+    run_interpreted(__file__)
+
+
+@tiny
+@pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels innermost"])
+@pytest.mark.parametrize("activation", ["silu", None])
+def test_matches_reference(channels_last, activation):
+    # 11 steps in tiles of 4 and 6 channels in tiles of 4: ragged tiles on both axes.
+    check(2, 6, 11, 4, torch.float32, activation=activation, channels_last=channels_last,
+          label=f"cpu conv {activation} channels_last={channels_last}")  # fmt: skip
+
+
+@tiny
+def test_odd_width_without_bias_and_shorter_than_the_filter():
+    check(1, 5, 9, 3, torch.float32, bias=False, label="cpu conv width 3, no bias")
+    check(2, 3, 2, 4, torch.float32, label="cpu conv 2 steps, width 4")
+
+
+@tiny
+def test_bfloat16_accumulates_in_fp32():
+    check(2, 8, 13, 4, torch.bfloat16, channels_last=True, label="cpu conv bf16")
+
+
+@tiny
+def test_public_op_dispatches_to_triton():
+    x = torch.randn(1, 4, 7, device=DEVICE)
+    weight = torch.randn(4, 4, device=DEVICE)
+    y = public_causal_conv1d(x, weight, activation="silu", impl="triton")
+    y_ref = reference.causal_conv1d(x.double(), weight.double(), activation="silu")
+    assert rel_err(y, y_ref) < 1e-6
+
+
+# -- GPU: compiled, realistic and odd shapes ----------------------------------------------------------
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(
+    "shape, channels_last",
+    [
+        ((8, 1536, 2048, 4), True),  # Mamba-130m block, x as the block passes it
+        ((2, 1536, 2048, 4), False),
+        ((3, 200, 1001, 4), True),  # ragged tiles
+        ((2, 96, 777, 3), False),  # odd width
+    ],
+)
+def test_gpu_matches_reference(shape, channels_last, dtype):
+    check(*shape, dtype, channels_last=channels_last, seed=sum(shape),
+          label=f"gpu causal_conv1d {shape} channels_last={channels_last} {dtype}")  # fmt: skip
