@@ -36,10 +36,10 @@ KINDS = {
     "selective scan": r"^_selective_scan",
     "ssd scan": r"^_(states_fwd|chunk_scan_fwd|dstate_local|state_passing_bwd|dx|dB|dC|ddt)$",
     "attention": r"flash|fmha|attention|^_attn|^_bwd_delta",
-    "causal conv": r"conv",
+    "causal conv": r"^_causal_conv|conv1d|conv_depthwise",
     "matmul": r"gemm|cutlass|sm90_xmma|nvjet|cublas|matmul|splitK",
     "cross-entropy & softmax": r"softmax|nll|cross_entropy|log_softmax",
-    "copies & casts": r"copy|cat|transpose",
+    "copies & casts": r"copy|CatArray|transpose",
     "reductions (norms, sums)": r"reduce|norm",
 }
 

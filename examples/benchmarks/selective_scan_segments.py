@@ -1,7 +1,8 @@
 """When to cut the selective scan's sequence into time segments: a sweep on the GPU.
 
-For a few (batch, length) shapes of the Mamba-130m block (d=1536, n=16, bf16, inputs laid out
-as the block passes them: channels-innermost slices of its projections), times the Triton scan
+For a few (batch, length) shapes of the Mamba-130m block (d=1536, n=16, bf16; u, δ, z, B, C
+laid out as the block passes them: slices of its projections, channels innermost; the output
+gradient contiguous (b, d, l), as in the run docs/benchmarks.md reports), times the Triton scan
 forward and forward+backward with time segments off, with the committed rule
 (``LaunchConfig.segment_below``), and always on. Medians of CUDA-event timings.
 

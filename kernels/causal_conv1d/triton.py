@@ -39,8 +39,9 @@ OP = "causal_conv1d"
 
 
 def _tiles(x: torch.Tensor) -> tuple[int, int]:
-    """(BLOCK_L, BLOCK_D): 16-channel rows read 32 bytes of bf16 per step when channels are
-    innermost; the interpreter gets small tiles and several of them."""
+    """(BLOCK_L, BLOCK_D): 64 × 64 when channels are innermost (each step's 64 channels are one
+    128-byte row of bf16), 128 steps × 16 channels when time is; the interpreter gets small
+    tiles and several of them."""
     if interpreting():
         return 4, 4
     return (64, 64) if x.stride(1) == 1 else (128, 16)
@@ -193,4 +194,6 @@ def causal_conv1d(
     layout. Shapes are checked by the public function."""
     check_device(OP, {"x": x, "weight": weight, "bias": bias})
     check_float(OP, {"x": x, "weight": weight, "bias": bias})
+    if bias is not None:
+        bias = bias.contiguous()  # the kernels index it densely; x and weight take any strides
     return _CausalConv1dFn.apply(x, weight, bias, activation in ("silu", "swish"))

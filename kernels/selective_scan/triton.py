@@ -29,7 +29,8 @@ gradient off e and h:
 ∂L/∂B and ∂L/∂C sum over the channels of a group: each program reduces its BLOCK_D channels and
 writes the sums to its own slice of an fp32 buffer, added up over the programs afterwards (or, with
 ``bc_partials=False``, adds them into (b, g, n, l) atomically: d / BLOCK_D programs then contend
-for every address, 10-14 % slower on an H100 at the Mamba-130m shapes).
+for every address; on an H100 at the Mamba-130m shapes forward+backward took 11-16 % longer
+at batch 2 and 8, 0-4 % at batch 4).
 
 Outputs (y; du, dδ, dz) take u's layout: channels innermost when u is a transposed (b, l, d)
 projection, as in the Mamba block, so each step's stores are adjacent and no copy is needed.
@@ -73,8 +74,8 @@ class LaunchConfig:
     # up to target_programs programs. A first pass computes each segment's own end state
     # (forward) or start adjoint (backward) from zero, and its total decay; each program then
     # starts from the composition of the segments before it. It costs a lighter extra pass and
-    # pays off only when the GPU is starved (H100: 1.7x faster fwd+bwd at 384 programs, 1.2x
-    # slower at 768; docs/kernels_notes.md v6).
+    # pays off only when the GPU is starved (H100, fwd+bwd: 1.5x faster at 384 programs, 2.9x
+    # at 192, 1.2x slower at 768; docs/kernels_notes.md v6).
     segment_below: int = 512
     target_programs: int = 4096
     min_segment_chunks: int = 32
@@ -481,7 +482,7 @@ def _segments(config: LaunchConfig, programs: int, n_chunks: int) -> tuple[int, 
     """(segments, chunks per segment): one segment from config.segment_below programs on, else
     enough to reach config.target_programs programs, each at least config.min_segment_chunks
     chunks long, none empty."""
-    if programs >= config.segment_below:
+    if programs >= config.segment_below or n_chunks == 0:
         return 1, n_chunks
     wanted = triton.cdiv(config.target_programs, programs)
     n_segs = max(1, min(wanted, n_chunks // config.min_segment_chunks))
@@ -684,6 +685,8 @@ def selective_scan(
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Triton selective scan; see the module docstring. The last state carries no gradient."""
     _check_scan_inputs(u, delta, A, B, C, D, z, delta_bias)
+    # The kernels index the per-channel vectors densely; everything else takes any strides.
+    D, delta_bias = (t.contiguous() if t is not None else None for t in (D, delta_bias))
     return _SelectiveScanFn.apply(
         u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), bool(return_last_state)
     )
@@ -731,6 +734,7 @@ def selective_state_update(
     if dim % groups:
         raise ValueError(f"{op} (triton): B has {groups} groups, which do not divide dim={dim}")
 
+    D, dt_bias = (t.contiguous() if t is not None else None for t in (D, dt_bias))  # dense reads
     y = torch.empty((batch, dim), device=x.device, dtype=x.dtype)
     block_d = _block_d(LaunchConfig(block_d=16, chunk=1, warps=4), dim // groups)
     grid = (triton.cdiv(dim, block_d), batch)

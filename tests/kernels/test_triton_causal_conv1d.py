@@ -75,6 +75,16 @@ def test_bfloat16_accumulates_in_fp32():
 
 
 @tiny
+def test_strided_weight_and_bias():
+    x = torch.randn(2, 5, 9, device=DEVICE)
+    weight = torch.randn(4, 5, device=DEVICE).t()  # (5, 4), transposed strides
+    bias = torch.randn(10, device=DEVICE)[::2]  # every other element
+    y = kernels.causal_conv1d(x, weight, bias, activation="silu")
+    y_ref = reference.causal_conv1d(x.double(), weight.double(), bias.double(), activation="silu")
+    assert rel_err(y, y_ref) < 1e-6
+
+
+@tiny
 def test_public_op_dispatches_to_triton():
     x = torch.randn(1, 4, 7, device=DEVICE)
     weight = torch.randn(4, 4, device=DEVICE)

@@ -90,6 +90,8 @@ def check(inputs, dtype, softplus=True, tol=None, label="", channels_last=False)
     wanted = [k for k in NAMES if ours[k] is not None]
     for name, a, b in zip(wanted, g, g_ref):
         assert a.dtype == ours[name].dtype, name
+        if name in ("u", "delta", "z"):
+            assert (a.stride(1) == 1) == channels_last, (name, a.stride())
         errors[f"d{name}"] = rel_err(a, b)
     report(label or f"selective_scan {dtype}", errors, tol)
 
@@ -118,6 +120,12 @@ def test_grouped_B_C_without_gate_or_softplus():
 VARIANTS = {  # name -> LaunchConfig fields set on both passes (the backward's dB/dC only there)
     "one segment, atomic dB dC": {"target_programs": 1, "bc_partials": False},
     "one segment, dB dC partial sums": {"target_programs": 1, "bc_partials": True},
+    "segments of 4 chunks, partial sums": {
+        "segment_below": 10**6,
+        "target_programs": 10**6,
+        "min_segment_chunks": 3,
+        "bc_partials": True,
+    },
     "a segment per chunk, partial sums": {
         "segment_below": 10**6,
         "target_programs": 10**6,
@@ -142,14 +150,22 @@ def variant(request, monkeypatch):
 @pytest.mark.parametrize("groups", [None, 2])
 def test_channels_innermost_inputs_every_variant(groups, variant):
     name, config = variant
-    # 11 steps in chunks of 4: three chunks, so three segments in the segmented variant.
-    assert kernels._segments(config, 1, 3)[0] == (3 if "segment per chunk" in name else 1)
+    # 27 steps in chunks of 4: seven chunks, the last ragged; segments of 4 + 3 chunks, or 7 of 1.
+    expected = {"segments of 4": 2, "a segment per chunk": 7}
+    segments = next((n for key, n in expected.items() if name.startswith(key)), 1)
+    assert kernels._segments(config, 1, 7)[0] == segments
     check(
-        make_inputs(2, 8, 3, 11, groups=groups),
+        make_inputs(1, 4, 3, 27, groups=groups),
         torch.float32,
         channels_last=True,
         label=f"cpu channels innermost, groups {groups}, {name}",
     )
+
+
+@tiny
+def test_empty_sequence():
+    y = kernels.selective_scan(*[make_inputs(1, 4, 3, 0)[k] for k in NAMES], delta_softplus=True)
+    assert y.shape == (1, 4, 0)
 
 
 @tiny
