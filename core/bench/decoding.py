@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from mambaverse.plugins.mamba_lm.decode_graph import DecodeGraph, decode_graph
 from mambaverse.plugins.mamba_lm.generation import state_nbytes
 
 from .measure import OK, failure, free_memory, peak_bytes, reset_peak, time_calls
@@ -72,3 +73,27 @@ def measure_decoding(
         status = f"{failure(err)} ({phase})"
     free_memory(device)  # outside the except block: the traceback no longer holds the tensors
     return {"status": status}
+
+
+class GraphDecoding(nn.Module):
+    """A language model whose ``step`` replays its captured CUDA graph: ``allocate_state``
+    captures (or reuses) the graph for the batch and returns the graph's own state, which the
+    prefill fills and every replay updates in place. Forward (the prefill) is the model's."""
+
+    def __init__(self, language_model: nn.Module) -> None:
+        super().__init__()
+        self.language_model = language_model
+        self.vocab_size = language_model.vocab_size
+        self.graph: DecodeGraph | None = None
+
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return self.language_model(*args, **kwargs)
+
+    def allocate_state(self, batch_size: int, max_seqlen: int, device=None, dtype=None) -> list:
+        self.graph = decode_graph(self.language_model, batch_size, device)
+        return self.graph.reset()
+
+    def step(self, input_ids: torch.Tensor, state: list) -> torch.Tensor:
+        if self.graph is None or state is not self.graph.state:
+            raise ValueError("GraphDecoding.step: decode the state its allocate_state returned")
+        return self.graph.step(input_ids)

@@ -9,6 +9,10 @@ measured again, so the towers and the projector are the very same modules.
 Per language model and batch size: the towers + projector time, the prefill of image tokens +
 prompt, the median decode step (:mod:`.decoding`), and the end-to-end rate of answering:
 ``batch × new_tokens / (towers + prefill + new_tokens × step)``.
+
+On CUDA the Cobra model is measured twice: eager steps, and each step replayed from its captured
+CUDA graph (what ``generate`` does there by default). The Transformers decode eagerly: their KV
+cache grows every step, so their step is not captured — compare like with like.
 """
 
 from __future__ import annotations
@@ -19,8 +23,9 @@ from typing import Any
 import torch
 
 import mambaverse
+from mambaverse.plugins.mamba_lm.decode_graph import clear_decode_graphs, device_refusal
 
-from .decoding import measure_decoding
+from .decoding import GraphDecoding, measure_decoding
 from .language_models import LMSpec, attention_implementations, lm_family
 from .measure import SKIPPED, Deadline, free_memory, measure
 from .report import (
@@ -114,10 +119,17 @@ def run(args: argparse.Namespace) -> int:
     vlm = vlm.to(dtype).eval()
     lm = mambaverse.model_config(args.preset)["language_model"]
     lm_params = sum(p.numel() for p in vlm.language_model.parameters())
-    rows = measure_vlm(vlm, f"{args.preset} ({lm})", lm_params, args, device, dtype)
+    rows = measure_vlm(vlm, f"{args.preset} ({lm}), eager", lm_params, args, device, dtype)
+    if device_refusal(device) is None:
+        language_model = vlm.language_model
+        vlm.language_model = GraphDecoding(language_model)
+        label = f"{args.preset} ({lm}), CUDA graph"
+        rows += measure_vlm(vlm, label, lm_params, args, device, dtype)
+        vlm.language_model = language_model
+        clear_decode_graphs(language_model)
     write_record(args.out, SUITE, args, device, settings, {"rows": rows})
     for spec in transformer_specs(vlm, lm, impls):
-        label = f"same towers + {spec.label}"
+        label = f"same towers + {spec.label}, eager"
         if deadline.passed():
             rows += [{"model": label, "batch": b, "status": SKIPPED} for b in args.batches]
             continue

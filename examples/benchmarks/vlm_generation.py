@@ -33,9 +33,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 import mambaverse
+from mambaverse.bench.decoding import GraphDecoding
 from mambaverse.bench.generation import measure_vlm, transformer_specs
 from mambaverse.bench.measure import free_memory
 from mambaverse.bench.report import (
@@ -49,12 +49,7 @@ from mambaverse.bench.report import (
     si,
     write_record,
 )
-from mambaverse.plugins.mamba_lm.decode_graph import (
-    DecodeGraph,
-    clear_decode_graphs,
-    decode_graph,
-    device_refusal,
-)
+from mambaverse.plugins.mamba_lm.decode_graph import clear_decode_graphs, device_refusal
 
 SUITE = "vlm_generation"
 TARGET_RATIO = 3.0
@@ -91,30 +86,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.command_line = " ".join(["python", *sys.argv])
     return args
-
-
-class GraphDecoding(nn.Module):
-    """A language model whose ``step`` replays its captured CUDA graph: ``allocate_state``
-    captures (or reuses) the graph for the batch and returns the graph's own state, which the
-    prefill fills and every replay updates in place. Forward (the prefill) is the model's."""
-
-    def __init__(self, language_model: nn.Module) -> None:
-        super().__init__()
-        self.language_model = language_model
-        self.vocab_size = language_model.vocab_size
-        self.graph: DecodeGraph | None = None
-
-    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-        return self.language_model(*args, **kwargs)
-
-    def allocate_state(self, batch_size: int, max_seqlen: int, device=None, dtype=None) -> list:
-        self.graph = decode_graph(self.language_model, batch_size, device)
-        return self.graph.reset()
-
-    def step(self, input_ids: torch.Tensor, state: list) -> torch.Tensor:
-        if self.graph is None or state is not self.graph.state:
-            raise ValueError("GraphDecoding.step: decode the state its allocate_state returned")
-        return self.graph.step(input_ids)
 
 
 def offline_tokenizer(directory: str) -> str:
