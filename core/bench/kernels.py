@@ -10,6 +10,10 @@ For ``causal_conv1d`` the peer is the reference path (``F.conv1d`` with d groups
 casts around it); x is passed as the Mamba block passes it, a channels-innermost slice of its
 input projection.
 
+The selective scan is measured on contiguous inputs and on inputs laid out as the Mamba block
+passes them (transposed slices of its projections, channels innermost); the peers run once, on
+the contiguous ones.
+
 Counting: a scan's minimum bytes read every input once and write every output once; attention
 counts 4·b·h·lq·lk·d FLOPs forward (half when causal) and 2.5× that backward, the FlashAttention
 convention, so forward+backward is 3.5× the forward count.
@@ -113,24 +117,42 @@ def fwd_bwd(fn: Callable[[], Any], inputs: list[Any]) -> Callable[[], Any]:
 
 
 # -- selective scan -----------------------------------------------------------------------------
-def _ss_inputs(batch: int, dim: int, dstate: int, length: int) -> dict[str, Any]:
-    """Mamba-1 block inputs: δ bias and softplus as in the Mamba mixer, gate z, skip D."""
+SS_LAYOUTS = ("contiguous", "Mamba block")
+
+
+def _ss_inputs(batch: int, dim: int, dstate: int, length: int, layout: str) -> dict[str, Any]:
+    """Mamba-1 block inputs: δ bias and softplus as in the Mamba mixer, gate z, skip D.
+
+    layout "contiguous": every (b, d, l) and (b, n, l) tensor contiguous. "Mamba block": as the
+    Mamba mixer passes them — u, z halves of a (b, l, 2d) projection, δ a (b, l, d) one, B and C
+    slices of a (b, l, dt_rank + 2n) one, all transposed (channels innermost)."""
     import torch
 
     dev, bf16 = "cuda", torch.bfloat16
+    if layout == "contiguous":
+        u, z, delta = (torch.randn(batch, dim, length, device=dev, dtype=bf16) for _ in range(3))
+        B, C = (torch.randn(batch, dstate, length, device=dev, dtype=bf16) for _ in range(2))
+    else:
+        u, z = (
+            torch.randn(batch, length, 2 * dim, device=dev, dtype=bf16).transpose(1, 2).chunk(2, 1)
+        )
+        delta = torch.randn(batch, length, dim, device=dev, dtype=bf16).transpose(1, 2)
+        rank = -(-dim // 32)  # mamba's dt_rank for d_model = dim / 2
+        x_dbl = torch.randn(batch, length, rank + 2 * dstate, device=dev, dtype=bf16)
+        B, C = (
+            x_dbl[..., rank + i * dstate : rank + (i + 1) * dstate].movedim(1, -1) for i in (0, 1)
+        )
     inputs = {
-        "u": torch.randn(batch, dim, length, device=dev, dtype=bf16),
-        "delta": torch.randn(batch, dim, length, device=dev, dtype=bf16) * 0.5 - 3.0,
+        "u": u,
+        "delta": delta * 0.5 - 3.0,
         "A": -torch.rand(dim, dstate, device=dev) * 4 - 0.5,
-        "B": torch.randn(batch, dstate, length, device=dev, dtype=bf16),
-        "C": torch.randn(batch, dstate, length, device=dev, dtype=bf16),
+        "B": B,
+        "C": C,
         "D": torch.randn(dim, device=dev),
-        "z": torch.randn(batch, dim, length, device=dev, dtype=bf16),
+        "z": z,
         "delta_bias": torch.rand(dim, device=dev),
     }
-    for t in inputs.values():
-        t.requires_grad_()
-    return inputs
+    return {name: t.detach().requires_grad_() for name, t in inputs.items()}
 
 
 def _ss_loop(u, delta, A, B, C, D, z, delta_bias):
@@ -153,61 +175,64 @@ def _ss_loop(u, delta, A, B, C, D, z, delta_bias):
 
 
 def bench_selective_scan(copy_gbs: float, quick: bool) -> list[Row]:
+    """Triton against the reference and the loop (contiguous inputs), then Triton again on the
+    inputs as the Mamba block lays them out, against the same peers' times."""
     import torch
 
     import mambaverse
 
     batch, dim, dstate = SS_SHAPE["batch"], SS_SHAPE["dim"], SS_SHAPE["dstate"]
+    names = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
     rows = []
     for length in SS_LENGTHS[:1] if quick else SS_LENGTHS:
-        x = _ss_inputs(batch, dim, dstate, length)
-        args = [x[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
-        shape = f"b{batch} d{dim} n{dstate} l{length} bf16"
         big, small = batch * dim * length * 2, batch * dstate * length * 2  # bytes of one tensor
         fwd_bytes = 4 * big + 2 * small  # u, δ, z, B, C in; y out
         bwd_bytes = 7 * big + 4 * small  # + dout in; du, dδ, dz, dB, dC out
-        times = {}
-        for impl in ("triton", "reference"):
-            kernel = mambaverse.get_kernel("selective_scan", impl, "cuda", torch.bfloat16)
+        n_bytes = {"fwd": fwd_bytes, "fwd+bwd": fwd_bytes + bwd_bytes}
+        peers: dict[str, float] = {}
+        for layout in SS_LAYOUTS:
+            x = _ss_inputs(batch, dim, dstate, length, layout)
+            args = [x[k] for k in names]
+            shape = f"b{batch} d{dim} n{dstate} l{length} bf16 {layout}"
+            impls = ("triton", "reference") if layout == "contiguous" else ("triton",)
+            times = {}
+            for impl in impls:
+                kernel = mambaverse.get_kernel("selective_scan", impl, "cuda", torch.bfloat16)
 
-            def fwd(kernel=kernel, args=args):
-                return kernel(*args, delta_softplus=True)
+                def fwd(kernel=kernel, args=args):
+                    return kernel(*args, delta_softplus=True)
 
-            with torch.no_grad():
-                times[impl, "fwd"] = median_ms(fwd)
-            times[impl, "fwd+bwd"] = median_ms(fwd_bwd(fwd, args))
-        with torch.no_grad():
-            loop_ms = wall_ms(lambda args=args: _ss_loop(*args))
-        t_fwd, t_both = times["triton", "fwd"], times["triton", "fwd+bwd"]
-        rows.append(
-            Row("selective_scan", shape, "fwd", "triton", t_fwd, fwd_bytes / t_fwd / 1e6, "GB/s",
-                {"of copy bandwidth": fwd_bytes / t_fwd / 1e6 / copy_gbs,
-                 "x faster than torch loop": loop_ms / t_fwd,
-                 "x faster than reference": times["reference", "fwd"] / t_fwd})
-        )  # fmt: skip
-        rows.append(
-            Row("selective_scan", shape, "fwd+bwd", "triton", t_both,
-                (fwd_bytes + bwd_bytes) / t_both / 1e6, "GB/s",
-                {"fwd+bwd / fwd time": t_both / t_fwd,
-                 "x faster than reference": times["reference", "fwd+bwd"] / t_both})
-        )  # fmt: skip
-        for pass_ in ("fwd", "fwd+bwd"):
-            n_bytes = fwd_bytes if pass_ == "fwd" else fwd_bytes + bwd_bytes
-            t = times["reference", pass_]
+                with torch.no_grad():
+                    times[impl, "fwd"] = median_ms(fwd)
+                times[impl, "fwd+bwd"] = median_ms(fwd_bwd(fwd, args))
+            if layout == "contiguous":  # the peers, timed once per length
+                with torch.no_grad():
+                    peers["loop"] = wall_ms(lambda args=args: _ss_loop(*args))
+                peers.update({f"reference {p}": times["reference", p] for p in n_bytes})
+                rows += [
+                    Row("selective_scan", shape, p, "reference", t, n_bytes[p] / t / 1e6, "GB/s")
+                    for p in n_bytes
+                    for t in [times["reference", p]]
+                ]
+                loop_ms = peers["loop"]
+                rows.append(
+                    Row("selective_scan", shape, "fwd", "torch loop", loop_ms,
+                        fwd_bytes / loop_ms / 1e6, "GB/s")
+                )  # fmt: skip
+            t_fwd, t_both = times["triton", "fwd"], times["triton", "fwd+bwd"]
             rows.append(
-                Row("selective_scan", shape, pass_, "reference", t, n_bytes / t / 1e6, "GB/s")
-            )
-        rows.append(
-            Row(
-                "selective_scan",
-                shape,
-                "fwd",
-                "torch loop",
-                loop_ms,
-                fwd_bytes / loop_ms / 1e6,
-                "GB/s",
-            )
-        )
+                Row("selective_scan", shape, "fwd", "triton", t_fwd, fwd_bytes / t_fwd / 1e6,
+                    "GB/s",
+                    {"of copy bandwidth": fwd_bytes / t_fwd / 1e6 / copy_gbs,
+                     "x faster than torch loop": peers["loop"] / t_fwd,
+                     "x faster than reference": peers["reference fwd"] / t_fwd})
+            )  # fmt: skip
+            rows.append(
+                Row("selective_scan", shape, "fwd+bwd", "triton", t_both,
+                    n_bytes["fwd+bwd"] / t_both / 1e6, "GB/s",
+                    {"fwd+bwd / fwd time": t_both / t_fwd,
+                     "x faster than reference": peers["reference fwd+bwd"] / t_both})
+            )  # fmt: skip
     return rows
 
 
