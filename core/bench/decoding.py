@@ -90,7 +90,7 @@ class GraphDecoding(nn.Module):
         return self.language_model(*args, **kwargs)
 
     def allocate_state(self, batch_size: int, max_seqlen: int, device=None, dtype=None) -> list:
-        self.graph = decode_graph(self.language_model, batch_size, device)
+        self.graph = decode_graph(self.language_model, batch_size, device, max_seqlen)
         return self.graph.reset()
 
     def step(self, input_ids: torch.Tensor, state: list) -> torch.Tensor:

@@ -10,9 +10,9 @@ Per language model and batch size: the towers + projector time, the prefill of i
 prompt, the median decode step (:mod:`.decoding`), and the end-to-end rate of answering:
 ``batch × new_tokens / (towers + prefill + new_tokens × step)``.
 
-On CUDA the Cobra model is measured twice: eager steps, and each step replayed from its captured
-CUDA graph (what ``generate`` does there by default). The Transformers decode eagerly: their KV
-cache grows every step, so their step is not captured — compare like with like.
+On CUDA every language model is measured twice: eager steps, and each step replayed from its
+captured CUDA graph (Cobra's what ``generate`` does there by default; the Transformers' with
+static KV caches, ``generate(cuda_graph=True)``). Compare like with like.
 """
 
 from __future__ import annotations
@@ -109,6 +109,20 @@ def measure_vlm(
     return rows
 
 
+def measure_both_ways(
+    vlm: torch.nn.Module, label: str, params: int, args: argparse.Namespace, device, dtype
+) -> list[dict[str, Any]]:
+    """:func:`measure_vlm` with eager steps, then (on CUDA) with the captured graph's steps."""
+    rows = measure_vlm(vlm, f"{label}, eager", params, args, device, dtype)
+    if device_refusal(device) is None:
+        language_model = vlm.language_model
+        vlm.language_model = GraphDecoding(language_model)
+        rows += measure_vlm(vlm, f"{label}, CUDA graph", params, args, device, dtype)
+        vlm.language_model = language_model
+        clear_decode_graphs(language_model)
+    return rows
+
+
 def run(args: argparse.Namespace) -> int:
     device, dtype = resolve_device(args)
     settings = apply_defaults(args, FULL, SMOKE)
@@ -119,24 +133,17 @@ def run(args: argparse.Namespace) -> int:
     vlm = vlm.to(dtype).eval()
     lm = mambaverse.model_config(args.preset)["language_model"]
     lm_params = sum(p.numel() for p in vlm.language_model.parameters())
-    rows = measure_vlm(vlm, f"{args.preset} ({lm}), eager", lm_params, args, device, dtype)
-    if device_refusal(device) is None:
-        language_model = vlm.language_model
-        vlm.language_model = GraphDecoding(language_model)
-        label = f"{args.preset} ({lm}), CUDA graph"
-        rows += measure_vlm(vlm, label, lm_params, args, device, dtype)
-        vlm.language_model = language_model
-        clear_decode_graphs(language_model)
+    rows = measure_both_ways(vlm, f"{args.preset} ({lm})", lm_params, args, device, dtype)
     write_record(args.out, SUITE, args, device, settings, {"rows": rows})
     for spec in transformer_specs(vlm, lm, impls):
-        label = f"same towers + {spec.label}, eager"
+        label = f"same towers + {spec.label}"
         if deadline.passed():
             rows += [{"model": label, "batch": b, "status": SKIPPED} for b in args.batches]
             continue
         vlm.language_model = None  # free the previous language model first
         free_memory(device)
         vlm.language_model = spec.build(device, dtype).eval()
-        rows += measure_vlm(vlm, label, spec.count_parameters(), args, device, dtype)
+        rows += measure_both_ways(vlm, label, spec.count_parameters(), args, device, dtype)
         write_record(args.out, SUITE, args, device, settings, {"rows": rows})
 
     show(rows)

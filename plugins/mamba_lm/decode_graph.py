@@ -12,9 +12,11 @@ Python launches the next, so eager decoding is bound by kernel launches. As stat
 A graph replays fixed kernels on fixed addresses, so a step can be captured only when
 
 - the model is on a CUDA device;
-- every layer's state has a fixed size: :class:`SSMState` (conv window + SSM state). An attention
-  layer's KV cache grows by one token per step (its shapes and positions change), so hybrid
-  models with attention layers, and Transformers, decode eagerly;
+- every layer's state has a fixed size: :class:`SSMState` (conv window + SSM state), or an
+  attention layer's :class:`KVCache` made *static*: allocated for a capacity (``max_seqlen``
+  rounded up to a multiple of :data:`KV_CAPACITY_STEP`, one graph per capacity), the position
+  kept on the device, each step attending over the whole buffer with a mask (the attention
+  mixer's module docstring). A graph with KV caches costs O(capacity) per step, not O(length);
 - a step never waits for the GPU (``.item()``, ``nonzero``, a host-to-device copy, a shape read
   from a tensor). The warm-up steps run with ``torch.cuda.set_sync_debug_mode("error")``, so any
   such operation refuses the capture (a mixture of experts' routing does, for instance).
@@ -25,6 +27,7 @@ kernel choice; a model whose weights moved (``.to(dtype)``, a reload) is capture
 
 from __future__ import annotations
 
+import dataclasses
 import weakref
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +37,7 @@ from torch import nn
 
 from mambaverse.dispatch import choose_kernel
 from mambaverse.errors import ConfigError, MambaverseError
+from mambaverse.plugins.mixers.attention import Attention, KVCache
 from mambaverse.plugins.mixers.state import SSMState
 
 # Steps run before the capture: Triton compiles its kernels and cuBLAS picks its algorithms on
@@ -41,6 +45,8 @@ from mambaverse.plugins.mixers.state import SSMState
 WARMUP_STEPS = 2
 # What torch raises in sync debug mode "error" (c10/cuda/CUDAFunctions.cpp).
 SYNC_ERROR = "called a synchronizing CUDA operation"
+# KV caches of a graph hold a multiple of this many tokens: generations of similar lengths share one.
+KV_CAPACITY_STEP = 256
 # The ops of a decoding step whose implementation a kernel choice can change.
 DECODE_OPS = ("selective_state_update", "ssd_state_update", "causal_conv1d_update", "attention")
 
@@ -53,31 +59,68 @@ class GraphUnsupportedError(ConfigError):
 class DecodeGraph:
     """A captured decoding step of one model for one batch size on one device.
 
-    input_ids: (B,) the graph's input buffer. state: the model's decoding state (one
-    :class:`SSMState` per layer), allocated once: prefill into it, then call :meth:`step`.
-    logits: (B, padded vocab) the graph's output buffer, overwritten by every step.
+    input_ids: (B,) the graph's input buffer. state: the model's decoding state (per layer an
+    :class:`SSMState` or a static :class:`KVCache`, or a structure of them), allocated once:
+    prefill into it, then call :meth:`step`. logits: (B, padded vocab) the graph's output
+    buffer, overwritten by every step.
     """
 
     graph: torch.cuda.CUDAGraph
     input_ids: torch.Tensor
-    state: list[SSMState]
+    state: list[Any]
     logits: torch.Tensor
+
+    @property
+    def kv_caches(self) -> list[KVCache]:
+        return [part for part in state_parts(self.state) if isinstance(part, KVCache)]
 
     @torch.inference_mode()
     def step(self, input_ids: torch.Tensor) -> torch.Tensor:
         """input_ids (B,) -> logits (B, padded vocab), as ``model.step(input_ids, state)``; the
         returned tensor is the output buffer: read it before the next step."""
+        caches = self.kv_caches
+        for cache in caches:  # the replay cannot check; a write past the buffer would be fatal
+            cache.require_room(1)
         self.input_ids.copy_(input_ids)
         self.graph.replay()
+        for cache in caches:  # the replay advanced the device position, not the host's
+            cache.length += 1
         return self.logits
 
     @torch.inference_mode()
-    def reset(self) -> list[SSMState]:
-        """Zero the state (an empty sequence, as ``allocate_state``) and return it."""
-        for layer_state in self.state:
-            layer_state.conv.zero_()
-            layer_state.ssm.zero_()
+    def reset(self) -> list[Any]:
+        """Empty the state (an empty sequence, as ``allocate_state``) and return it."""
+        for part in state_parts(self.state):
+            if isinstance(part, KVCache):
+                part.clear()
+            else:
+                part.conv.zero_()
+                part.ssm.zero_()
         return self.state
+
+
+def state_parts(state: Any) -> list[Any]:
+    """The :class:`SSMState` and :class:`KVCache` objects of a decoding state (a list per
+    layer, possibly of dataclasses holding several, as Zamba's); anything else is returned too,
+    for the caller to refuse."""
+    if isinstance(state, (SSMState, KVCache)):
+        return [state]
+    if isinstance(state, (list, tuple)):
+        return [part for item in state for part in state_parts(item)]
+    if dataclasses.is_dataclass(state) and not isinstance(state, type):
+        return [
+            part for f in dataclasses.fields(state) for part in state_parts(getattr(state, f.name))
+        ]
+    return [state]
+
+
+def kv_capacity(model: nn.Module, max_seqlen: int) -> int:
+    """The tokens a graph's KV caches hold for sequences of ``max_seqlen``: 0 for a model
+    without attention mixers, else ``max_seqlen`` rounded up to a multiple of
+    :data:`KV_CAPACITY_STEP`."""
+    if not any(isinstance(module, Attention) for module in model.modules()):
+        return 0
+    return -(-max(max_seqlen, 1) // KV_CAPACITY_STEP) * KV_CAPACITY_STEP
 
 
 @dataclass
@@ -98,10 +141,13 @@ def device_refusal(device: torch.device | str) -> str | None:
 
 
 @torch.inference_mode()
-def decode_graph(model: nn.Module, batch_size: int, device: torch.device | str) -> DecodeGraph:
-    """The captured decoding step of ``model`` for ``batch_size`` sequences on ``device``,
-    captured on first use and then reused. Raises :class:`GraphUnsupportedError` saying why
-    when the step cannot be a graph (see the module docstring)."""
+def decode_graph(
+    model: nn.Module, batch_size: int, device: torch.device | str, max_seqlen: int = 1
+) -> DecodeGraph:
+    """The captured decoding step of ``model`` for ``batch_size`` sequences of up to
+    ``max_seqlen`` tokens (prompt included; only attention layers' caches depend on it) on
+    ``device``, captured on first use and then reused. Raises :class:`GraphUnsupportedError`
+    saying why when the step cannot be a graph (see the module docstring)."""
     device = torch.device(device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
@@ -112,9 +158,10 @@ def decode_graph(model: nn.Module, batch_size: int, device: torch.device | str) 
     cached = _CACHE.get(model)
     if cached is None or cached.weights != weights:
         cached = _CACHE[model] = _ModelGraphs(weights, {})  # stale graphs are freed here
-    key = (batch_size, device, _kernel_choices(device, weights))
+    capacity = kv_capacity(model, max_seqlen)
+    key = (batch_size, device, capacity, _kernel_choices(device, weights))
     if key not in cached.graphs:
-        cached.graphs[key] = _capture(model, batch_size, device)
+        cached.graphs[key] = _capture(model, batch_size, device, capacity)
     found = cached.graphs[key]
     if isinstance(found, str):
         raise GraphUnsupportedError(found)
@@ -126,14 +173,19 @@ def clear_decode_graphs(model: nn.Module) -> None:
     _CACHE.pop(model, None)
 
 
-def _capture(model: nn.Module, batch_size: int, device: torch.device) -> DecodeGraph | str:
-    """A new graph of ``model.step``, or the reason it cannot be captured."""
-    state = model.allocate_state(batch_size, 1, device=device)
-    for i, layer_state in enumerate(state):
-        if not isinstance(layer_state, SSMState):
+def _capture(
+    model: nn.Module, batch_size: int, device: torch.device, capacity: int
+) -> DecodeGraph | str:
+    """A new graph of ``model.step`` (KV caches of ``capacity`` tokens), or the reason it
+    cannot be captured."""
+    state = model.allocate_state(batch_size, max(capacity, 1), device=device)
+    for part in state_parts(state):
+        if isinstance(part, KVCache):
+            part.static = True
+        elif not isinstance(part, SSMState):
             return (
-                f"layer {i} keeps a {type(layer_state).__name__}, which grows by one token per "
-                "step (an attention KV cache), so the step's shapes change every token"
+                f"a layer keeps a {type(part).__name__}, which is neither an SSM state nor an "
+                "attention KV cache, so the step's shapes may change every token"
             )
     input_ids = torch.zeros(batch_size, dtype=torch.long, device=device)
 
@@ -158,7 +210,9 @@ def _capture(model: nn.Module, batch_size: int, device: torch.device) -> DecodeG
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         logits = model.step(input_ids, state)
-    return DecodeGraph(graph, input_ids, state, logits)
+    found = DecodeGraph(graph, input_ids, state, logits)
+    found.reset()  # the warm-up filled KV positions and advanced the host's lengths
+    return found
 
 
 def _weights(model: nn.Module) -> tuple[tuple[int, torch.dtype], ...]:

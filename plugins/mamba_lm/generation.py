@@ -22,7 +22,13 @@ from typing import Any
 
 import torch
 
-from .decode_graph import DecodeGraph, GraphUnsupportedError, decode_graph, device_refusal
+from .decode_graph import (
+    DecodeGraph,
+    GraphUnsupportedError,
+    decode_graph,
+    device_refusal,
+    kv_capacity,
+)
 from .sampling import check_sampling, next_token
 
 
@@ -56,10 +62,11 @@ def generate(
     generator: random source for reproducible sampling.
 
     cuda_graph: decode with one captured CUDA graph per step (:mod:`.decode_graph`): same
-    tokens, fewer kernel launches. None = when it can (the model on CUDA, every layer's state of
-    fixed size, a step that never waits for the GPU), else eagerly, e.g. on the CPU or with
-    attention layers (their KV cache grows every step). True = always, raising
-    :class:`GraphUnsupportedError` (a ConfigError) that says why when it cannot. False = eager.
+    tokens, fewer kernel launches. None = when it can and the model has no attention layers
+    (the model on CUDA, SSM states only, a step that never waits for the GPU), else eagerly.
+    True = also with attention layers (static KV caches; not yet checked on a GPU, hence not
+    the default), raising :class:`GraphUnsupportedError` (a ConfigError) that says why when it
+    cannot. False = eager.
     """
     if input_ids.dim() != 2 or input_ids.shape[1] == 0:
         raise ValueError(
@@ -77,11 +84,12 @@ def generate(
     prefix = {} if prefix_embeds is None else {"prefix_embeds": prefix_embeds}
     prefix_length = 0 if prefix_embeds is None else prefix_embeds.shape[1]
     # The loop below calls the step max_new_tokens - 1 times (the last token needs none).
-    graph = _decode_graph(model, batch, input_ids.device, cuda_graph, max_new_tokens > 1)
+    max_seqlen = prefix_length + length + max_new_tokens
+    graph = _decode_graph(
+        model, batch, input_ids.device, cuda_graph, max_new_tokens > 1, max_seqlen
+    )
     if graph is None:
-        state = model.allocate_state(
-            batch, prefix_length + length + max_new_tokens, device=input_ids.device
-        )
+        state = model.allocate_state(batch, max_seqlen, device=input_ids.device)
         step: Callable[[torch.Tensor], torch.Tensor] = partial(model.step, state=state)
     else:
         state, step = graph.reset(), graph.step  # prefill into the graph's own state
@@ -104,17 +112,22 @@ def generate(
 
 
 def _decode_graph(
-    model: Any, batch: int, device: torch.device, cuda_graph: bool | None, needed: bool
+    model: Any,
+    batch: int,
+    device: torch.device,
+    cuda_graph: bool | None,
+    needed: bool,
+    max_seqlen: int,
 ) -> DecodeGraph | None:
     """The captured step to decode with, or None for eager steps (see ``generate``)."""
-    if cuda_graph is False:
+    if cuda_graph is False or (cuda_graph is None and kv_capacity(model, 1)):
         return None
     refusal = device_refusal(device)
     if refusal is None and not needed:  # no step to take: nothing worth capturing
         return None
     if refusal is None:
         try:
-            return decode_graph(model, batch, device)
+            return decode_graph(model, batch, device, max_seqlen)
         except GraphUnsupportedError as err:
             refusal = str(err)
     if cuda_graph:

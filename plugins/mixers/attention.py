@@ -6,13 +6,19 @@
 
 The ``attention`` kernel computes the middle line. Decoding keeps every past k and v (the KV
 cache), so unlike the SSM mixers its state grows with the sequence, up to ``max_seqlen``.
+
+A *static* cache (``KVCache.static``, set by the CUDA-graph decoder) keeps the number of filled
+positions on the device as well: a decoding step then writes at that position and attends over
+the whole buffer with a mask, so its shapes and addresses are the same at every token and the
+step can be replayed from a captured graph.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mambaverse.errors import ConfigError
@@ -25,11 +31,20 @@ from .rotary import apply_rotary
 @dataclass
 class KVCache:
     """Keys and values of the tokens seen so far: (B, num_kv_heads, max_seqlen, head_dim) buffers,
-    of which the first ``length`` positions are filled."""
+    of which the first ``length`` positions are filled.
+
+    static: decoding steps read their position from ``filled`` ((1,) int64 on the buffers'
+    device, kept equal to ``length``) and never from the host (see the module docstring).
+    """
 
     keys: torch.Tensor
     values: torch.Tensor
     length: int = 0
+    static: bool = False
+    filled: torch.Tensor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.filled = torch.full((1,), self.length, dtype=torch.long, device=self.keys.device)
 
     @property
     def max_seqlen(self) -> int:
@@ -40,16 +55,40 @@ class KVCache:
 
     def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store k, v (B, num_kv_heads, n, head_dim) after the cached ones; return all of them."""
+        self.require_room(k.shape[2])
         end = self.length + k.shape[2]
-        if end > self.max_seqlen:
-            raise ValueError(
-                f"attention KV cache: {end} tokens exceed its max_seqlen {self.max_seqlen}; "
-                "allocate the state with a larger max_seqlen"
-            )
         self.keys[:, :, self.length : end] = k
         self.values[:, :, self.length : end] = v
         self.length = end
+        if self.static:
+            self.filled.fill_(end)
         return self.keys[:, :, :end], self.values[:, :, :end]
+
+    def append_static(self, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Store one token's k, v (B, num_kv_heads, 1, head_dim) at position ``filled`` without
+        reading it on the host; return the mask of the positions it may attend to,
+        (1, 1, 1, max_seqlen) bool. ``length`` is advanced too (a replayed graph does not run
+        this Python: its caller advances ``length``)."""
+        self.require_room(1)  # checked on the host: a write past the buffer would be fatal
+        visible = torch.arange(self.max_seqlen, device=self.keys.device) <= self.filled
+        self.keys.index_copy_(2, self.filled, k)
+        self.values.index_copy_(2, self.filled, v)
+        self.filled += 1
+        self.length += 1
+        return visible[None, None, None, :]
+
+    def require_room(self, tokens: int) -> None:
+        """Raise unless ``tokens`` more fit in the buffers."""
+        if self.length + tokens > self.max_seqlen:
+            raise ValueError(
+                f"attention KV cache: {self.length + tokens} tokens exceed its max_seqlen "
+                f"{self.max_seqlen}; allocate the state with a larger max_seqlen"
+            )
+
+    def clear(self) -> None:
+        """An empty sequence again (the buffers keep their values: nothing reads them unfilled)."""
+        self.length = 0
+        self.filled.zero_()
 
 
 class Attention(TokenMixer):
@@ -124,6 +163,14 @@ class Attention(TokenMixer):
             raise ValueError(
                 "attention mixer: step() decodes causally; this mixer has causal=False"
             )
+        if state.static:  # fixed shapes, position read on the device: graph-capturable
+            q, k, v = self._qkv(x[:, None], state.filled)
+            visible = state.append_static(k, v)
+            y = F.scaled_dot_product_attention(
+                q, state.keys, state.values, attn_mask=visible, scale=self.scale,
+                enable_gqa=self.num_kv_heads != self.num_heads,
+            )  # fmt: skip
+            return self.out_proj(y.flatten(1))
         # arange launches a kernel; torch.tensor([...]) would copy from host memory and wait.
         positions = torch.arange(state.length, state.length + 1, device=x.device)
         q, k, v = self._qkv(x[:, None], positions)  # (B, heads, 1, head_dim)

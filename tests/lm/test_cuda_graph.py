@@ -13,11 +13,15 @@ import torch
 import mambaverse
 from mambaverse.plugins.mamba_lm import generation
 from mambaverse.plugins.mamba_lm.decode_graph import (
+    KV_CAPACITY_STEP,
     DecodeGraph,
     GraphUnsupportedError,
     clear_decode_graphs,
     decode_graph,
+    kv_capacity,
+    state_parts,
 )
+from mambaverse.plugins.mixers.attention import KVCache
 
 from .test_decoding import tiny_lm
 from .test_gpu import MAMBA2_GPU
@@ -40,7 +44,8 @@ def test_off_cuda_none_decodes_eagerly_and_true_says_why_not():
 
 class EagerReplay:
     """Stands in for ``torch.cuda.CUDAGraph`` on the CPU: ``replay`` runs the step eagerly on the
-    fixed buffers, writing into the same output tensor every time, as a graph does."""
+    fixed buffers, writing into the same output tensor every time, as a graph does — and, as a
+    graph, leaves the host-side KV cache lengths alone (no Python runs in a replay)."""
 
     def __init__(self, model, graph: DecodeGraph) -> None:
         self.model, self.buffers, self.replays = model, graph, 0
@@ -48,27 +53,94 @@ class EagerReplay:
     def replay(self) -> None:
         self.replays += 1
         g = self.buffers
+        lengths = [cache.length for cache in g.kv_caches]
         g.logits.copy_(self.model.step(g.input_ids, g.state))
+        for cache, length in zip(g.kv_caches, lengths):
+            cache.length = length
 
 
-@pytest.mark.parametrize("mixer", ["mamba", "mamba2"])
+def stand_in_graph(model, batch: int, max_seqlen: int = 1) -> DecodeGraph:
+    """A DecodeGraph as decode_graph captures it (static KV caches of the rounded capacity),
+    replayed eagerly."""
+    state = model.allocate_state(batch, max(kv_capacity(model, max_seqlen), 1))
+    for part in state_parts(state):
+        if isinstance(part, KVCache):
+            part.static = True
+    graph = DecodeGraph(None, torch.zeros(batch, dtype=torch.long), state, None)
+    graph.logits = torch.empty(batch, model.padded_vocab_size, dtype=model.lm_head.weight.dtype)
+    graph.graph = EagerReplay(model, graph)
+    return graph
+
+
+@pytest.mark.parametrize("mixer", ["mamba", "mamba2", "attention"])
 def test_generate_prefills_into_the_graph_state_and_replays_once_per_step(mixer, monkeypatch):
     model = tiny_lm(mixer, dtype=torch.float32)
     batch, new_tokens = 2, 6
-    state = model.allocate_state(batch, 1)
-    for layer_state in state:  # left over from an earlier sequence: generate must start afresh
-        layer_state.conv.normal_()
-        layer_state.ssm.normal_()
-    logits = torch.empty(batch, model.padded_vocab_size)
-    graph = DecodeGraph(None, torch.zeros(batch, dtype=torch.long), state, logits)
-    graph.graph = EagerReplay(model, graph)
+    graph = stand_in_graph(model, batch, max_seqlen=5 + new_tokens)
+    for part in state_parts(graph.state):  # an earlier sequence: generate must start afresh
+        if isinstance(part, KVCache):
+            part.length = 3
+            part.filled.fill_(3)
+        else:
+            part.conv.normal_()
+            part.ssm.normal_()
     monkeypatch.setattr(generation, "device_refusal", lambda device: None)
-    monkeypatch.setattr(generation, "decode_graph", lambda model, batch, device: graph)
+    monkeypatch.setattr(generation, "decode_graph", lambda model, batch, device, length: graph)
 
     prompt = torch.randint(0, 50, (batch, 5))
     with_graph = model.generate(prompt, max_new_tokens=new_tokens, cuda_graph=True)
     assert graph.graph.replays == new_tokens - 1  # the last token needs no step
     assert torch.equal(with_graph, model.generate(prompt, new_tokens, cuda_graph=False))
+    for cache in graph.kv_caches:  # host and device positions agree: prompt + steps
+        assert cache.length == int(cache.filled) == 5 + new_tokens - 1
+
+
+@pytest.mark.parametrize("name", ["attention", "zamba_micro"])
+def test_static_kv_cache_steps_give_the_eager_logits(name):
+    """The graph-capturable step (position on the device, the whole buffer under a mask, GQA)
+    computes what the eager step computes, token after token, in float64; Zamba's states nest
+    a KV cache and an SSM state per layer."""
+    if name == "attention":
+        model = tiny_lm("attention")  # 4 query heads, 2 kv heads
+    else:
+        torch.manual_seed(0)
+        model = mambaverse.create_model(name).double().eval()
+    vocab = model.vocab_size
+    prompt = torch.randint(0, vocab, (2, 4))
+    eager = model.allocate_state(2, 12)
+    static = model.allocate_state(2, 12)
+    static_caches = [p for p in state_parts(static) if isinstance(p, KVCache)]
+    for cache in static_caches:
+        cache.static = True
+    with torch.inference_mode():
+        torch.testing.assert_close(model(prompt, static), model(prompt, eager))
+        for _ in range(8):
+            token = torch.randint(0, vocab, (2,))
+            torch.testing.assert_close(model.step(token, static), model.step(token, eager))
+    eager_caches = [p for p in state_parts(eager) if isinstance(p, KVCache)]
+    assert len(static_caches) == len(eager_caches) > 0
+    assert all(c.length == int(c.filled) == 12 for c in static_caches)
+    assert all(c.length == 12 for c in eager_caches)
+    with pytest.raises(ValueError, match="exceed its max_seqlen 12"):
+        model.step(torch.zeros(2, dtype=torch.long), static)
+
+
+def test_a_full_graph_cache_refuses_the_step_before_replaying():
+    model = tiny_lm("attention", dtype=torch.float32)
+    graph = stand_in_graph(model, 1)
+    graph.reset()
+    for cache in graph.kv_caches:
+        cache.length = cache.max_seqlen
+    with pytest.raises(ValueError, match="exceed its max_seqlen 256"):
+        graph.step(torch.zeros(1, dtype=torch.long))
+    assert graph.graph.replays == 0
+
+
+def test_kv_capacity_rounds_up_and_is_zero_without_attention():
+    assert kv_capacity(tiny_lm("mamba"), 5000) == 0
+    attention = tiny_lm("attention")
+    assert kv_capacity(attention, 1) == KV_CAPACITY_STEP
+    assert kv_capacity(attention, KV_CAPACITY_STEP + 1) == 2 * KV_CAPACITY_STEP
 
 
 # -- on the GPU ----------------------------------------------------------------------------------
@@ -114,28 +186,40 @@ def test_graph_logits_equal_eager_steps_and_moved_weights_are_captured_anew():
 
 @pytest.mark.gpu
 @needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize(
-    "name, overrides, reason",
+    "name, overrides",
     [
-        ("attention", None, "keeps a KVCache"),
-        (  # Jamba's MoE routing without attention: torch.where waits for the GPU
-            "jamba_micro",
-            {"layers": "mmmm", "mixer_config": {"mamba": {"d_state": 8}}},
-            "synchronises with the host",
-        ),
+        ("attention", None),  # a Transformer: every layer a static KV cache
+        ("zamba_micro", {}),  # Mamba layers and a shared attention block (nested states)
     ],
 )
-def test_models_a_graph_cannot_hold_decode_eagerly(name, overrides, reason, monkeypatch):
+def test_kv_cache_models_graph_decode_to_the_eager_tokens(name, overrides, dtype, monkeypatch):
     torch.manual_seed(0)
+    # torch SDPA, as the benchmark's Transformer (Triton's tl.dot needs head_dim >= 16).
+    monkeypatch.setenv("MAMBAVERSE_KERNELS", "attention=sdpa")
     if name == "attention":
-        # torch SDPA, as the benchmark's Transformer (Triton's tl.dot needs head_dim >= 16).
-        monkeypatch.setenv("MAMBAVERSE_KERNELS", "attention=sdpa")
-        model = tiny_lm("attention", dtype=torch.float32)
+        model = tiny_lm("attention", dtype=dtype)
     else:
-        model = mambaverse.create_model(name, **overrides).eval()
+        model = mambaverse.create_model(name, **overrides).eval().to(dtype)
     model = model.cuda()
+    for length in (5, 300):  # two capacities: 256 and 512 tokens
+        prompt = torch.randint(0, 50, (2, length), device="cuda")
+        eager = model.generate(prompt, max_new_tokens=12, cuda_graph=False)
+        assert torch.equal(model.generate(prompt, max_new_tokens=12), eager)  # None: eager
+        assert torch.equal(model.generate(prompt, max_new_tokens=12, cuda_graph=True), eager)
+    clear_decode_graphs(model)
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_models_a_graph_cannot_hold_decode_eagerly():
+    # Jamba's MoE routing without attention: torch.where waits for the GPU.
+    torch.manual_seed(0)
+    overrides = {"layers": "mmmm", "mixer_config": {"mamba": {"d_state": 8}}}
+    model = mambaverse.create_model("jamba_micro", **overrides).eval().cuda()
     prompt = torch.randint(0, 50, (2, 5), device="cuda")
     eager = model.generate(prompt, max_new_tokens=8, cuda_graph=False)
     assert torch.equal(model.generate(prompt, max_new_tokens=8), eager)
-    with pytest.raises(GraphUnsupportedError, match=reason):
+    with pytest.raises(GraphUnsupportedError, match="synchronises with the host"):
         model.generate(prompt, max_new_tokens=8, cuda_graph=True)
