@@ -209,11 +209,11 @@ def bench_selective_scan(copy_gbs: float, quick: bool) -> list[Row]:
                 with torch.no_grad():
                     peers["loop"] = wall_ms(lambda args=args: _ss_loop(*args))
                 peers.update({f"reference {p}": times["reference", p] for p in n_bytes})
-                rows += [
-                    Row("selective_scan", shape, p, "reference", t, n_bytes[p] / t / 1e6, "GB/s")
-                    for p in n_bytes
-                    for t in [times["reference", p]]
-                ]
+                for pass_, n in n_bytes.items():
+                    t = times["reference", pass_]
+                    rows.append(
+                        Row("selective_scan", shape, pass_, "reference", t, n / t / 1e6, "GB/s")
+                    )
                 loop_ms = peers["loop"]
                 rows.append(
                     Row("selective_scan", shape, "fwd", "torch loop", loop_ms,

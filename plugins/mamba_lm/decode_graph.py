@@ -69,10 +69,10 @@ class DecodeGraph:
     input_ids: torch.Tensor
     state: list[Any]
     logits: torch.Tensor
+    kv_caches: list[KVCache] = dataclasses.field(init=False)  # the state's, found once
 
-    @property
-    def kv_caches(self) -> list[KVCache]:
-        return [part for part in state_parts(self.state) if isinstance(part, KVCache)]
+    def __post_init__(self) -> None:
+        self.kv_caches = [part for part in state_parts(self.state) if isinstance(part, KVCache)]
 
     @torch.inference_mode()
     def step(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -114,11 +114,16 @@ def state_parts(state: Any) -> list[Any]:
     return [state]
 
 
+def uses_kv_cache(model: nn.Module) -> bool:
+    """Whether the model has attention mixers, whose decoding state is a KV cache."""
+    return any(isinstance(module, Attention) for module in model.modules())
+
+
 def kv_capacity(model: nn.Module, max_seqlen: int) -> int:
     """The tokens a graph's KV caches hold for sequences of ``max_seqlen``: 0 for a model
     without attention mixers, else ``max_seqlen`` rounded up to a multiple of
     :data:`KV_CAPACITY_STEP`."""
-    if not any(isinstance(module, Attention) for module in model.modules()):
+    if not uses_kv_cache(model):
         return 0
     return -(-max(max_seqlen, 1) // KV_CAPACITY_STEP) * KV_CAPACITY_STEP
 

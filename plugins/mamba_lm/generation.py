@@ -27,7 +27,7 @@ from .decode_graph import (
     GraphUnsupportedError,
     decode_graph,
     device_refusal,
-    kv_capacity,
+    uses_kv_cache,
 )
 from .sampling import check_sampling, next_token
 
@@ -120,7 +120,7 @@ def _decode_graph(
     max_seqlen: int,
 ) -> DecodeGraph | None:
     """The captured step to decode with, or None for eager steps (see ``generate``)."""
-    if cuda_graph is False or (cuda_graph is None and kv_capacity(model, 1)):
+    if cuda_graph is False or (cuda_graph is None and uses_kv_cache(model)):
         return None
     refusal = device_refusal(device)
     if refusal is None and not needed:  # no step to take: nothing worth capturing

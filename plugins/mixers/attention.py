@@ -34,7 +34,8 @@ class KVCache:
     of which the first ``length`` positions are filled.
 
     static: decoding steps read their position from ``filled`` ((1,) int64 on the buffers'
-    device, kept equal to ``length``) and never from the host (see the module docstring).
+    device, kept equal to ``length`` while static) and never from the host (see the module
+    docstring).
     """
 
     keys: torch.Tensor
