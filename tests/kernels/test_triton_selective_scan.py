@@ -78,6 +78,14 @@ def check(inputs, dtype, softplus=True, tol=None, label="", channels_last=False)
     assert y.dtype == dtype and last.dtype == torch.float32
     assert (y.stride(1) == 1) == channels_last, y.stride()
     errors = {"y": rel_err(y, y_ref), "last_state": rel_err(last, last_ref)}
+    with torch.no_grad():  # the inference kernel
+        y_inf, last_inf = kernels.selective_scan(
+            *args, delta_softplus=softplus, return_last_state=True
+        )
+    assert y_inf.dtype == dtype and (y_inf.stride(1) == 1) == channels_last
+    errors.update(
+        {"y (inference)": rel_err(y_inf, y_ref), "last (inference)": rel_err(last_inf, last_ref)}
+    )
 
     # Seeded: bf16 rounds the upstream gradient too, and at the tiny interpreted sizes an
     # unlucky draw of it moves the relative errors by a factor of 2-3.
@@ -135,6 +143,12 @@ VARIANTS = {  # name -> LaunchConfig fields set on both passes (the backward's d
 }
 
 
+INFERENCE_VARIANTS = {  # LaunchConfig of the inference kernel, with each backward variant
+    "one segment, atomic dB dC": kernels.LaunchConfig(block_d=1, chunk=4, warps=1),
+    "one segment, dB dC partial sums": kernels.LaunchConfig(block_d=4, chunk=32, warps=1),
+}
+
+
 @pytest.fixture(params=list(VARIANTS))
 def variant(request, monkeypatch):
     """Run the kernels with every way of splitting time and of summing ∂L/∂B, ∂L/∂C."""
@@ -143,6 +157,10 @@ def variant(request, monkeypatch):
     fwd = dataclasses.replace(fwd, **{k: v for k, v in fields.items() if k != "bc_partials"})
     bwd = dataclasses.replace(bwd, **fields)
     monkeypatch.setattr(kernels, "_configs", lambda: (fwd, bwd))
+    if request.param in INFERENCE_VARIANTS:  # a channel per program; a chunk past the sequence
+        inference = INFERENCE_VARIANTS[request.param]
+        monkeypatch.setattr(kernels, "INTERPRETED_INFERENCE", inference)
+        monkeypatch.setattr(kernels, "INFERENCE", inference)
     return request.param, bwd
 
 
