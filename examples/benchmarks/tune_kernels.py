@@ -44,6 +44,7 @@ def selective_scan_jobs() -> list[tuple[str, Callable[[], list[torch.Tensor]]]]:
     batch, dim, dstate = 4, 1536, 16
     forward = [(4, 8, 1), (4, 16, 1), (8, 8, 1), (2, 16, 1), (4, 4, 1), (8, 16, 1), (16, 8, 2)]
     backward = [(4, 8, 1), (4, 4, 1), (8, 8, 1), (2, 8, 1), (4, 16, 1), (8, 4, 1), (2, 4, 1)]
+    inference = [(2, 128, 1), (4, 128, 1), (2, 256, 1), (4, 256, 2), (1, 128, 1), (2, 64, 1)]
     for length in (2048, 16384):
         gen = torch.Generator(device="cuda").manual_seed(0)
 
@@ -74,6 +75,15 @@ def selective_scan_jobs() -> list[tuple[str, Callable[[], list[torch.Tensor]]]]:
                 return lambda: ss._launch_forward(*args, True, False, False, cfg, cfg.chunk)[0]
 
             jobs.append((f"ss fwd l{length} {cfg}", fwd))
+        for block_d, chunk, warps in inference:
+            cfg = ss.LaunchConfig(block_d, chunk, warps)
+
+            def infer(cfg=cfg, get=get):
+                x = get()
+                args = [x[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
+                return lambda: ss._launch_inference(*args, True, False, cfg)[0]
+
+            jobs.append((f"ss inference l{length} {cfg}", infer))
         for block_d, chunk, warps in backward:
             cfg = ss.LaunchConfig(block_d, chunk, warps)
 

@@ -93,7 +93,8 @@ class LaunchConfig:
 # Chosen on an H100 with examples/benchmarks/tune_kernels.py and the third session's A/B of the
 # dB / dC sums (docs/kernels_notes.md).
 FORWARD = LaunchConfig(block_d=8, chunk=8, warps=1)
-# Without gradients (docs/kernels_notes.md v7): channels per program, time steps per parallel scan.
+# Without gradients: channels per program, time steps per parallel scan (tune_kernels.py, "ss
+# inference" rows; docs/kernels_notes.md v7).
 INFERENCE = LaunchConfig(block_d=2, chunk=256, warps=1)
 BACKWARD = LaunchConfig(block_d=8, chunk=8, warps=1, bc_partials=True)
 # The interpreter runs every element in Python: small tiles, several chunks even at tiny lengths.
@@ -662,7 +663,7 @@ def _launch_inference(
     d_per_group = dim // B4.shape[1]
     y = empty_like_sequence(u)
     f32 = {"device": u.device, "dtype": torch.float32}
-    last = torch.zeros((batch, dim, dstate), **f32) if store_last else y
+    last = torch.empty((batch, dim, dstate), **f32) if store_last else y  # every row written
     block_d = _block_d(config, d_per_group)
     _selective_scan_inference[(triton.cdiv(dim, block_d), batch)](
         u, delta, A, B4, C4, _or(D, u), _or(z, u), _or(delta_bias, u), y, last,
