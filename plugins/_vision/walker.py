@@ -37,19 +37,7 @@ class Walker:
         self, tokens: torch.Tensor, grid: tuple[int, int], cls_index: int | None = None
     ) -> torch.Tensor:
         """tokens (B, L, C) -> sequences (B, K, L_walk [+1 with a class token], C)."""
-        H, W = grid
-        cells, cls = split_class_token(tokens, cls_index)
-        sequences = self.flatten(cells.reshape(cells.shape[0], H, W, -1), **self.options)
-        if cls is None:
-            return sequences
-        steps = self.class_token_steps(H, W, cls_index)
-        return torch.stack(
-            [
-                torch.cat([seq[:, :step], cls[:, None], seq[:, step:]], dim=1)
-                for seq, step in zip(sequences.unbind(1), steps)
-            ],
-            dim=1,
-        )
+        return _walk(self.flatten, _key(self.options), tokens, grid, cls_index)
 
     def unwalk(
         self,
@@ -77,6 +65,23 @@ class Walker:
             cells = cells / self.coverage(H, W, cells.device, cells.dtype)
             cls = None if cls is None else cls / self.num_walks
         return join_class_token(cells, cls, cls_index)
+
+    def token_orders(
+        self,
+        grid: tuple[int, int],
+        cls_index: int | None,
+        device: torch.device,
+        steps_multiple_of: int = 1,
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """When every walk visits every token (class token included) exactly once: ``(order,
+        inverse)`` on ``device``, order (K, S) and inverse (K, L), with ``walk(tokens)[:, k, t] ==
+        tokens[:, order[k, t]]`` and ``order[k, inverse[k, i]] == i``: walking is then one gather,
+        and unwalking one gather and a sum over k. S = L rounded up to ``steps_multiple_of``: the
+        steps past L revisit token 0 (after every real step, so a causal scan's outputs there
+        change nothing and are never gathered back). None when a walk pads or repeats (atrous)."""
+        return _token_orders(
+            self.flatten, _key(self.options), *grid, cls_index, device, steps_multiple_of
+        )
 
     # -- cached facts about a grid -------------------------------------------------------------
     def class_token_steps(self, height: int, width: int, cls_index: int) -> tuple[int, ...]:
@@ -143,3 +148,44 @@ def _coverage(flatten, merge, options: tuple, height: int, width: int) -> torch.
     ones = torch.ones(1, height, width, 1)
     counts = merge(flatten(ones, **dict(options)), height, width, **dict(options))
     return counts.reshape(height * width, 1).clamp(min=1)
+
+
+def _walk(
+    flatten, options: tuple, tokens: torch.Tensor, grid: tuple[int, int], cls_index: int | None
+) -> torch.Tensor:
+    H, W = grid
+    cells, cls = split_class_token(tokens, cls_index)
+    sequences = flatten(cells.reshape(cells.shape[0], H, W, -1), **dict(options))
+    if cls is None:
+        return sequences
+    steps = _class_token_steps(flatten, options, H, W, cls_index)
+    return torch.stack(
+        [
+            torch.cat([seq[:, :step], cls[:, None], seq[:, step:]], dim=1)
+            for seq, step in zip(sequences.unbind(1), steps)
+        ],
+        dim=1,
+    )
+
+
+@lru_cache(maxsize=256)
+@torch.inference_mode(False)
+def _token_orders(
+    flatten,
+    options: tuple,
+    height: int,
+    width: int,
+    cls_index: int | None,
+    device: torch.device,
+    steps_multiple_of: int,
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    # The tokens' own numbers through the general walk, from 1 so that padding reads as 0.
+    tokens = height * width + (cls_index is not None)
+    numbers = torch.arange(1, tokens + 1, dtype=torch.float64).view(1, tokens, 1)
+    order = _walk(flatten, options, numbers, (height, width), cls_index)[0, :, :, 0].long() - 1
+    if order.shape[1] != tokens or not (order.sort(dim=1).values == torch.arange(tokens)).all():
+        return None
+    inverse = order.argsort(dim=1)
+    steps = -(-tokens // steps_multiple_of) * steps_multiple_of
+    order = torch.nn.functional.pad(order, (0, steps - tokens))  # extra steps visit token 0
+    return order.to(device), inverse.to(device)

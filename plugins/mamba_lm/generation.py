@@ -27,7 +27,6 @@ from .decode_graph import (
     GraphUnsupportedError,
     decode_graph,
     device_refusal,
-    uses_kv_cache,
 )
 from .sampling import check_sampling, next_token
 
@@ -62,11 +61,9 @@ def generate(
     generator: random source for reproducible sampling.
 
     cuda_graph: decode with one captured CUDA graph per step (:mod:`.decode_graph`): same
-    tokens, fewer kernel launches. None = when it can and the model has no attention layers
-    (the model on CUDA, SSM states only, a step that never waits for the GPU), else eagerly.
-    True = also with attention layers (static KV caches; not yet checked on a GPU, hence not
-    the default), raising :class:`GraphUnsupportedError` (a ConfigError) that says why when it
-    cannot. False = eager.
+    tokens, fewer kernel launches. None = when it can (the model on CUDA, fixed-size states:
+    SSM states or static KV caches, a step that never waits for the GPU), else eagerly. True =
+    a graph or :class:`GraphUnsupportedError` (a ConfigError) saying why not. False = eager.
     """
     if input_ids.dim() != 2 or input_ids.shape[1] == 0:
         raise ValueError(
@@ -120,7 +117,7 @@ def _decode_graph(
     max_seqlen: int,
 ) -> DecodeGraph | None:
     """The captured step to decode with, or None for eager steps (see ``generate``)."""
-    if cuda_graph is False or (cuda_graph is None and uses_kv_cache(model)):
+    if cuda_graph is False:
         return None
     refusal = device_refusal(device)
     if refusal is None and not needed:  # no step to take: nothing worth capturing

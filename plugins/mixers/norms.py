@@ -10,7 +10,12 @@ from mambaverse.errors import unknown_name
 
 
 class RMSNorm(nn.Module):
-    """y = x / sqrt(mean(x², last dim) + eps) * weight, computed in float32 (at least)."""
+    """y = x / sqrt(mean(x², last dim) + eps) * weight, computed in float32 (at least).
+
+    When x and weight share a dtype this is ``torch.rms_norm`` (one fused kernel on CUDA,
+    forward and backward; the weight multiplies in float32 before the cast, as mamba_ssm's
+    Triton RMSNorm); a float32 residual stream against half weights keeps the float32 result.
+    """
 
     def __init__(self, dim: int, eps: float = 1e-5) -> None:
         super().__init__()
@@ -18,6 +23,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == self.weight.dtype:
+            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
         return _rms(x, self.eps, group_size=x.shape[-1]) * self.weight
 
     def extra_repr(self) -> str:

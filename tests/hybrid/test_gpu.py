@@ -14,6 +14,7 @@ from .test_hf_parity import CASES, PARAMS, relative_error
 
 pytestmark = [
     pytest.mark.gpu,
+    pytest.mark.usefixtures("exact_torch_float32"),
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
 ]
 
@@ -28,15 +29,6 @@ WIDER = {
     "bamba": {"hidden_size": 32, "mamba_n_heads": 4, "mamba_d_state": 16, "mamba_chunk_size": 16},
     "zamba2": {"hidden_size": 32, "n_mamba_heads": 4, "mamba_d_state": 16, "chunk_size": 16},
 }
-
-
-@pytest.fixture(autouse=True)
-def _exact_torch_float32():
-    # The reference side must not use TF32 itself, or it would blur the comparison.
-    previous = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    yield
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = previous
 
 
 @pytest.mark.parametrize(("model_type", "case"), PARAMS)

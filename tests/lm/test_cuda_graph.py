@@ -13,6 +13,7 @@ import torch
 import mambaverse
 from mambaverse.plugins.mamba_lm import generation
 from mambaverse.plugins.mamba_lm.decode_graph import (
+    _CACHE,
     KV_CAPACITY_STEP,
     DecodeGraph,
     GraphUnsupportedError,
@@ -72,8 +73,11 @@ def stand_in_graph(model, batch: int, max_seqlen: int = 1) -> DecodeGraph:
     return graph
 
 
+@pytest.mark.parametrize("cuda_graph", [True, None])
 @pytest.mark.parametrize("mixer", ["mamba", "mamba2", "attention"])
-def test_generate_prefills_into_the_graph_state_and_replays_once_per_step(mixer, monkeypatch):
+def test_generate_prefills_into_the_graph_state_and_replays_once_per_step(
+    mixer, cuda_graph, monkeypatch
+):
     model = tiny_lm(mixer, dtype=torch.float32)
     batch, new_tokens = 2, 6
     graph = stand_in_graph(model, batch, max_seqlen=5 + new_tokens)
@@ -88,8 +92,10 @@ def test_generate_prefills_into_the_graph_state_and_replays_once_per_step(mixer,
     monkeypatch.setattr(generation, "decode_graph", lambda model, batch, device, length: graph)
 
     prompt = torch.randint(0, 50, (batch, 5))
-    with_graph = model.generate(prompt, max_new_tokens=new_tokens, cuda_graph=True)
-    assert graph.graph.replays == new_tokens - 1  # the last token needs no step
+    with_graph = model.generate(prompt, max_new_tokens=new_tokens, cuda_graph=cuda_graph)
+    assert (
+        graph.graph.replays == new_tokens - 1
+    )  # None too: attention layers included  # the last token needs no step
     assert torch.equal(with_graph, model.generate(prompt, new_tokens, cuda_graph=False))
     for cache in graph.kv_caches:  # host and device positions agree: prompt + steps
         assert cache.length == int(cache.filled) == 5 + new_tokens - 1
@@ -203,10 +209,11 @@ def test_kv_cache_models_graph_decode_to_the_eager_tokens(name, overrides, dtype
     else:
         model = mambaverse.create_model(name, **overrides).eval().to(dtype)
     model = model.cuda()
-    for length in (5, 300):  # two capacities: 256 and 512 tokens
+    for captured, length in enumerate((5, 300), start=1):  # capacities of 256 and 512 tokens
         prompt = torch.randint(0, 50, (2, length), device="cuda")
         eager = model.generate(prompt, max_new_tokens=12, cuda_graph=False)
-        assert torch.equal(model.generate(prompt, max_new_tokens=12), eager)  # None: eager
+        assert torch.equal(model.generate(prompt, max_new_tokens=12), eager)  # None: a graph
+        assert len(_CACHE[model].graphs) == captured
         assert torch.equal(model.generate(prompt, max_new_tokens=12, cuda_graph=True), eager)
     clear_decode_graphs(model)
 

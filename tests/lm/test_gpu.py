@@ -17,6 +17,7 @@ from .test_hf_parity import MAMBA_CASES, relative_error
 
 pytestmark = [
     pytest.mark.gpu,
+    pytest.mark.usefixtures("exact_torch_float32"),
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
 ]
 
@@ -59,15 +60,6 @@ CASES = {
 }
 # Triton's fp32 dot products use TF32 (10-bit mantissa) inside the chunked scans.
 FLOAT32_TOLERANCE = 2e-3
-
-
-@pytest.fixture(autouse=True)
-def _exact_torch_float32():
-    # The reference side must not use TF32 itself, or it would blur the comparison.
-    previous = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    yield
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = previous
 
 
 def cpu_and_gpu_models(case: str, tmp_path, seed: int = 0):

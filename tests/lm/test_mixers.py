@@ -1,5 +1,5 @@
 """The mixers on their own: config and shape errors, initialisation, and independent references
-(transformers' Llama attention and MLP, timm's MLP, torch's RMSNorm)."""
+(transformers' Llama attention and MLP, timm's MLP, the RMSNorm formula)."""
 
 from __future__ import annotations
 
@@ -231,13 +231,22 @@ def test_swiglu_default_width_keeps_the_gelu_parameter_count_rounded_up():
     assert mambaverse.create_mixer("mlp", 100, activation="swiglu").hidden_dim == 384
 
 
-def test_rmsnorm_matches_torch():
-    x = torch.randn(3, 5, 16)
-    ours, reference = RMSNorm(16, eps=1e-6), torch.nn.RMSNorm(16, eps=1e-6)
+def test_rmsnorm_computes_its_formula_with_shared_or_mixed_dtypes():
+    """Input and weight of one dtype take torch's fused rms_norm; a float32 residual stream
+    against bfloat16 weights takes the float32 path and stays float32."""
+    x = torch.randn(3, 5, 16, dtype=torch.float64)
+    norm = RMSNorm(16, eps=1e-6).double()
     with torch.no_grad():
-        ours.weight.normal_()
-        reference.weight.copy_(ours.weight)
-    torch.testing.assert_close(ours(x), reference(x))
+        norm.weight.normal_()
+
+    def formula(weight: torch.Tensor) -> torch.Tensor:
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * weight.double()
+
+    torch.testing.assert_close(norm(x), formula(norm.weight), rtol=1e-12, atol=1e-12)
+    norm = norm.bfloat16()
+    mixed = norm(x.float())
+    assert mixed.dtype == torch.float32
+    torch.testing.assert_close(mixed.double(), formula(norm.weight), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("norm_before_gate", [False, True])

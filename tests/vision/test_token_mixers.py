@@ -81,6 +81,51 @@ def test_causal_scan_is_exactly_the_mamba_mixer():
     assert close(on_grid(tokens, (3, 5)), plain(tokens))
 
 
+@pytest.mark.parametrize(
+    ("scan", "options", "grid", "with_cls"),
+    [("bidirectional", VIM, (3, 4), True), ("cross2d", VMAMBA, (4, 3), False)],
+)
+def test_permutation_scans_run_as_one_stacked_scan_with_the_walkers_gradients(
+    scan, options, grid, with_cls
+):
+    """Scans whose walks visit every token once take one gather and one stacked scan (its
+    sequences padded from 13 or 12 to 16 steps); values and all gradients equal the per-walk
+    path (walk, K SSMs, unwalk) on the same weights."""
+    mixer = build_grid_mixer(8, scan, "mamba", mamba_options=options).double()
+    cls_index = grid[0] * grid[1] // 2 if with_cls else None
+    tokens = torch.randn(2, grid[0] * grid[1] + with_cls, 8, dtype=torch.float64)
+    orders = mixer.walker.token_orders(grid, cls_index, tokens.device)
+    assert orders is not None
+    order, inverse = orders
+    walked = mixer.walker.walk(tokens, grid, cls_index)
+    assert torch.equal(walked, tokens[:, order])
+    assert torch.equal(order.gather(1, inverse), torch.arange(tokens.shape[1]).expand_as(order))
+    padded, same_inverse = mixer.walker.token_orders(grid, cls_index, tokens.device, 16)
+    assert padded.shape == (order.shape[0], 16) and torch.equal(same_inverse, inverse)
+    assert torch.equal(padded[:, : order.shape[1]], order) and not padded[:, order.shape[1] :].any()
+
+    def run(permuted: bool) -> list[torch.Tensor]:
+        mixer.zero_grad()
+        x = tokens.clone().requires_grad_()
+        if permuted:
+            out = mixer(x, grid, cls_index)
+        else:
+            mixer.walker.token_orders = lambda *args: None  # the general path
+            out = mixer(x, grid, cls_index)
+            del mixer.walker.token_orders
+        out.backward(torch.randn_like(out, generator=torch.Generator().manual_seed(1)))
+        return [out.detach(), x.grad, *(p.grad.clone() for p in mixer.parameters())]
+
+    for fast, general in zip(run(True), run(False), strict=True):
+        assert close(fast, general)
+
+
+def test_padded_walks_keep_the_general_path():
+    walker = build_grid_mixer(8, "atrous", "mamba", {"step": 2}, mamba_options=EVMAMBA).walker
+    assert walker.token_orders((4, 6), None, torch.device("cpu")) is None
+    assert walker.token_orders((3, 3), 4, torch.device("cpu")) is None
+
+
 def test_other_token_mixers_run_along_every_walk_and_average():
     mixer = build_grid_mixer(8, "cross2d", "attention", mixer_config={"num_heads": 2}).double()
     attention = mixer.mixer
