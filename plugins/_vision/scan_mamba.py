@@ -131,26 +131,19 @@ class ScanMamba(nn.Module):
         self, tokens: torch.Tensor, grid: tuple[int, int], cls_index: int | None = None
     ) -> torch.Tensor:
         with kernel_scope(self.kernels):
-            xz = self.in_proj(tokens)
-            x, z = xz.chunk(2, dim=-1) if self.gate else (xz, None)
-            if self.conv2d is not None:
-                x = F.silu(self._conv_grid(x, grid, cls_index))
-            orders = self.walker.token_orders(grid, cls_index, x.device, SCAN_STEPS_MULTIPLE)
+            orders = self.walker.token_orders(grid, cls_index, tokens.device, SCAN_STEPS_MULTIPLE)
             if orders is None:
-                y = self._scan_walks(x, grid, cls_index)
-            else:
-                y = self._scan_permutations(x, *orders)
-            y = y.to(tokens.dtype)
-            if self.out_norm is not None:
-                y = self.out_norm(y)
-            if z is not None:
-                y = y * F.silu(z)
-            return self.out_proj(y)
+                return self._forward_walks(tokens, grid, cls_index)
+            return self._forward_stacked(tokens, grid, cls_index, *orders)
 
-    def _scan_walks(
-        self, x: torch.Tensor, grid: tuple[int, int], cls_index: int | None
+    def _forward_walks(
+        self, tokens: torch.Tensor, grid: tuple[int, int], cls_index: int | None
     ) -> torch.Tensor:
-        """(B, L, d_inner) -> (B, L, d_inner) through the walker: any scan (padding, repeats)."""
+        """Any scan (padding, repeats): through the walker, one SSM call per walk, on (B, L, C)."""
+        xz = self.in_proj(tokens)
+        x, z = xz.chunk(2, dim=-1) if self.gate else (xz, None)
+        if self.conv2d is not None:
+            x = F.silu(self._conv_grid(x.transpose(1, 2), grid, cls_index)).transpose(1, 2)
         walks = self.walker.walk(x, grid, cls_index)  # (B, K, L_walk, d_inner)
         y = torch.stack(
             [
@@ -159,32 +152,77 @@ class ScanMamba(nn.Module):
             ],
             dim=1,
         )
-        return self.walker.unwalk(y, grid, cls_index, average=self.divide_out)
+        y = self.walker.unwalk(y, grid, cls_index, average=self.divide_out)
+        return self._project_out(y.to(tokens.dtype), z, channel_dim=-1)
 
-    def _scan_permutations(
-        self, x: torch.Tensor, order: torch.Tensor, inverse: torch.Tensor
+    def _forward_stacked(
+        self,
+        tokens: torch.Tensor,
+        grid: tuple[int, int],
+        cls_index: int | None,
+        order: torch.Tensor,
+        inverse: torch.Tensor,
     ) -> torch.Tensor:
-        """(B, L, d_inner) -> (B, L, d_inner) when each walk visits each token once (Vim's, VMamba's
-        scans): one gather into the walks, the K SSMs as one scan, one gather back. Same function
-        as :meth:`_scan_walks`, without its per-walk slicing, concatenation and stacking."""
-        (K, steps), (batch, L, d) = order.shape, x.shape
-        # walks[b, k, c, t] = x[b, order[k, t], c]: each walk's channels, time-contiguous.
+        """When each walk visits each token once (Vim's, VMamba's scans): one gather into the
+        walks, the K SSMs as one scan, one gather back — the function of :meth:`_forward_walks`
+        without its per-walk slicing, concatenation and stacking. Channels-major (B, C, L)
+        throughout, so that both gathers move contiguous rows; in and out projections are plain
+        GEMMs on the channels-outermost storage."""
+        xz = _linear_to_channels(self.in_proj, tokens)  # (B, d_inner [× 2], L)
+        x, z = xz.chunk(2, dim=1) if self.gate else (xz, None)
+        if self.conv2d is not None:
+            x = F.silu(self._conv_grid(x, grid, cls_index))
+        (K, steps), (batch, d, L) = order.shape, x.shape
+        # walks[b, k, c, t] = x[b, c, order[k, t]]
         walks = torch.gather(
-            x.transpose(1, 2)[:, None].expand(batch, K, d, L),
-            3,
-            order[None, :, None].expand(batch, K, d, steps),
+            x[:, None].expand(batch, K, d, L), 3, order[None, :, None].expand(batch, K, d, steps)
         )
         y = selective_ssms(self.ssms, walks.flatten(1, 2)).view(batch, K, d, steps)
-        # Token i is step inverse[k, i] of walk k: picked (B, L, K, d).
-        picked = y.permute(0, 3, 1, 2)[:, inverse.T, torch.arange(K, device=x.device)]
-        return picked.mean(2) if self.divide_out else picked.sum(2)
+        # Token i is step inverse[k, i] of walk k.
+        y = torch.gather(y, 3, inverse[None, :, None].expand(batch, K, d, L))  # (B, K, d, L)
+        y = y.mean(1) if self.divide_out else y.sum(1)
+        return self._project_out(y.to(tokens.dtype), z, channel_dim=1)
+
+    def _project_out(
+        self, y: torch.Tensor, z: torch.Tensor | None, channel_dim: int
+    ) -> torch.Tensor:
+        """out_proj(out_norm(y) · silu(z)) -> (B, L, dim); y and z hold their channels on
+        ``channel_dim`` (-1: (B, L, d_inner), 1: (B, d_inner, L))."""
+        if self.out_norm is not None:
+            y = self.out_norm(y.movedim(channel_dim, -1)).movedim(-1, channel_dim)
+        if z is not None:
+            y = F.silu(z) * y  # z's layout first: the product takes it (channels-outermost)
+        if channel_dim == -1:
+            return self.out_proj(y)
+        return _linear_from_channels(self.out_proj, y)
 
     def _conv_grid(
         self, x: torch.Tensor, grid: tuple[int, int], cls_index: int | None
     ) -> torch.Tensor:
-        """The depthwise 2-D conv over the grid's cells; a class token has no cell and skips it."""
-        cells, cls = split_class_token(x, cls_index)
+        """The depthwise 2-D conv over the grid's cells of x (B, d_inner, L); a class token has
+        no cell and skips it."""
+        cells, cls = split_class_token(x.transpose(1, 2), cls_index)  # (B, H·W, d_inner)
         B, (H, W) = x.shape[0], grid
-        maps = cells.reshape(B, H, W, -1).permute(0, 3, 1, 2)  # (B, d_inner, H, W)
-        cells = self.conv2d(maps).permute(0, 2, 3, 1).reshape(B, H * W, -1)
-        return join_class_token(cells, cls, cls_index)
+        maps = self.conv2d(cells.transpose(1, 2).reshape(B, -1, H, W))  # (B, d_inner, H, W)
+        return join_class_token(maps.flatten(2).transpose(1, 2), cls, cls_index).transpose(1, 2)
+
+
+def _linear_to_channels(linear: nn.Linear, tokens: torch.Tensor) -> torch.Tensor:
+    """``linear`` on tokens (B, L, C_in) -> (B, C_out, L), stored channels-outermost ((C_out, B,
+    L) in memory): one plain GEMM, and every (batch, channel) row of L contiguous. (A batched GEMM
+    with the weight broadcast over B gives the same layout, but cuBLAS ran it 3-5x slower.)"""
+    batch, length, _ = tokens.shape
+    rows = tokens.reshape(batch * length, -1).T  # (C_in, B·L)
+    if linear.bias is None:
+        y = linear.weight @ rows
+    else:
+        y = torch.addmm(linear.bias[:, None], linear.weight, rows)
+    return y.view(-1, batch, length).transpose(0, 1)
+
+
+def _linear_from_channels(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """``linear`` on x (B, C_in, L) -> tokens (B, L, C_out); one plain GEMM without a copy when x
+    is stored channels-outermost, as :func:`_linear_to_channels` returns it."""
+    batch, channels, length = x.shape
+    rows = x.transpose(0, 1).reshape(channels, batch * length)  # (C_in, B·L)
+    return F.linear(rows.T, linear.weight, linear.bias).view(batch, length, -1)
