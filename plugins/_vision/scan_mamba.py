@@ -11,6 +11,11 @@ One input projection and one output projection are shared; each walk k gets its 
     y      = LayerNorm(y)                         only with out_norm (VMamba, EfficientVMamba)
     out    = out_proj(y * silu(z))                the gate only with gate=True (Vim, EfficientVMamba)
 
+When each walk visits each token exactly once (bidirectional, cross2d, causal) the K SSM paths
+run stacked: walk_k is one gather into (B, K·d_inner, L) (L padded to a multiple of
+``SCAN_STEPS_MULTIPLE``), the K SSMs one ``selective_ssms`` call (its B, C one group per walk),
+unwalk one gather back; the other scans (atrous: padded grids) take the per-walk path.
+
 Settings of the papers:
 
 - Vim ``bimamba_type="v2"``: scan "bidirectional", conv="1d" (d_conv 4), gate, divide_out
