@@ -61,7 +61,7 @@ def count_flops(
 
     counter = FlopCounterMode(display=False)
     # The stacked scan pads its sequences for aligned loads: the model's FLOPs exclude those steps.
-    no_padding = mock.patch.object(scan_mamba, "SCAN_STEPS_MULTIPLE", 1)
+    no_padding = mock.patch.dict(scan_mamba.SCAN_STEPS_MULTIPLE, clear=True)
     with (
         mock.patch.object(mamba_mixer, "selective_scan", stand_in),
         no_padding,

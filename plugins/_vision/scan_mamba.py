@@ -12,7 +12,7 @@ One input projection and one output projection are shared; each walk k gets its 
     out    = out_proj(y * silu(z))                the gate only with gate=True (Vim, EfficientVMamba)
 
 When each walk visits each token exactly once (bidirectional, cross2d, causal) the K SSM paths
-run stacked: walk_k is one gather into (B, K·d_inner, L) (L padded to a multiple of
+run stacked: walk_k is one gather into (B, K·d_inner, L) (on CUDA L padded to a multiple of
 ``SCAN_STEPS_MULTIPLE``), the K SSMs one ``selective_ssms`` call (its B, C one group per walk),
 unwalk one gather back; the other scans (atrous: padded grids) take the per-walk path.
 
@@ -43,10 +43,12 @@ from mambaverse.plugins.mixers.mamba import SelectiveSSM, selective_ssms
 from .walker import Walker, join_class_token, split_class_token
 
 CONVS = ("1d", "2d", "none")
-# The stacked scan's sequences are padded to a multiple of this many steps: rows of 4097 tokens
-# (Vim at 1024 px: 64² patches + the class token) are misaligned, and the Triton scan then loads
-# them element by element (H100: 4.7 ms per scan at batch 16 instead of ~1).
-SCAN_STEPS_MULTIPLE = 16
+# Per device type, the stacked scan's sequences are padded to a multiple of this many steps. On
+# CUDA: rows of 4097 tokens (Vim at 1024 px: 64² patches + the class token) are misaligned, and
+# the Triton scan then loads them element by element (H100: 4.7 ms per scan at batch 16 instead
+# of 0.96). Not on the CPU: the reference scan's cost grows with every step (the digits demo's
+# 17-token sequences would take 32 steps, its training 1.65x longer).
+SCAN_STEPS_MULTIPLE = {"cuda": 16}
 
 
 def ss2d_options(
@@ -136,7 +138,8 @@ class ScanMamba(nn.Module):
         self, tokens: torch.Tensor, grid: tuple[int, int], cls_index: int | None = None
     ) -> torch.Tensor:
         with kernel_scope(self.kernels):
-            orders = self.walker.token_orders(grid, cls_index, tokens.device, SCAN_STEPS_MULTIPLE)
+            multiple = SCAN_STEPS_MULTIPLE.get(tokens.device.type, 1)
+            orders = self.walker.token_orders(grid, cls_index, tokens.device, multiple)
             if orders is None:
                 return self._forward_walks(tokens, grid, cls_index)
             return self._forward_stacked(tokens, grid, cls_index, *orders)

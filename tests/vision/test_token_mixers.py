@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import mambaverse
+from mambaverse.plugins._vision import scan_mamba
 from mambaverse.plugins._vision.grid_mixer import build_grid_mixer
 
 from . import oracles
@@ -86,11 +87,12 @@ def test_causal_scan_is_exactly_the_mamba_mixer():
     [("bidirectional", VIM, (3, 4), True), ("cross2d", VMAMBA, (4, 3), False)],
 )
 def test_permutation_scans_run_as_one_stacked_scan_with_the_walkers_gradients(
-    scan, options, grid, with_cls
+    scan, options, grid, with_cls, monkeypatch
 ):
     """Scans whose walks visit every token once take one gather and one stacked scan (its
     sequences padded from 13 or 12 to 16 steps); values and all gradients equal the per-walk
     path (walk, K SSMs, unwalk) on the same weights."""
+    monkeypatch.setitem(scan_mamba.SCAN_STEPS_MULTIPLE, "cpu", 16)  # padded as on CUDA
     mixer = build_grid_mixer(8, scan, "mamba", mamba_options=options).double()
     cls_index = grid[0] * grid[1] // 2 if with_cls else None
     tokens = torch.randn(2, grid[0] * grid[1] + with_cls, 8, dtype=torch.float64)
