@@ -137,6 +137,13 @@ class ScanMamba(nn.Module):
     def forward(
         self, tokens: torch.Tensor, grid: tuple[int, int], cls_index: int | None = None
     ) -> torch.Tensor:
+        expected = grid[0] * grid[1] + (cls_index is not None)
+        if tokens.dim() != 3 or tokens.shape[1] != expected:
+            cls = " + a class token" if cls_index is not None else ""
+            raise ValueError(
+                f"scan mamba: a {grid[0]}×{grid[1]} grid{cls} is (batch, {expected}, channels) "
+                f"tokens, got {tuple(tokens.shape)}"
+            )
         with kernel_scope(self.kernels):
             multiple = SCAN_STEPS_MULTIPLE.get(tokens.device.type, 1)
             orders = self.walker.token_orders(grid, cls_index, tokens.device, multiple)
@@ -219,6 +226,8 @@ def _linear_to_channels(linear: nn.Linear, tokens: torch.Tensor) -> torch.Tensor
     """``linear`` on tokens (B, L, C_in) -> (B, C_out, L), stored channels-outermost ((C_out, B,
     L) in memory): one plain GEMM, and every (batch, channel) row of L contiguous. (A batched GEMM
     with the weight broadcast over B gives the same layout, but cuBLAS ran it 3-5x slower.)"""
+    if not _plain(linear):
+        return linear(tokens).transpose(1, 2)
     batch, length, _ = tokens.shape
     rows = tokens.reshape(batch * length, -1).T  # (C_in, B·L)
     if linear.bias is None:
@@ -231,6 +240,14 @@ def _linear_to_channels(linear: nn.Linear, tokens: torch.Tensor) -> torch.Tensor
 def _linear_from_channels(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     """``linear`` on x (B, C_in, L) -> tokens (B, L, C_out); one plain GEMM without a copy when x
     is stored channels-outermost, as :func:`_linear_to_channels` returns it."""
+    if not _plain(linear):
+        return linear(x.transpose(1, 2))
     batch, channels, length = x.shape
     rows = x.transpose(0, 1).reshape(channels, batch * length)  # (C_in, B·L)
     return F.linear(rows.T, linear.weight, linear.bias).view(batch, length, -1)
+
+
+def _plain(linear: nn.Module) -> bool:
+    """A bare ``nn.Linear`` (its weight and bias are the whole function): a subclass, a wrapped
+    layer (LoRA, quantised) or one with hooks is called as a module instead."""
+    return type(linear) is nn.Linear and not (linear._forward_hooks or linear._forward_pre_hooks)

@@ -168,8 +168,9 @@ class CobraVLM(nn.Module):
         state: constant memory per new token for SSM layers.
         cuda_graph: after the prefill of image tokens + prompt, decode each token by replaying
         one captured CUDA graph of the language model's step (mamba_lm's ``generate``): None =
-        on CUDA when it can be captured (SSM states; attention layers with static KV caches),
-        eager on the CPU; True = always (an error says why it cannot); False = eager.
+        on CUDA when it can be captured and matches eager steps (SSM states; attention layers
+        whose attention kernel is SDPA), eager on the CPU; True = always (an error says why it
+        cannot); False = eager.
         """
         device = next(self.projector.parameters()).device
         pixels = as_pixels(images, self.img_size).to(device)

@@ -21,8 +21,9 @@ A graph replays fixed kernels on fixed addresses, so a step can be captured only
   from a tensor). The warm-up steps run with ``torch.cuda.set_sync_debug_mode("error")``, so any
   such operation refuses the capture (a mixture of experts' routing does, for instance).
 
-Graphs are cached per model (weakly: they go with the model) and per batch size, device and
-kernel choice; a model whose weights moved (``.to(dtype)``, a reload) is captured anew.
+Graphs are cached per model (weakly: they go with the model) and per batch size, device, KV
+capacity and kernel choice, at most :data:`MAX_GRAPHS_PER_MODEL` per model (the least recently
+used is dropped); a model whose weights moved (``.to(dtype)``, a reload) is captured anew.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from torch import nn
 from mambaverse.dispatch import choose_kernel
 from mambaverse.errors import ConfigError, MambaverseError
 from mambaverse.plugins.mixers.attention import Attention, KVCache
+from mambaverse.plugins.mixers.base import kernel_scope
 from mambaverse.plugins.mixers.state import SSMState
 
 # Steps run before the capture: Triton compiles its kernels and cuBLAS picks its algorithms on
@@ -47,6 +49,10 @@ WARMUP_STEPS = 2
 SYNC_ERROR = "called a synchronizing CUDA operation"
 # KV caches of a graph hold a multiple of this many tokens: generations of similar lengths share one.
 KV_CAPACITY_STEP = 256
+# Graphs kept per model, least recently used dropped first: each holds its own state (for
+# attention, KV caches of its capacity) and memory pool, so varied batch sizes and lengths must
+# not pile them up.
+MAX_GRAPHS_PER_MODEL = 4
 # The ops of a decoding step whose implementation a kernel choice can change.
 DECODE_OPS = ("selective_state_update", "ssd_state_update", "causal_conv1d_update", "attention")
 
@@ -119,6 +125,21 @@ def uses_kv_cache(model: nn.Module) -> bool:
     return any(isinstance(module, Attention) for module in model.modules())
 
 
+def attends_with_sdpa(model: nn.Module, device: torch.device | str) -> bool:
+    """Whether every attention mixer of ``model`` decodes on ``device`` with torch SDPA (the
+    model's and the mixer's ``kernels``, the environment and the registry deciding, as in a step):
+    the kernel a static KV cache's step attends with, so that a graph computes what eager steps
+    compute. True for a model without attention."""
+    dtype = next(model.parameters()).dtype
+    with kernel_scope(getattr(model, "kernels", None)):
+        for module in model.modules():
+            if isinstance(module, Attention):
+                with kernel_scope(module.kernels):
+                    if choose_kernel("attention", device=device, dtype=dtype).impl != "sdpa":
+                        return False
+    return True
+
+
 def kv_capacity(model: nn.Module, max_seqlen: int) -> int:
     """The tokens a graph's KV caches hold for sequences of ``max_seqlen``: 0 for a model
     without attention mixers, else ``max_seqlen`` rounded up to a multiple of
@@ -165,9 +186,12 @@ def decode_graph(
         cached = _CACHE[model] = _ModelGraphs(weights, {})  # stale graphs are freed here
     capacity = kv_capacity(model, max_seqlen)
     key = (batch_size, device, capacity, _kernel_choices(device, weights))
-    if key not in cached.graphs:
-        cached.graphs[key] = _capture(model, batch_size, device, capacity)
-    found = cached.graphs[key]
+    found = cached.graphs.pop(key, None)
+    if found is None:
+        found = _capture(model, batch_size, device, capacity)
+    cached.graphs[key] = found  # (re)inserted last: the most recently used
+    while len(cached.graphs) > MAX_GRAPHS_PER_MODEL:
+        del cached.graphs[next(iter(cached.graphs))]
     if isinstance(found, str):
         raise GraphUnsupportedError(found)
     return found

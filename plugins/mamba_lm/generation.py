@@ -25,6 +25,7 @@ import torch
 from .decode_graph import (
     DecodeGraph,
     GraphUnsupportedError,
+    attends_with_sdpa,
     decode_graph,
     device_refusal,
 )
@@ -61,9 +62,12 @@ def generate(
     generator: random source for reproducible sampling.
 
     cuda_graph: decode with one captured CUDA graph per step (:mod:`.decode_graph`): same
-    tokens, fewer kernel launches. None = when it can (the model on CUDA, fixed-size states:
-    SSM states or static KV caches, a step that never waits for the GPU), else eagerly. True =
-    a graph or :class:`GraphUnsupportedError` (a ConfigError) saying why not. False = eager.
+    tokens, fewer kernel launches. None = when it can (the model on CUDA, fixed-size states, a
+    step that never waits for the GPU) and computes what eager steps compute: SSM states, and
+    attention layers whose chosen attention kernel is torch SDPA (a static KV cache's step
+    attends with SDPA under a mask); else eagerly. True = a graph (attention through SDPA
+    whatever the choice) or :class:`GraphUnsupportedError` (a ConfigError) saying why not.
+    False = eager.
     """
     if input_ids.dim() != 2 or input_ids.shape[1] == 0:
         raise ValueError(
@@ -117,7 +121,7 @@ def _decode_graph(
     max_seqlen: int,
 ) -> DecodeGraph | None:
     """The captured step to decode with, or None for eager steps (see ``generate``)."""
-    if cuda_graph is False:
+    if cuda_graph is False or (cuda_graph is None and not attends_with_sdpa(model, device)):
         return None
     refusal = device_refusal(device)
     if refusal is None and not needed:  # no step to take: nothing worth capturing

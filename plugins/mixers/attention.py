@@ -9,8 +9,9 @@ cache), so unlike the SSM mixers its state grows with the sequence, up to ``max_
 
 A *static* cache (``KVCache.static``, set by the CUDA-graph decoder) keeps the number of filled
 positions on the device as well: a decoding step then writes at that position and attends over
-the whole buffer with a mask, so its shapes and addresses are the same at every token and the
-step can be replayed from a captured graph.
+the whole buffer with a mask (through torch SDPA, whichever ``attention`` kernel is chosen: the
+others take no mask), so its shapes and addresses are the same at every token and the step can
+be replayed from a captured graph.
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from mambaverse.errors import ConfigError
 from mambaverse.kernels import attention
+from mambaverse.kernels.attention.sdpa import grouped_sdpa
 
 from .base import TokenMixer
 from .rotary import apply_rotary
@@ -167,10 +168,7 @@ class Attention(TokenMixer):
         if state.static:  # fixed shapes, position read on the device: graph-capturable
             q, k, v = self._qkv(x[:, None], state.filled)
             visible = state.append_static(k, v)
-            y = F.scaled_dot_product_attention(
-                q, state.keys, state.values, attn_mask=visible, scale=self.scale,
-                enable_gqa=self.num_kv_heads != self.num_heads,
-            )  # fmt: skip
+            y = grouped_sdpa(q, state.keys, state.values, attn_mask=visible, scale=self.scale)
             return self.out_proj(y.flatten(1))
         # arange launches a kernel; torch.tensor([...]) would copy from host memory and wait.
         positions = torch.arange(state.length, state.length + 1, device=x.device)

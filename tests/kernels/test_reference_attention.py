@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from mambaverse.kernels import attention
+from mambaverse.kernels.attention import sdpa
 from tests.kernels.oracles import attention_oracle, relative_error
 
 F64 = torch.float64
@@ -39,6 +40,17 @@ def test_matches_the_oracle(impl, shape, causal, scale):
     out = attention(q, k, v, causal=causal, scale=scale, impl=impl)
     assert out.shape == (*q.shape[:3], v.shape[-1])
     assert relative_error(out, attention_oracle(q, k, v, causal, scale)) < 1e-12
+
+
+@pytest.mark.parametrize("native_gqa", [True, False])
+@pytest.mark.parametrize("causal", [False, True])
+def test_sdpa_grouped_heads_with_and_without_torch_2_5_enable_gqa(native_gqa, causal, monkeypatch):
+    """Before torch 2.5 SDPA has no enable_gqa: the kv heads are repeated instead (both paths
+    run on this torch; the decoding graph's masked step uses the same helper)."""
+    monkeypatch.setattr(sdpa, "_NATIVE_GQA", native_gqa)
+    q, k, v = qkv(2, 6, 3, 5, 9, 8, 8, seed=3)
+    out = attention(q, k, v, causal=causal, impl="sdpa")
+    assert relative_error(out, attention_oracle(q, k, v, causal)) < 1e-12
 
 
 def test_decoding_mask_is_aligned_to_the_end():

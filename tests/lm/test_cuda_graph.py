@@ -11,10 +11,12 @@ import pytest
 import torch
 
 import mambaverse
+from mambaverse.plugins.mamba_lm import decode_graph as decode_graph_module
 from mambaverse.plugins.mamba_lm import generation
 from mambaverse.plugins.mamba_lm.decode_graph import (
     _CACHE,
     KV_CAPACITY_STEP,
+    MAX_GRAPHS_PER_MODEL,
     DecodeGraph,
     GraphUnsupportedError,
     clear_decode_graphs,
@@ -92,13 +94,45 @@ def test_generate_prefills_into_the_graph_state_and_replays_once_per_step(
     monkeypatch.setattr(generation, "decode_graph", lambda model, batch, device, length: graph)
 
     prompt = torch.randint(0, 50, (batch, 5))
+    # None too: on the CPU attention's kernel is SDPA, the static cache's step's (see below).
     with_graph = model.generate(prompt, max_new_tokens=new_tokens, cuda_graph=cuda_graph)
-    assert (
-        graph.graph.replays == new_tokens - 1
-    )  # None too: attention layers included  # the last token needs no step
+    assert graph.graph.replays == new_tokens - 1  # the last token needs no step
     assert torch.equal(with_graph, model.generate(prompt, new_tokens, cuda_graph=False))
     for cache in graph.kv_caches:  # host and device positions agree: prompt + steps
         assert cache.length == int(cache.filled) == 5 + new_tokens - 1
+
+
+def test_none_captures_attention_only_where_eager_steps_attend_with_sdpa(monkeypatch):
+    """A static KV cache's step attends with torch SDPA: cuda_graph=None captures a model with
+    attention layers only when its eager steps would use SDPA too (model config, environment)."""
+    model = tiny_lm("attention", dtype=torch.float32)
+    graph = stand_in_graph(model, 2, max_seqlen=5 + 4)
+    monkeypatch.setattr(generation, "device_refusal", lambda device: None)
+    monkeypatch.setattr(generation, "decode_graph", lambda model, batch, device, length: graph)
+    prompt = torch.randint(0, 50, (2, 5))
+    model.kernels = {"attention": "reference"}
+    model.generate(prompt, max_new_tokens=4)
+    assert graph.graph.replays == 0  # eager: the reference kernel is not the graph's
+    model.generate(prompt, max_new_tokens=4, cuda_graph=True)
+    assert graph.graph.replays == 3
+    monkeypatch.setenv("MAMBAVERSE_KERNELS", "attention=sdpa")  # overrides the model's choice
+    model.generate(prompt, max_new_tokens=4)
+    assert graph.graph.replays == 6
+
+
+def test_graph_cache_keeps_the_most_recently_used_graphs(monkeypatch):
+    """Each graph owns its state and memory pool: a model keeps MAX_GRAPHS_PER_MODEL of them."""
+    model = tiny_lm("mamba", dtype=torch.float32)
+    monkeypatch.setattr(decode_graph_module, "device_refusal", lambda device: None)
+    monkeypatch.setattr(decode_graph_module, "_capture", lambda model, batch, device, cap: object())
+    first = decode_graph(model, 1, "cuda:0")
+    others = [decode_graph(model, batch, "cuda:0") for batch in range(2, MAX_GRAPHS_PER_MODEL + 1)]
+    assert decode_graph(model, 1, "cuda:0") is first  # a hit: batch 1 is now the most recent
+    decode_graph(model, MAX_GRAPHS_PER_MODEL + 1, "cuda:0")  # one too many: batch 2 goes
+    assert len(_CACHE[model].graphs) == MAX_GRAPHS_PER_MODEL
+    assert decode_graph(model, 1, "cuda:0") is first
+    assert decode_graph(model, 2, "cuda:0") is not others[0]  # captured anew
+    clear_decode_graphs(model)
 
 
 @pytest.mark.parametrize("name", ["attention", "zamba_micro"])

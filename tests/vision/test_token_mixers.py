@@ -122,6 +122,28 @@ def test_permutation_scans_run_as_one_stacked_scan_with_the_walkers_gradients(
         assert close(fast, general)
 
 
+@pytest.mark.parametrize("tokens", [11, 14])
+def test_token_count_off_the_grid_is_named(tokens):
+    """The stacked path gathers by index: a wrong count must stop before (on CUDA an
+    out-of-range gather is a device assert that ends the process's CUDA context)."""
+    mixer = build_grid_mixer(8, "bidirectional", "mamba", mamba_options=VIM)
+    with pytest.raises(ValueError, match=r"3×4 grid \+ a class token is \(batch, 13, channels\)"):
+        mixer(torch.randn(2, tokens, 8), (3, 4), 6)
+
+
+def test_stacked_path_calls_wrapped_or_hooked_projections():
+    """The stacked path computes plain nn.Linear projections itself; hooks (and wrapped layers,
+    such as LoRA) must still run."""
+    mixer = build_grid_mixer(8, "bidirectional", "mamba", mamba_options=VIM).double()
+    tokens = torch.randn(2, 13, 8, dtype=torch.float64)
+    plain = mixer(tokens, (3, 4), 6)
+    mixer.in_proj.register_forward_hook(lambda module, args, out: 2 * out)
+    mixer.out_proj.register_forward_hook(lambda module, args, out: out + 1)
+    hooked = mixer(tokens, (3, 4), 6)
+    mixer.walker.token_orders = lambda *args: None  # the per-walk path, nn.Linear called as usual
+    assert close(hooked, mixer(tokens, (3, 4), 6)) and not close(hooked, plain)
+
+
 def test_padded_walks_keep_the_general_path():
     walker = build_grid_mixer(8, "atrous", "mamba", {"step": 2}, mamba_options=EVMAMBA).walker
     assert walker.token_orders((4, 6), None, torch.device("cpu")) is None
