@@ -18,6 +18,8 @@ static KV caches, ``generate(cuda_graph=True)``). Compare like with like.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import torch
@@ -110,14 +112,18 @@ def measure_vlm(
 
 
 def measure_both_ways(
-    vlm: torch.nn.Module, label: str, params: int, args: argparse.Namespace, device, dtype
+    vlm: torch.nn.Module,
+    label: str,
+    measure_rows: Callable[[torch.nn.Module, str], list[dict[str, Any]]],
+    device: torch.device | str,
 ) -> list[dict[str, Any]]:
-    """:func:`measure_vlm` with eager steps, then (on CUDA) with the captured graph's steps."""
-    rows = measure_vlm(vlm, f"{label}, eager", params, args, device, dtype)
+    """``measure_rows(vlm, row_label)`` with eager steps (rows labelled ``"<label>, eager"``),
+    then on CUDA with the captured graph's steps (``"<label>, CUDA graph"``)."""
+    rows = measure_rows(vlm, f"{label}, eager")
     if device_refusal(device) is None:
         language_model = vlm.language_model
         vlm.language_model = GraphDecoding(language_model)
-        rows += measure_vlm(vlm, f"{label}, CUDA graph", params, args, device, dtype)
+        rows += measure_rows(vlm, f"{label}, CUDA graph")
         vlm.language_model = language_model
         clear_decode_graphs(language_model)
     return rows
@@ -133,7 +139,9 @@ def run(args: argparse.Namespace) -> int:
     vlm = vlm.to(dtype).eval()
     lm = mambaverse.model_config(args.preset)["language_model"]
     lm_params = sum(p.numel() for p in vlm.language_model.parameters())
-    rows = measure_both_ways(vlm, f"{args.preset} ({lm})", lm_params, args, device, dtype)
+    options = {"args": args, "device": device, "dtype": dtype}
+    measure_lm = partial(measure_vlm, params=lm_params, **options)
+    rows = measure_both_ways(vlm, f"{args.preset} ({lm})", measure_lm, device)
     write_record(args.out, SUITE, args, device, settings, {"rows": rows})
     for spec in transformer_specs(vlm, lm, impls):
         label = f"same towers + {spec.label}"
@@ -143,7 +151,8 @@ def run(args: argparse.Namespace) -> int:
         vlm.language_model = None  # free the previous language model first
         free_memory(device)
         vlm.language_model = spec.build(device, dtype).eval()
-        rows += measure_both_ways(vlm, label, spec.count_parameters(), args, device, dtype)
+        measure_lm = partial(measure_vlm, params=spec.count_parameters(), **options)
+        rows += measure_both_ways(vlm, label, measure_lm, device)
         write_record(args.out, SUITE, args, device, settings, {"rows": rows})
 
     show(rows)

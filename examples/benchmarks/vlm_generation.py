@@ -29,14 +29,14 @@ import argparse
 import json
 import sys
 import tempfile
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 
 import mambaverse
-from mambaverse.bench.decoding import GraphDecoding
-from mambaverse.bench.generation import measure_vlm, transformer_specs
+from mambaverse.bench.generation import measure_both_ways, measure_vlm, transformer_specs
 from mambaverse.bench.measure import free_memory
 from mambaverse.bench.report import (
     add_common_options,
@@ -49,7 +49,7 @@ from mambaverse.bench.report import (
     si,
     write_record,
 )
-from mambaverse.plugins.mamba_lm.decode_graph import clear_decode_graphs, device_refusal
+from mambaverse.plugins.mamba_lm.decode_graph import device_refusal
 
 SUITE = "vlm_generation"
 TARGET_RATIO = 3.0
@@ -153,33 +153,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise SystemExit(f"--contexts must exceed the {args.image_tokens} image tokens")
 
     lm_preset = vlm.mambaverse_config["config"]["language_model"]
-    cobra = f"{args.preset} ({lm_preset}), eager"
-    rows = measure_contexts(vlm, cobra, args, device, dtype)
-    cobras = [cobra]
+    measure = partial(measure_contexts, args=args, device=device, dtype=dtype)
+    cobra = f"{args.preset} ({lm_preset})"
+    rows = measure_both_ways(vlm, cobra, measure, device)
     refusal = device_refusal(device)
-    if refusal is None:
-        language_model = vlm.language_model
-        vlm.language_model = GraphDecoding(language_model)
-        cobras.append(f"{args.preset} ({lm_preset}), CUDA graph")
-        rows += measure_contexts(vlm, cobras[-1], args, device, dtype)
-        clear_decode_graphs(language_model)
-    else:
+    if refusal is not None:
         print(f"CUDA-graph decoding not measured: {refusal}")
     (spec,) = transformer_specs(vlm, lm_preset, [args.attention])
-    vlm.language_model = language_model = None  # free the Mamba model before the Transformer
+    vlm.language_model = None  # free the Mamba model before the Transformer
     free_memory(device)
-    vlm.language_model = language_model = spec.build(device, dtype).eval()
-    transformer = f"same towers + {spec.label}, eager"
-    rows += measure_contexts(vlm, transformer, args, device, dtype)
-    pairs = [(cobra, transformer) for cobra in cobras]
-    if refusal is None:  # static KV caches: the Transformer's step is captured too
-        vlm.language_model = GraphDecoding(language_model)
-        rows += measure_contexts(
-            vlm, f"same towers + {spec.label}, CUDA graph", args, device, dtype
-        )
-        pairs.append((cobras[-1], rows[-1]["model"]))  # like for like: both captured
-        clear_decode_graphs(language_model)
-
+    vlm.language_model = spec.build(device, dtype).eval()
+    transformer = f"same towers + {spec.label}"
+    rows += measure_both_ways(vlm, transformer, measure, device)
+    # Each Cobra against the eager Transformer, then like for like (both captured); pairs whose
+    # rows were not measured (no graph off CUDA) give no ratio.
+    pairs = [
+        (f"{cobra}, eager", f"{transformer}, eager"),
+        (f"{cobra}, CUDA graph", f"{transformer}, eager"),
+        (f"{cobra}, CUDA graph", f"{transformer}, CUDA graph"),
+    ]
     summary = [point for cobra, other in pairs for point in ratios(rows, cobra, other)]
     show(rows, summary)
     record = write_record(
