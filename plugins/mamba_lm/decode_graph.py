@@ -39,7 +39,7 @@ from torch import nn
 from mambaverse.dispatch import choose_kernel
 from mambaverse.errors import ConfigError, MambaverseError
 from mambaverse.plugins.mixers.attention import Attention, KVCache
-from mambaverse.plugins.mixers.base import kernel_scope
+from mambaverse.plugins.mixers.base import TokenMixer, kernel_scope
 from mambaverse.plugins.mixers.state import SSMState
 
 # Steps run before the capture: Triton compiles its kernels and cuBLAS picks its algorithms on
@@ -185,7 +185,7 @@ def decode_graph(
     if cached is None or cached.weights != weights:
         cached = _CACHE[model] = _ModelGraphs(weights, {})  # stale graphs are freed here
     capacity = kv_capacity(model, max_seqlen)
-    key = (batch_size, device, capacity, _kernel_choices(device, weights))
+    key = (batch_size, device, capacity, _kernel_choices(model, device, weights))
     found = cached.graphs.pop(key, None)
     if found is None:
         found = _capture(model, batch_size, device, capacity)
@@ -250,14 +250,22 @@ def _weights(model: nn.Module) -> tuple[tuple[int, torch.dtype], ...]:
     return tuple((t.data_ptr(), t.dtype) for t in tensors)
 
 
-def _kernel_choices(device: torch.device, weights: tuple) -> tuple[str, ...]:
-    """The implementations the step's ops would use here (``kernels=`` scopes, the
-    environment): a graph replays the kernels of its capture, so another choice needs another."""
+def _kernel_choices(model: nn.Module, device: torch.device, weights: tuple) -> tuple[str, ...]:
+    """The implementations the step's ops would use here, as a step chooses them (the
+    environment, the model's ``kernels`` and each mixer's own): a graph replays the kernels of
+    its capture, so another choice needs another graph."""
     dtype = weights[0][1] if weights else None
+    mixer_scopes = {None}  # the mixers without a choice of their own, then each distinct one
+    for module in model.modules():
+        if isinstance(module, TokenMixer) and module.kernels:
+            mixer_scopes.add(tuple(sorted(module.kernels.items())))
     choices = []
-    for op in DECODE_OPS:
-        try:
-            choices.append(choose_kernel(op, device=device, dtype=dtype).impl)
-        except MambaverseError as err:  # an op this model may not use; the step will tell
-            choices.append(f"unavailable: {err}")
+    with kernel_scope(getattr(model, "kernels", None)):
+        for scope in sorted(mixer_scopes, key=str):
+            with kernel_scope(dict(scope) if scope else None):
+                for op in DECODE_OPS:
+                    try:
+                        choices.append(choose_kernel(op, device=device, dtype=dtype).impl)
+                    except MambaverseError as err:  # an op this model may not use
+                        choices.append(f"unavailable: {err}")
     return tuple(choices)

@@ -24,7 +24,7 @@ from mambaverse.plugins.mamba_lm.decode_graph import (
     kv_capacity,
     state_parts,
 )
-from mambaverse.plugins.mixers.attention import KVCache
+from mambaverse.plugins.mixers.attention import Attention, KVCache
 
 from .test_decoding import tiny_lm
 from .test_gpu import MAMBA2_GPU
@@ -132,6 +132,27 @@ def test_graph_cache_keeps_the_most_recently_used_graphs(monkeypatch):
     assert len(_CACHE[model].graphs) == MAX_GRAPHS_PER_MODEL
     assert decode_graph(model, 1, "cuda:0") is first
     assert decode_graph(model, 2, "cuda:0") is not others[0]  # captured anew
+    clear_decode_graphs(model)
+
+
+def test_graph_cache_keys_on_the_models_and_mixers_kernel_choices(monkeypatch):
+    """A graph replays the kernels it captured: switching the attention kernel in the model's
+    or a mixer's ``kernels`` between two generations must capture another graph, and switching
+    back finds the first again."""
+    model = tiny_lm("attention", dtype=torch.float32)
+    monkeypatch.setattr(decode_graph_module, "device_refusal", lambda device: None)
+    monkeypatch.setattr(decode_graph_module, "_capture", lambda model, batch, device, cap: object())
+    model.kernels = {"attention": "reference"}
+    with_reference = decode_graph(model, 1, "cpu")
+    model.kernels = {"attention": "sdpa"}
+    with_sdpa = decode_graph(model, 1, "cpu")
+    assert with_sdpa is not with_reference
+    model.kernels = None
+    mixer = next(m for m in model.modules() if isinstance(m, Attention))
+    mixer.kernels = {"attention": "reference"}
+    assert decode_graph(model, 1, "cpu") is not with_sdpa  # the mixer's choice counts too
+    model.kernels, mixer.kernels = {"attention": "reference"}, None
+    assert decode_graph(model, 1, "cpu") is with_reference
     clear_decode_graphs(model)
 
 
