@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .dispatch import choose_kernel, implementations
-from .errors import ConfigError, KernelUnavailableError, unknown_keys
+from .errors import ConfigError, KernelUnavailableError, unknown_keys, unknown_name
 from .manager import REGISTRY_PLUGIN, PluginRecord, Preset, catalogue
 from .specs import BackboneSpec, MixerSpec, ScanSpec
 
@@ -152,12 +152,19 @@ def list_plugins() -> list[PluginRecord]:
     return list(catalogue().plugins.values())
 
 
+# The device types a kernel may be chosen for (torch's names).
+DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
+
+
 def list_kernels(device: str | None = None) -> list[dict[str, Any]]:
     """One row per op and implementation: where it runs, whether it can here, and the choice made."""
     import torch
 
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    device_type = str(device).split(":")[0]
+    if device_type not in DEVICE_TYPES:
+        raise unknown_name("device type", device_type, DEVICE_TYPES)
     rows = []
     ops = sorted({name.split("/")[0] for name in catalogue().names("kernels")})
     for op in ops:
@@ -165,7 +172,8 @@ def list_kernels(device: str | None = None) -> list[dict[str, Any]]:
             chosen = choose_kernel(op, device=device)
             chosen_impl, reason = chosen.impl, chosen.reason
         except (KernelUnavailableError, ConfigError, LookupError) as err:
-            chosen_impl, reason = None, str(err)
+            # No implementation will run: every row of the op says why (a call would raise it).
+            chosen_impl, reason = None, f"none can be used: {err}"
         for impl, spec in implementations(op).items():
             rows.append(
                 {
@@ -175,7 +183,7 @@ def list_kernels(device: str | None = None) -> list[dict[str, Any]]:
                     "dtypes": list(spec.dtypes),
                     "unavailable": spec.unavailable_reason(device),
                     "chosen": impl == chosen_impl,
-                    "reason": reason if impl == chosen_impl else "",
+                    "reason": reason if chosen_impl in (impl, None) else "",
                     "description": spec.description,
                 }
             )

@@ -103,6 +103,14 @@ def _explicit(
     return KernelChoice(spec, reason)
 
 
+def _check_ops(choices: tuple[tuple[str, str], ...], source: str) -> None:
+    """A choice naming no registered op (a typo) would be ignored silently: refuse it."""
+    ops = {name.split("/")[0] for name in catalogue().entries["kernels"]}
+    for op, _impl in choices:
+        if op not in ops:
+            raise unknown_name(f"kernel op in {source}", op, sorted(ops))
+
+
 @lru_cache(maxsize=512)
 def _choose(
     op: str,
@@ -114,6 +122,8 @@ def _choose(
 ) -> KernelChoice:
     if impl is not None:
         return _explicit(op, impl, "the impl= argument", device, dtype)
+    _check_ops(_parse_env(env), ENV_VAR)
+    _check_ops(model, "the model config's kernels")
     env_choice = dict(_parse_env(env)).get(op)
     if env_choice is not None:
         return _explicit(op, env_choice, ENV_VAR, device, dtype)

@@ -25,6 +25,10 @@ class ConfigError(MambaverseError, ValueError):
     """A config key or value that is not valid."""
 
 
+class InputError(MambaverseError, ValueError):
+    """Input data a model cannot take as given (a prompt or a training row over its length)."""
+
+
 class KernelUnavailableError(MambaverseError, RuntimeError):
     """The kernel implementation asked for cannot run on these inputs or this machine."""
 

@@ -39,7 +39,7 @@ from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 
 from ..api import build_backbone, create_model, model_info
-from ..errors import ConfigError
+from ..errors import ConfigError, InputError
 from ..pretrained import save_pretrained
 from . import checkpoint
 from .config import TrainConfig, to_yaml
@@ -154,6 +154,7 @@ class Run:
 
         set_seed(config.seed)  # the same initial weights on every process
         model = create_model(config.model.name, **overrides)
+        _check_row_lengths(model, splits, source)
         self.model_meta = model.mambaverse_config
         self.frozen = freeze(model, config.freeze)
         self.parameters = sum(p.numel() for p in model.parameters())
@@ -498,3 +499,21 @@ def train(config: TrainConfig, resume: str | None = None, source: str = "config"
         # accelerate keeps its state (device, precision) in a process-wide singleton; forget it
         # so that a later train() in this process may choose other settings.
         AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def _check_row_lengths(model: torch.nn.Module, splits: Any, source: str) -> None:
+    """Before the first step: rows too long for the model (one that can tell, through
+    ``overlong_rows``, given a dataset that lists its texts) are named, not met mid-run."""
+    overlong_rows = getattr(model, "overlong_rows", None)
+    for name, split in (("train", splits.train), ("test", splits.test)):
+        if overlong_rows is None or not hasattr(split, "texts"):
+            continue
+        found = overlong_rows(split.texts())
+        if found:
+            shown = "; ".join(found[:5]) + (
+                f"; and {len(found) - 5} more" if len(found) > 5 else ""
+            )
+            raise InputError(
+                f"{source}: {len(found)} {name} row(s) longer than the model's max_length "
+                f"{model.max_length}: {shown}. Shorten them or raise model.max_length"
+            )

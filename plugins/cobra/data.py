@@ -53,6 +53,10 @@ class PixelRows(Dataset):
     def __len__(self) -> int:
         return len(self.prompts)
 
+    def texts(self) -> list[tuple[str, str, str]]:
+        """(where, prompt, answer) of every row, for checks that need no image."""
+        return [(f"row {i}", p, a) for i, (p, a) in enumerate(zip(self.prompts, self.answers))]
+
     def __getitem__(self, index: int) -> dict[str, object]:
         return {
             "images": self.pixels[index],
@@ -69,6 +73,10 @@ class ImageRows(Dataset):
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    def texts(self) -> list[tuple[str, str, str]]:
+        """(where, prompt, answer) of every row, for checks that need no image."""
+        return [(row.where, row.prompt, row.answer) for row in self.rows]
 
     def __getitem__(self, index: int) -> dict[str, object]:
         row = self.rows[index]

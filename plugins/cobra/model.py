@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from mambaverse.api import create_model, list_models, model_config
-from mambaverse.errors import ConfigError, unknown_name
+from mambaverse.errors import ConfigError, InputError, unknown_name
 from mambaverse.plugins.mixers.base import kernel_scope
 
 from .images import as_pixels
@@ -213,9 +213,22 @@ class CobraVLM(nn.Module):
             ids = ids[: ids.index(self.tokenizer.eot_token_id)]
         return self.tokenizer.decode(ids)
 
+    def overlong_rows(self, texts: Sequence[tuple[str, str, str]]) -> list[str]:
+        """Of training rows ``(where, prompt, answer)``, those whose sequence (image tokens, then
+        the encoded prompt and answer) exceeds ``max_length``, each as "where: its token count"."""
+        with torch.inference_mode():
+            probe = torch.zeros(1, 3, self.img_size, self.img_size)
+            image_tokens = self.embed_images(probe.to(next(self.parameters()).device)).shape[1]
+        found = []
+        for where, prompt, answer in texts:
+            text = len(self.encode([prompt], [answer])["input_ids"][0])
+            if image_tokens + text > self.max_length:
+                found.append(f"{where}: {image_tokens} image + {text} text tokens")
+        return found
+
     def _check_length(self, image_tokens: int, text_tokens: int, what: str) -> None:
         if image_tokens + text_tokens > self.max_length:
-            raise ValueError(
+            raise InputError(
                 f"{what} is too long: {image_tokens} image tokens + {text_tokens} text tokens = "
                 f"{image_tokens + text_tokens} > the model's max_length {self.max_length}; "
                 "shorten the prompt (or max_new_tokens), or raise max_length"

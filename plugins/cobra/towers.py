@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mambaverse.errors import ConfigError, unknown_keys, unknown_name
+from mambaverse.errors import ConfigError, nearest, unknown_keys, unknown_name
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -146,10 +146,15 @@ def build_tower(spec: TowerSpec, img_size: int) -> VisionTower:
     img_size = int(config.pop("img_size", img_size))
     spec = TowerSpec(spec.name, spec.weights, spec.layer, config)
     kind, sep, model_name = spec.name.partition(":")
-    if sep and f"{kind}:" in PREFIXES:
-        builder = _timm_tower if kind == "timm" else _open_clip_tower
-        return builder(spec, model_name, img_size)
-    return _mambaverse_tower(spec, img_size)
+    try:
+        if sep and f"{kind}:" in PREFIXES:
+            builder = _timm_tower if kind == "timm" else _open_clip_tower
+            return builder(spec, model_name, img_size)
+        return _mambaverse_tower(spec, img_size)
+    except ConfigError as err:  # say which tower (its weights file, its options) is wrong
+        if spec.name in str(err):
+            raise
+        raise ConfigError(f"vision tower {spec.name!r}: {err}") from None
 
 
 # -- the three kinds -----------------------------------------------------------------------------
@@ -254,7 +259,12 @@ def _mambaverse_tower(spec: TowerSpec, img_size: int) -> VisionTower:
 
     vision = list_models(task="vision")
     if spec.name not in vision:
-        err = unknown_name("vision tower", spec.name, vision)
+        # A misspelt source ("timmm:vit_...") is suggested with the source spelt right.
+        source, sep, model_name = spec.name.partition(":")
+        sources = nearest(source, [prefix[:-1] for prefix in PREFIXES]) if sep else []
+        err = unknown_name(
+            "vision tower", spec.name, vision + [f"{s}:{model_name}" for s in sources]
+        )
         raise type(err)(f"{err} (or name a timm:<model> or open_clip:<model>)")
     accepted = model_info(spec.name, count_params=False)["config"]
     options = {k: v for k, v in {"img_size": img_size, "num_classes": 0}.items() if k in accepted}

@@ -108,3 +108,24 @@ class TestDispatch:
         monkeypatch.setenv("MAMBAVERSE_KERNELS", "toy_add")
         with pytest.raises(ConfigError, match="not 'op=impl'"):
             self.call()
+
+    def test_a_choice_for_an_unknown_op_is_refused_not_ignored(self, toy, monkeypatch):
+        monkeypatch.setenv("MAMBAVERSE_KERNELS", "toy_ad=slow")
+        with pytest.raises(UnknownNameError, match="MAMBAVERSE_KERNELS 'toy_ad': did you mean"):
+            self.call()
+        monkeypatch.delenv("MAMBAVERSE_KERNELS")
+        with (
+            mambaverse.kernel_choices({"toy_ad": "slow"}),
+            pytest.raises(UnknownNameError, match="model config's kernels 'toy_ad'"),
+        ):
+            self.call()
+
+    def test_list_kernels_says_why_no_implementation_is_used(self, toy, monkeypatch):
+        monkeypatch.setenv("MAMBAVERSE_KERNELS", "toy_add=gpu")
+        rows = [row for row in mambaverse.list_kernels("cpu") if row["op"] == "toy_add"]
+        assert rows and not any(row["chosen"] for row in rows)
+        for row in rows:  # each row of the op carries the error a call would raise
+            assert row["reason"].startswith("none can be used: toy_add=gpu (chosen by")
+            assert "runs on cuda, not on cpu" in row["reason"]
+        with pytest.raises(UnknownNameError, match="device type 'cdua': did you mean 'cuda'"):
+            mambaverse.list_kernels("cdua")

@@ -10,7 +10,7 @@ import torch
 
 import mambaverse
 from mambaverse.cli import main
-from mambaverse.errors import ConfigError, UnknownNameError
+from mambaverse.errors import ConfigError, InputError, UnknownNameError
 from mambaverse.plugins.cobra.templates import get_template
 from mambaverse.plugins.mamba_lm.generation import state_nbytes
 
@@ -115,7 +115,7 @@ def test_decoding_memory_stays_flat_as_the_prompt_grows():
 
 def test_a_prompt_over_the_limit_says_so(model):
     with pytest.raises(
-        ValueError,
+        InputError,
         match=r"too long: 4 image tokens \+ \d+ text tokens = \d+ > the model's max_length 256",
     ):
         model.generate(torch.rand(1, 3, 16, 16), "digit " * 300, max_new_tokens=4)
@@ -209,3 +209,7 @@ def test_checkpoint_round_trip_and_caption_command(model, tmp_path, capsys):
     assert [line["image"] for line in lines] == paths
     assert [line["caption"] for line in lines] == expected
     assert main(["caption", "--checkpoint", str(tmp_path), paths[0]]) == 2  # not a checkpoint
+    capsys.readouterr()
+    too_long = [*argv[:4], "--prompt", "digit " * 300]  # a prompt over max_length: one line
+    assert main(too_long) == 2
+    assert "caption: error: the prompt plus max_new_tokens is too long" in capsys.readouterr().err

@@ -88,6 +88,7 @@ def test_fused_towers_concatenate_dinov2_and_siglip_features_channel_wise():
         ("timm:vit_small_patch14_dinov3x", "timm:vit_small_patch14_dinov2"),
         ("open_clip:ViT-S-322", "open_clip:ViT-S-32"),
         ("vim_micr", "vim_micro"),
+        ("timmm:vit_tiny_patch16_224", "did you mean 'timm:vit_tiny_patch16_224'"),  # the source
     ],
 )
 def test_unknown_tower_names_list_the_nearest(name, suggestion):
@@ -113,7 +114,7 @@ def test_local_weights_are_loaded_and_checked(tmp_path):
     timm_loaded = build_towers([{**TIMM_VIT, "weights": str(tmp_path / "vit.safetensors")}], 28)
     torch.testing.assert_close(timm_loaded.towers[0].eval()(images), timm_source(images))
 
-    with pytest.raises(ConfigError, match="do not exist"):
+    with pytest.raises(ConfigError, match=r"vision tower 'vim_micro': weights .* do not exist"):
         build_towers({"name": "vim_micro", "weights": str(tmp_path / "missing.safetensors")}, 32)
     with pytest.raises(ConfigError, match="do not fit the VisionMamba"):
         build_towers({"name": "vim_micro", "weights": str(tmp_path / "vit.safetensors")}, 32)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 import mambaverse
+from mambaverse.errors import InputError
 from mambaverse.plugins.cobra.data import DIGIT_QUESTION, DIGIT_WORDS, write_digit_images
 from mambaverse.train import load_config, train
 
@@ -45,6 +46,30 @@ def test_the_same_config_trains_with_each_kind_of_tower(tower, tmp_path):
     assert len(losses) == 2 and all(0 < loss < 20 for loss in losses)
     model = mambaverse.load_pretrained(summary["model_dir"])
     assert [t.name for t in model.towers.towers] == [tower]
+
+
+def test_rows_too_long_for_the_model_are_named_before_training(tmp_path):
+    """A row whose image and text tokens exceed max_length stops the run before its first step,
+    naming the file and line (not a traceback from the middle of training)."""
+    from PIL import Image
+
+    Image.new("RGB", (8, 8), "red").save(tmp_path / "a.png")
+    rows = [{"image": "a.png", "caption": "red"}] * 3
+    rows.insert(1, {"image": "a.png", "caption": "very red " * 200})
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    config = load_config(
+        DEMO_CONFIG,
+        ["data.name=vlm_jsonl", f"data.path={path}", "data.img_size=16", "data.test_path=" + str(path),
+         "model.img_size=16", "max_steps=1", f"output_dir={tmp_path / 'out'}"],
+    )  # fmt: skip
+    for key in [
+        k for k in config.data.__pydantic_extra__ if k not in ("path", "img_size", "test_path")
+    ]:
+        del config.data.__pydantic_extra__[key]  # the digits options
+    with pytest.raises(InputError, match=rf"1 train row\(s\) longer .*{path.name}:2: \d+ image"):
+        train(config, source="test")
+    assert not (tmp_path / "out" / "metrics.jsonl").exists()
 
 
 def test_training_on_the_digits_learns_to_name_them(tmp_path):
