@@ -7,7 +7,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-from .dispatch import choose_kernel, implementations
+from .dispatch import choose_kernel, implementations, kernel_ops
 from .errors import ConfigError, KernelUnavailableError, unknown_keys, unknown_name
 from .manager import REGISTRY_PLUGIN, PluginRecord, Preset, catalogue
 from .specs import BackboneSpec, MixerSpec, ScanSpec
@@ -166,8 +166,7 @@ def list_kernels(device: str | None = None) -> list[dict[str, Any]]:
     if device_type not in DEVICE_TYPES:
         raise unknown_name("device type", device_type, DEVICE_TYPES)
     rows = []
-    ops = sorted({name.split("/")[0] for name in catalogue().names("kernels")})
-    for op in ops:
+    for op in kernel_ops():
         try:
             chosen = choose_kernel(op, device=device)
             chosen_impl, reason = chosen.impl, chosen.reason

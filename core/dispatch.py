@@ -85,9 +85,13 @@ def implementations(op: str) -> dict[str, KernelSpec]:
             key = spec.impl if len(owners) == 1 else f"{plugin}:{spec.impl}"
             found[key] = spec
     if not found:
-        ops = sorted({n.split("/")[0] for n in cat.entries["kernels"]})
-        raise unknown_name("kernel op", op, ops)
+        raise unknown_name("kernel op", op, kernel_ops())
     return found
+
+
+def kernel_ops() -> list[str]:
+    """Every op some plugin registers a kernel for, sorted."""
+    return sorted({name.split("/")[0] for name in catalogue().entries["kernels"]})
 
 
 def _explicit(
@@ -105,10 +109,10 @@ def _explicit(
 
 def _check_ops(choices: tuple[tuple[str, str], ...], source: str) -> None:
     """A choice naming no registered op (a typo) would be ignored silently: refuse it."""
-    ops = {name.split("/")[0] for name in catalogue().entries["kernels"]}
+    ops = kernel_ops()
     for op, _impl in choices:
         if op not in ops:
-            raise unknown_name(f"kernel op in {source}", op, sorted(ops))
+            raise unknown_name(f"kernel op in {source}", op, ops)
 
 
 @lru_cache(maxsize=512)

@@ -505,8 +505,10 @@ def _check_row_lengths(model: torch.nn.Module, splits: Any, source: str) -> None
     """Before the first step: rows too long for the model (one that can tell, through
     ``overlong_rows``, given a dataset that lists its texts) are named, not met mid-run."""
     overlong_rows = getattr(model, "overlong_rows", None)
+    if overlong_rows is None:
+        return
     for name, split in (("train", splits.train), ("test", splits.test)):
-        if overlong_rows is None or not hasattr(split, "texts"):
+        if not hasattr(split, "texts"):
             continue
         found = overlong_rows(split.texts())
         if found:
