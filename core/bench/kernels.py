@@ -2,9 +2,14 @@
 
 Peers (DESIGN.md section 7): the device's measured copy bandwidth (the floor of a memory-bound
 kernel), a PyTorch loop over time steps, the Mamba reference Triton SSD kernel
-(``mamba_chunk_scan_combined``, imported from ``--peer-path`` when present), and torch's
-``scaled_dot_product_attention`` with its flash and cuDNN backends. Times are medians of
-``triton.testing.do_bench`` (CUDA events) after warm-up, on fresh random inputs.
+(``mamba_chunk_scan_combined``, imported from ``--peer-path`` when present, CUDA only), and
+torch's ``scaled_dot_product_attention`` (on CUDA with its flash and cuDNN backends). On CUDA
+times are medians of ``triton.testing.do_bench`` (CUDA events) after warm-up, on fresh random
+inputs; on the CPU medians of a few calls on the host's clock.
+
+``--smoke`` runs every op at tiny shapes, one call each: on the CPU the reference paths run, and
+the Triton kernels too when ``TRITON_INTERPRET=1`` is set (their rows are marked skipped
+otherwise). Its times say nothing about speed; it checks that every path of the suite runs.
 
 For ``causal_conv1d`` the peer is the reference path (``F.conv1d`` with d groups, in fp32 with
 casts around it); x is passed as the Mamba block passes it, a channels-innermost slice of its
@@ -24,22 +29,67 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import statistics
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-SS_SHAPE = {"batch": 4, "dim": 1536, "dstate": 16}
-SS_LENGTHS = (2048, 8192, 16384)
-SSD_SHAPE = {"batch": 4, "length": 4096, "heads": 32, "headdim": 64, "dstate": 128, "chunk": 256}
-ATTN_TOKENS, ATTN_WIDTH = 16384, 2048  # batch = tokens / length, heads = width / head_dim
-ATTN_HEAD_DIMS = (64, 128)
-ATTN_LENGTHS = (2048, 4096, 8192, 16384)
-CONV_SHAPE = {"batch": 8, "dim": 1536, "width": 4}  # the Mamba-130m block at 16k tokens / step
-CONV_LENGTHS = (2048, 8192)
+import torch
+
+from .measure import OK, SKIPPED, synchronize, time_calls
+from .report import describe_device, resolve_device
+
 OPS = ("selective_scan", "ssd_scan", "attention", "causal_conv1d")
+DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """The shapes each op is measured at. Attention: batch = tokens / length, heads = width /
+    head_dim. The ceilings: a copy of ``copy_elems`` fp32 values, a ``matmul_n``³ product."""
+
+    ss: dict[str, int]
+    ss_lengths: tuple[int, ...]
+    ssd: dict[str, int]
+    attn_tokens: int
+    attn_width: int
+    attn_head_dims: tuple[int, ...]
+    attn_lengths: tuple[int, ...]
+    conv: dict[str, int]
+    conv_lengths: tuple[int, ...]
+    copy_elems: int
+    matmul_n: int
+
+
+FULL = Sizes(
+    ss={"batch": 4, "dim": 1536, "dstate": 16},
+    ss_lengths=(2048, 8192, 16384),
+    ssd={"batch": 4, "length": 4096, "heads": 32, "headdim": 64, "dstate": 128, "chunk": 256},
+    attn_tokens=16384,
+    attn_width=2048,
+    attn_head_dims=(64, 128),
+    attn_lengths=(2048, 4096, 8192, 16384),
+    conv={"batch": 8, "dim": 1536, "width": 4},  # the Mamba-130m block at 16k tokens / step
+    conv_lengths=(2048, 8192),
+    copy_elems=2**28,  # 1 GiB
+    matmul_n=8192,
+)
+# CPU seconds: the reference paths timed, the Triton kernels interpreted (TRITON_INTERPRET=1).
+SMOKE = Sizes(
+    ss={"batch": 1, "dim": 8, "dstate": 4},
+    ss_lengths=(24,),
+    ssd={"batch": 1, "length": 40, "heads": 2, "headdim": 8, "dstate": 8, "chunk": 16},
+    attn_tokens=48,
+    attn_width=64,
+    attn_head_dims=(32,),
+    attn_lengths=(24,),
+    conv={"batch": 1, "dim": 8, "width": 4},
+    conv_lengths=(24,),
+    copy_elems=2**20,
+    matmul_n=256,
+)
 
 
 @dataclass
@@ -48,15 +98,29 @@ class Row:
     shape: str
     pass_: str  # "fwd" or "fwd+bwd"
     impl: str
-    ms: float
-    achieved: float  # GB/s or TFLOP/s
+    ms: float | None
+    achieved: float | None  # GB/s or TFLOP/s
     unit: str
     ratios: dict[str, float] = field(default_factory=dict)  # name -> value, named for reading
+    status: str = OK
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ops", default=",".join(OPS), help=f"comma-separated subset of {OPS}")
-    parser.add_argument("--quick", action="store_true", help="one shape per op (smoke run)")
+    parser.add_argument("--quick", action="store_true", help="one shape per op")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny shapes (a CPU smoke test: reference paths timed, Triton kernels run under "
+        "TRITON_INTERPRET=1 when it is set)",
+    )
+    parser.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if any)")
+    parser.add_argument(
+        "--dtype",
+        choices=("bfloat16", "float16", "float32"),
+        default=None,
+        help="activations' dtype (default: bfloat16 on CUDA, else float32)",
+    )
     parser.add_argument(
         "--peer-path",
         default=".peer",
@@ -65,44 +129,72 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 # -- measuring ----------------------------------------------------------------------------------
-def median_ms(fn: Callable[[], Any]) -> float:
-    import triton
+@dataclass
+class Bench:
+    """Where and how one run measures: device, activations' dtype, sizes, and the clock."""
 
-    return float(triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median"))
+    device: torch.device
+    dtype: torch.dtype
+    sizes: Sizes
+    quick: bool = False
+    few_calls: tuple[int, int] = (1, 3)  # (warm-up, timed) calls of few_calls_ms
+
+    @property
+    def dtype_name(self) -> str:
+        return DTYPE_NAMES[self.dtype]
+
+    def first_if_quick(self, values: tuple[int, ...]) -> tuple[int, ...]:
+        return values[:1] if self.quick else values
+
+    def randn(self, *shape: int, dtype: torch.dtype | None = None) -> torch.Tensor:
+        return torch.randn(*shape, device=self.device, dtype=dtype or self.dtype)
+
+    def rand(self, *shape: int) -> torch.Tensor:
+        """Uniform [0, 1) parameters, fp32 as the models keep them."""
+        return torch.rand(*shape, device=self.device)
+
+    def median_ms(self, fn: Callable[[], Any]) -> float:
+        """CUDA: ``triton.testing.do_bench``'s median (CUDA events, 25 ms warm-up, 100 ms of
+        calls). Elsewhere: :meth:`few_calls_ms`."""
+        if self.device.type == "cuda":
+            import triton
+
+            return float(triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median"))
+        return self.few_calls_ms(fn)
+
+    def few_calls_ms(self, fn: Callable[[], Any]) -> float:
+        """The median of ``few_calls`` (warm-up, timed) calls on the device's clock: for the
+        CPU, and for peers too slow to repeat for 100 ms (the loop over time)."""
+        warmup, repeats = self.few_calls
+        for _ in range(warmup):
+            fn()
+        return statistics.median(time_calls(fn, self.device, repeats))
+
+    def unusable(self, impl: str) -> str | None:
+        """Why ``impl`` cannot run here, or None."""
+        from mambaverse.kernels.triton_support import interpreting
+
+        if impl == "triton" and self.device.type == "cpu" and not interpreting():
+            return f"{SKIPPED}: set TRITON_INTERPRET=1 to interpret Triton on the CPU"
+        return None
 
 
-def wall_ms(fn: Callable[[], Any]) -> float:
-    """One timed call (for peers too slow to repeat), synchronised on both sides."""
-    import torch
-
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - start) * 1e3
-
-
-def copy_bandwidth() -> float:
-    """Device-to-device copy of 2 GiB, bytes read plus written, in GB/s."""
-    import torch
-
-    src = torch.randn(2**28, device="cuda")  # 1 GiB of fp32
+def copy_bandwidth(bench: Bench) -> float:
+    """Copy of ``copy_elems`` fp32 values, bytes read plus written, in GB/s."""
+    src = bench.randn(bench.sizes.copy_elems, dtype=torch.float32)
     dst = torch.empty_like(src)
-    return 2 * src.numel() * 4 / median_ms(lambda: dst.copy_(src)) / 1e6
+    return 2 * src.numel() * 4 / bench.median_ms(lambda: dst.copy_(src)) / 1e6
 
 
-def matmul_rate() -> float:
-    """bf16 8192³ matrix product on random data, TFLOP/s."""
-    import torch
-
-    a, b = (torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16) for _ in range(2))
-    return 2 * 8192**3 / median_ms(lambda: a @ b) / 1e9
+def matmul_rate(bench: Bench) -> float:
+    """``matmul_n``³ product in the run's dtype on random data, TFLOP/s."""
+    n = bench.sizes.matmul_n
+    a, b = bench.randn(n, n), bench.randn(n, n)
+    return 2 * n**3 / bench.median_ms(lambda: a @ b) / 1e9
 
 
 def fwd_bwd(fn: Callable[[], Any], inputs: list[Any]) -> Callable[[], Any]:
     """One forward and backward with a fixed random output gradient."""
-    import torch
-
     out = fn()
     out = out[0] if isinstance(out, tuple) else out
     grad = torch.randn_like(out)
@@ -116,48 +208,56 @@ def fwd_bwd(fn: Callable[[], Any], inputs: list[Any]) -> Callable[[], Any]:
     return step
 
 
+def time_passes(bench: Bench, fn: Callable[[], Any], inputs: list[Any]) -> dict[str, float]:
+    """Median ms of the forward (no autograd) and of forward+backward."""
+    with torch.no_grad():
+        fwd = bench.median_ms(fn)
+    return {"fwd": fwd, "fwd+bwd": bench.median_ms(fwd_bwd(fn, inputs))}
+
+
+def not_run(op: str, shape: str, impl: str, unit: str, status: str) -> list[Row]:
+    """The rows of an implementation that could not run here, both passes, with the reason."""
+    return [Row(op, shape, p, impl, None, None, unit, status=status) for p in ("fwd", "fwd+bwd")]
+
+
 # -- selective scan -----------------------------------------------------------------------------
 SS_LAYOUTS = ("contiguous", "Mamba block")
+SS_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 
 
-def _ss_inputs(batch: int, dim: int, dstate: int, length: int, layout: str) -> dict[str, Any]:
+def _ss_inputs(bench: Bench, length: int, layout: str) -> dict[str, torch.Tensor]:
     """Mamba-1 block inputs: δ bias and softplus as in the Mamba mixer, gate z, skip D.
 
     layout "contiguous": every (b, d, l) and (b, n, l) tensor contiguous. "Mamba block": as the
     Mamba mixer passes them — u, z halves of a (b, l, 2d) projection, δ a (b, l, d) one, B and C
     slices of a (b, l, dt_rank + 2n) one, all transposed (channels innermost)."""
-    import torch
-
-    dev, bf16 = "cuda", torch.bfloat16
+    batch, dim, dstate = (bench.sizes.ss[k] for k in ("batch", "dim", "dstate"))
     if layout == "contiguous":
-        u, z, delta = (torch.randn(batch, dim, length, device=dev, dtype=bf16) for _ in range(3))
-        B, C = (torch.randn(batch, dstate, length, device=dev, dtype=bf16) for _ in range(2))
+        u, z, delta = (bench.randn(batch, dim, length) for _ in range(3))
+        B, C = (bench.randn(batch, dstate, length) for _ in range(2))
     else:
-        u, z = (
-            torch.randn(batch, length, 2 * dim, device=dev, dtype=bf16).transpose(1, 2).chunk(2, 1)
-        )
-        delta = torch.randn(batch, length, dim, device=dev, dtype=bf16).transpose(1, 2)
+        u, z = bench.randn(batch, length, 2 * dim).transpose(1, 2).chunk(2, 1)
+        delta = bench.randn(batch, length, dim).transpose(1, 2)
         rank = -(-dim // 32)  # mamba's dt_rank for d_model = dim / 2
-        x_dbl = torch.randn(batch, length, rank + 2 * dstate, device=dev, dtype=bf16)
+        x_dbl = bench.randn(batch, length, rank + 2 * dstate)
         B, C = (
             x_dbl[..., rank + i * dstate : rank + (i + 1) * dstate].movedim(1, -1) for i in (0, 1)
         )
     inputs = {
         "u": u,
         "delta": delta * 0.5 - 3.0,
-        "A": -torch.rand(dim, dstate, device=dev) * 4 - 0.5,
+        "A": -bench.rand(dim, dstate) * 4 - 0.5,
         "B": B,
         "C": C,
-        "D": torch.randn(dim, device=dev),
+        "D": bench.randn(dim, dtype=torch.float32),
         "z": z,
-        "delta_bias": torch.rand(dim, device=dev),
+        "delta_bias": bench.rand(dim),
     }
     return {name: t.detach().requires_grad_() for name, t in inputs.items()}
 
 
 def _ss_loop(u, delta, A, B, C, D, z, delta_bias):
     """The PyTorch peer: one small kernel chain per time step, in fp32."""
-    import torch
     import torch.nn.functional as F
 
     delta = F.softplus(delta.float() + delta_bias[:, None])
@@ -174,62 +274,60 @@ def _ss_loop(u, delta, A, B, C, D, z, delta_bias):
     return y * F.silu(z.float())
 
 
-def bench_selective_scan(copy_gbs: float, quick: bool) -> list[Row]:
+def bench_selective_scan(bench: Bench, copy_gbs: float) -> list[Row]:
     """Triton against the reference and the loop (contiguous inputs), then Triton again on the
     inputs as the Mamba block lays them out, against the same peers' times."""
-    import torch
-
     import mambaverse
 
-    batch, dim, dstate = SS_SHAPE["batch"], SS_SHAPE["dim"], SS_SHAPE["dstate"]
-    names = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
+    op = "selective_scan"
+    batch, dim, dstate = (bench.sizes.ss[k] for k in ("batch", "dim", "dstate"))
+    size = bench.dtype.itemsize
     rows = []
-    for length in SS_LENGTHS[:1] if quick else SS_LENGTHS:
-        big, small = batch * dim * length * 2, batch * dstate * length * 2  # bytes of one tensor
+    for length in bench.first_if_quick(bench.sizes.ss_lengths):
+        big, small = batch * dim * length * size, batch * dstate * length * size  # one tensor
         fwd_bytes = 4 * big + 2 * small  # u, δ, z, B, C in; y out
         bwd_bytes = 7 * big + 4 * small  # + dout in; du, dδ, dz, dB, dC out
         n_bytes = {"fwd": fwd_bytes, "fwd+bwd": fwd_bytes + bwd_bytes}
         peers: dict[str, float] = {}
         for layout in SS_LAYOUTS:
-            x = _ss_inputs(batch, dim, dstate, length, layout)
-            args = [x[k] for k in names]
-            shape = f"b{batch} d{dim} n{dstate} l{length} bf16 {layout}"
+            x = _ss_inputs(bench, length, layout)
+            args = [x[k] for k in SS_NAMES]
+            shape = f"b{batch} d{dim} n{dstate} l{length} {bench.dtype_name} {layout}"
             impls = ("triton", "reference") if layout == "contiguous" else ("triton",)
             times = {}
             for impl in impls:
-                kernel = mambaverse.get_kernel("selective_scan", impl, "cuda", torch.bfloat16)
+                if reason := bench.unusable(impl):
+                    rows += not_run(op, shape, impl, "GB/s", reason)
+                    continue
+                kernel = mambaverse.get_kernel(op, impl, bench.device, bench.dtype)
 
                 def fwd(kernel=kernel, args=args):
                     return kernel(*args, delta_softplus=True)
 
-                with torch.no_grad():
-                    times[impl, "fwd"] = median_ms(fwd)
-                times[impl, "fwd+bwd"] = median_ms(fwd_bwd(fwd, args))
+                times[impl] = time_passes(bench, fwd, args)
             if layout == "contiguous":  # the peers, timed once per length
                 with torch.no_grad():
-                    peers["loop"] = wall_ms(lambda args=args: _ss_loop(*args))
-                peers.update({f"reference {p}": times["reference", p] for p in n_bytes})
+                    peers["loop"] = bench.few_calls_ms(lambda args=args: _ss_loop(*args))
+                peers.update({f"reference {p}": t for p, t in times["reference"].items()})
                 for pass_, n in n_bytes.items():
-                    t = times["reference", pass_]
-                    rows.append(
-                        Row("selective_scan", shape, pass_, "reference", t, n / t / 1e6, "GB/s")
-                    )
+                    t = times["reference"][pass_]
+                    rows.append(Row(op, shape, pass_, "reference", t, n / t / 1e6, "GB/s"))
                 loop_ms = peers["loop"]
                 rows.append(
-                    Row("selective_scan", shape, "fwd", "torch loop", loop_ms,
-                        fwd_bytes / loop_ms / 1e6, "GB/s")
-                )  # fmt: skip
-            t_fwd, t_both = times["triton", "fwd"], times["triton", "fwd+bwd"]
+                    Row(op, shape, "fwd", "torch loop", loop_ms, fwd_bytes / loop_ms / 1e6, "GB/s")
+                )
+            if "triton" not in times:
+                continue
+            t_fwd, t_both = times["triton"]["fwd"], times["triton"]["fwd+bwd"]
             rows.append(
-                Row("selective_scan", shape, "fwd", "triton", t_fwd, fwd_bytes / t_fwd / 1e6,
-                    "GB/s",
+                Row(op, shape, "fwd", "triton", t_fwd, fwd_bytes / t_fwd / 1e6, "GB/s",
                     {"of copy bandwidth": fwd_bytes / t_fwd / 1e6 / copy_gbs,
                      "x faster than torch loop": peers["loop"] / t_fwd,
                      "x faster than reference": peers["reference fwd"] / t_fwd})
             )  # fmt: skip
             rows.append(
-                Row("selective_scan", shape, "fwd+bwd", "triton", t_both,
-                    n_bytes["fwd+bwd"] / t_both / 1e6, "GB/s",
+                Row(op, shape, "fwd+bwd", "triton", t_both, n_bytes["fwd+bwd"] / t_both / 1e6,
+                    "GB/s",
                     {"fwd+bwd / fwd time": t_both / t_fwd,
                      "x faster than reference": peers["reference fwd+bwd"] / t_both})
             )  # fmt: skip
@@ -237,43 +335,47 @@ def bench_selective_scan(copy_gbs: float, quick: bool) -> list[Row]:
 
 
 # -- causal convolution ------------------------------------------------------------------------------
-def bench_causal_conv1d(copy_gbs: float, quick: bool) -> list[Row]:
-    import torch
-
+def bench_causal_conv1d(bench: Bench, copy_gbs: float) -> list[Row]:
     import mambaverse
 
-    batch, dim, width = CONV_SHAPE["batch"], CONV_SHAPE["dim"], CONV_SHAPE["width"]
+    op = "causal_conv1d"
+    batch, dim, width = (bench.sizes.conv[k] for k in ("batch", "dim", "width"))
     rows = []
-    for length in CONV_LENGTHS[:1] if quick else CONV_LENGTHS:
+    for length in bench.first_if_quick(bench.sizes.conv_lengths):
         # x as the Mamba block's: the first half of a (b, l, 2d) projection, transposed.
-        xz = torch.randn(batch, length, 2 * dim, device="cuda", dtype=torch.bfloat16)
+        xz = bench.randn(batch, length, 2 * dim)
         x = xz[..., :dim].transpose(1, 2).detach().requires_grad_()
-        weight = torch.randn(dim, width, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-        bias = torch.randn(dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-        shape = f"b{batch} d{dim} w{width} l{length} bf16 silu"
-        one = batch * dim * length * 2  # bytes of x
+        weight = bench.randn(dim, width).requires_grad_()
+        bias = bench.randn(dim).requires_grad_()
+        shape = f"b{batch} d{dim} w{width} l{length} {bench.dtype_name} silu"
+        one = batch * dim * length * bench.dtype.itemsize  # bytes of x
         n_bytes = {"fwd": 2 * one, "fwd+bwd": 5 * one}  # x in, y out; + dy, x in, dx out
         times = {}
         for impl in ("triton", "reference"):
-            kernel = mambaverse.get_kernel("causal_conv1d", impl, "cuda", torch.bfloat16)
+            if reason := bench.unusable(impl):
+                rows += not_run(op, shape, impl, "GB/s", reason)
+                continue
+            kernel = mambaverse.get_kernel(op, impl, bench.device, bench.dtype)
 
             def fwd(kernel=kernel, x=x, weight=weight, bias=bias):
                 return kernel(x, weight, bias=bias, activation="silu")
 
-            with torch.no_grad():
-                times[impl, "fwd"] = median_ms(fwd)
-            times[impl, "fwd+bwd"] = median_ms(fwd_bwd(fwd, [x, weight, bias]))
-        for (impl, pass_), t in times.items():
-            achieved = n_bytes[pass_] / t / 1e6
-            ratios = {}
-            if impl == "triton":
-                ratios = {"of copy bandwidth": achieved / copy_gbs,
-                          "x faster than reference": times["reference", pass_] / t}  # fmt: skip
-            rows.append(Row("causal_conv1d", shape, pass_, impl, t, achieved, "GB/s", ratios))
+            times[impl] = time_passes(bench, fwd, [x, weight, bias])
+        for impl, passes in times.items():
+            for pass_, t in passes.items():
+                achieved = n_bytes[pass_] / t / 1e6
+                ratios = {}
+                if impl == "triton":
+                    ratios = {"of copy bandwidth": achieved / copy_gbs,
+                              "x faster than reference": times["reference"][pass_] / t}  # fmt: skip
+                rows.append(Row(op, shape, pass_, impl, t, achieved, "GB/s", ratios))
     return rows
 
 
 # -- SSD ------------------------------------------------------------------------------------------
+PEER_SSD = "mamba_chunk_scan_combined"
+
+
 def _mamba_peer(peer_path: str) -> Callable[..., Any] | None:
     """mamba_chunk_scan_combined from a local copy of state-spaces/mamba, or None."""
     path = str(Path(peer_path).resolve())
@@ -287,125 +389,121 @@ def _mamba_peer(peer_path: str) -> Callable[..., Any] | None:
     return mamba_chunk_scan_combined
 
 
-def bench_ssd_scan(peer_path: str) -> list[Row]:
-    import torch
-
+def bench_ssd_scan(bench: Bench, peer_path: str) -> list[Row]:
     import mambaverse
 
-    s = SSD_SHAPE
-    batch, length, heads, headdim, dstate = (
-        s[k] for k in ("batch", "length", "heads", "headdim", "dstate")
+    op = "ssd_scan"
+    s = bench.sizes.ssd
+    batch, length, heads, headdim, dstate, chunk = (
+        s[k] for k in ("batch", "length", "heads", "headdim", "dstate", "chunk")
     )
-    dev, bf16 = "cuda", torch.bfloat16
     x = {
-        "x": torch.randn(batch, length, heads, headdim, device=dev, dtype=bf16),
-        "dt": torch.randn(batch, length, heads, device=dev, dtype=bf16) * 0.5 - 2.0,
-        "A": -torch.rand(heads, device=dev) * 8 - 1,
-        "B": torch.randn(batch, length, 1, dstate, device=dev, dtype=bf16),
-        "C": torch.randn(batch, length, 1, dstate, device=dev, dtype=bf16),
-        "D": torch.randn(heads, device=dev),
-        "dt_bias": torch.rand(heads, device=dev),
+        "x": bench.randn(batch, length, heads, headdim),
+        "dt": bench.randn(batch, length, heads) * 0.5 - 2.0,
+        "A": -bench.rand(heads) * 8 - 1,
+        "B": bench.randn(batch, length, 1, dstate),
+        "C": bench.randn(batch, length, 1, dstate),
+        "D": bench.randn(heads, dtype=torch.float32),
+        "dt_bias": bench.rand(heads),
     }
     for t in x.values():
         t.requires_grad_()
     args = [x[k] for k in ("x", "dt", "A", "B", "C")]
     extra = {"D": x["D"], "dt_bias": x["dt_bias"], "dt_softplus": True}
-    chunk = s["chunk"]
+    shape = f"b{batch} l{length} h{heads} p{headdim} n{dstate} g1 chunk{chunk} {bench.dtype_name}"
+    rows: list[Row] = []
     impls: dict[str, Callable[[], Any]] = {}
-    ours = mambaverse.get_kernel("ssd_scan", "triton", dev, bf16)
-    impls["triton"] = lambda: ours(*args, chunk, **extra)
-    peer = _mamba_peer(peer_path)
+    if reason := bench.unusable("triton"):
+        rows += not_run(op, shape, "triton", "TFLOP/s", reason)
+    else:
+        ours = mambaverse.get_kernel(op, "triton", bench.device, bench.dtype)
+        impls["triton"] = lambda: ours(*args, chunk, **extra)
+    peer = _mamba_peer(peer_path) if bench.device.type == "cuda" else None
     if peer is not None:
-        impls["mamba_chunk_scan_combined"] = lambda: peer(*args, chunk, **extra)
+        impls[PEER_SSD] = lambda: peer(*args, chunk, **extra)
     # Matmul work of the chunked algorithm (intra-chunk causal half + state passing), and bytes.
     flops_fwd = (
         batch * heads * length * (2 * chunk * (dstate + headdim) / 2 * 2 + 4 * headdim * dstate)
     )
-    shape = f"b{batch} l{length} h{heads} p{headdim} n{dstate} g1 chunk{chunk} bf16"
-    times = {}
-    for name, fn in impls.items():
-        with torch.no_grad():
-            times[name, "fwd"] = median_ms(fn)
-        times[name, "fwd+bwd"] = median_ms(fwd_bwd(fn, [*args, x["D"], x["dt_bias"]]))
-    rows = []
+    times = {
+        name: time_passes(bench, fn, [*args, x["D"], x["dt_bias"]]) for name, fn in impls.items()
+    }
     for pass_, flops in (("fwd", flops_fwd), ("fwd+bwd", 3.5 * flops_fwd)):
         for name in impls:
-            t = times[name, pass_]
+            t = times[name][pass_]
             ratios = {}
-            if name == "triton" and peer is not None:
-                ratios["x faster than mamba_chunk_scan_combined"] = (
-                    times["mamba_chunk_scan_combined", pass_] / t
-                )
-            rows.append(Row("ssd_scan", shape, pass_, name, t, flops / t / 1e9, "TFLOP/s", ratios))
+            if name == "triton" and PEER_SSD in times:
+                ratios[f"x faster than {PEER_SSD}"] = times[PEER_SSD][pass_] / t
+            rows.append(Row(op, shape, pass_, name, t, flops / t / 1e9, "TFLOP/s", ratios))
     return rows
 
 
 # -- attention ------------------------------------------------------------------------------------
-def bench_attention(quick: bool) -> list[Row]:
-    import torch
+def _sdpa_peers(device: torch.device) -> dict[str, Any]:
+    """torch's SDPA backends to measure beside ours: flash and cuDNN on CUDA, on other devices
+    whichever backend torch picks (None)."""
+    from torch.nn.attention import SDPBackend
+
+    if device.type == "cuda":
+        return {"sdpa-flash": SDPBackend.FLASH_ATTENTION, "sdpa-cudnn": SDPBackend.CUDNN_ATTENTION}
+    return {"sdpa": None}
+
+
+def bench_attention(bench: Bench) -> list[Row]:
+    import contextlib
+
     import torch.nn.functional as F
-    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.nn.attention import sdpa_kernel
 
     import mambaverse
 
-    ours = mambaverse.get_kernel("attention", "triton", "cuda", torch.bfloat16)
-    backends = {"sdpa-flash": SDPBackend.FLASH_ATTENTION, "sdpa-cudnn": SDPBackend.CUDNN_ATTENTION}
+    op = "attention"
+    sizes = bench.sizes
+    reason = bench.unusable("triton")
+    ours = None if reason else mambaverse.get_kernel(op, "triton", bench.device, bench.dtype)
+    backends = _sdpa_peers(bench.device)
     rows = []
-    dims = ATTN_HEAD_DIMS[:1] if quick else ATTN_HEAD_DIMS
-    lengths = ATTN_LENGTHS[:1] if quick else ATTN_LENGTHS
-    for head_dim in dims:
-        for length in lengths:
+    for head_dim in bench.first_if_quick(sizes.attn_head_dims):
+        for length in bench.first_if_quick(sizes.attn_lengths):
             for causal in (False, True):
-                batch, heads = ATTN_TOKENS // length, ATTN_WIDTH // head_dim
+                batch, heads = sizes.attn_tokens // length, sizes.attn_width // head_dim
                 qkv = [
-                    torch.randn(
-                        batch, heads, length, head_dim, device="cuda", dtype=torch.bfloat16
-                    ).requires_grad_()
-                    for _ in range(3)
+                    bench.randn(batch, heads, length, head_dim).requires_grad_() for _ in range(3)
                 ]
-                fns = {"triton": lambda qkv=qkv, causal=causal: ours(*qkv, causal=causal)}
+                kind = "causal" if causal else "full"
+                shape = f"b{batch} h{heads} l{length} d{head_dim} {kind} {bench.dtype_name}"
+                fns = {}
+                if reason:
+                    rows += not_run(op, shape, "triton", "TFLOP/s", reason)
+                else:
+                    fns["triton"] = lambda qkv=qkv, causal=causal: ours(*qkv, causal=causal)
                 for name, backend in backends.items():
 
                     def sdpa(qkv=qkv, causal=causal, backend=backend):
-                        with sdpa_kernel(backend):
+                        chosen = sdpa_kernel(backend) if backend else contextlib.nullcontext()
+                        with chosen:
                             return F.scaled_dot_product_attention(*qkv, is_causal=causal)
 
                     fns[name] = sdpa
                 flops_fwd = 4 * batch * heads * length * length * head_dim / (2 if causal else 1)
-                shape = (
-                    f"b{batch} h{heads} l{length} d{head_dim} {'causal' if causal else 'full'} bf16"
-                )
                 times = {}
                 for name, fn in fns.items():
                     try:
-                        with torch.no_grad():
-                            times[name, "fwd"] = median_ms(fn)
-                        times[name, "fwd+bwd"] = median_ms(fwd_bwd(fn, qkv))
+                        times[name] = time_passes(bench, fn, qkv)
                     except RuntimeError as err:  # a backend that refuses this shape
                         print(f"attention {shape} {name}: {err}".splitlines()[0], file=sys.stderr)
                 for pass_, flops in (("fwd", flops_fwd), ("fwd+bwd", 3.5 * flops_fwd)):
-                    for name in fns:
-                        if (name, pass_) not in times:
-                            continue
-                        t = times[name, pass_]
+                    for name, passes in times.items():
+                        t = passes[pass_]
                         ratios = {}
                         if name == "triton":
                             ratios = {
-                                f"x {peer} TFLOP/s": times[peer, pass_] / t
+                                f"x {peer} TFLOP/s": times[peer][pass_] / t
                                 for peer in backends
-                                if (peer, pass_) in times
+                                if peer in times
                             }
                         rows.append(
-                            Row(
-                                "attention",
-                                shape,
-                                pass_,
-                                name,
-                                t,
-                                flops / t / 1e9,
-                                "TFLOP/s",
-                                ratios,
-                            )
+                            Row(op, shape, pass_, name, t, flops / t / 1e9, "TFLOP/s", ratios)
                         )
     return rows
 
@@ -418,14 +516,26 @@ def print_table(rows: list[Row]) -> None:
 
     table = Table("op", "shape", "pass", "impl", "median ms", "achieved", "ratio (same run)")
     for r in rows:
-        ratios = "; ".join(f"{v:.2f} {k}" for k, v in r.ratios.items())
+        if r.status != OK:
+            table.add_row(r.op, r.shape, r.pass_, r.impl, "-", "-", r.status)
+            continue
+        ratios = "; ".join(
+            f"{v:.2f} {k}" if v >= 0.01 else f"{v:.2g} {k}" for k, v in r.ratios.items()
+        )
         table.add_row(
-            r.op, r.shape, r.pass_, r.impl, f"{r.ms:.4f}", f"{r.achieved:.0f} {r.unit}", ratios
+            r.op, r.shape, r.pass_, r.impl, f"{r.ms:.4f}", f"{_rate(r.achieved)} {r.unit}", ratios
         )
     console().print(table)
 
 
+def _rate(value: float) -> str:
+    """Whole units for device-sized rates (1234 GB/s), three digits for small ones (0.0123)."""
+    return f"{value:.0f}" if value >= 10 else f"{value:.3g}"
+
+
 def plot(rows: list[Row], path: Path) -> None:
+    """One bar panel per op: achieved rate of each implementation at each shape and pass (an
+    implementation that did not run has no bar)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -439,7 +549,11 @@ def plot(rows: list[Row], path: Path) -> None:
         impls = list(dict.fromkeys(r.impl for r in mine))
         width = 0.8 / len(impls)
         for i, impl in enumerate(impls):
-            values = {f"{r.shape}\n{r.pass_}": r.achieved for r in mine if r.impl == impl}
+            values = {
+                f"{r.shape}\n{r.pass_}": r.achieved
+                for r in mine
+                if r.impl == impl and r.status == OK
+            }
             xs = [g + i * width for g in range(len(groups))]
             ax.bar(xs, [values.get(g, 0.0) for g in groups], width, label=impl)
         ax.set_xticks([g + 0.4 - width / 2 for g in range(len(groups))])
@@ -453,42 +567,43 @@ def plot(rows: list[Row], path: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-    import triton
+    from ..errors import UnknownNameError, nearest
 
-    from ..errors import KernelUnavailableError
-
-    if not torch.cuda.is_available():
-        raise KernelUnavailableError(
-            "bench kernels measures CUDA kernels; no CUDA device is visible"
-        )
     ops = [op.strip() for op in args.ops.split(",") if op.strip()]
-    unknown = sorted(set(ops) - set(OPS))
-    if unknown:
-        raise KernelUnavailableError(f"unknown op(s) {unknown}; choose from {', '.join(OPS)}")
+    for op in ops:
+        if op not in OPS:
+            close = nearest(op, OPS)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise UnknownNameError(f"unknown op {op!r}: {hint}choose from {', '.join(OPS)}")
+    device, dtype = resolve_device(args)
+    # --smoke: tiny shapes, one call each (a CPU check that every path runs, not a timing)
+    sizes, few_calls = (SMOKE, (0, 1)) if args.smoke else (FULL, (1, 3))
+    bench = Bench(device, dtype, sizes, args.quick, few_calls)
     torch.manual_seed(0)
-    ceilings = {"copy GB/s": copy_bandwidth(), "bf16 matmul TFLOP/s": matmul_rate()}
-    print(f"device ceilings: {ceilings['copy GB/s']:.0f} GB/s copy, "
-          f"{ceilings['bf16 matmul TFLOP/s']:.0f} TFLOP/s bf16 matmul")  # fmt: skip
+    ceilings = {"copy GB/s": copy_bandwidth(bench), "matmul TFLOP/s": matmul_rate(bench)}
+    print(f"ceilings of {describe_device(device)}: {_rate(ceilings['copy GB/s'])} GB/s copy, "
+          f"{_rate(ceilings['matmul TFLOP/s'])} TFLOP/s {bench.dtype_name} matmul")  # fmt: skip
     rows: list[Row] = []
     if "selective_scan" in ops:
-        rows += bench_selective_scan(ceilings["copy GB/s"], args.quick)
+        rows += bench_selective_scan(bench, ceilings["copy GB/s"])
     if "ssd_scan" in ops:
-        rows += bench_ssd_scan(args.peer_path)
+        rows += bench_ssd_scan(bench, args.peer_path)
     if "attention" in ops:
-        rows += bench_attention(args.quick)
+        rows += bench_attention(bench)
     if "causal_conv1d" in ops:
-        rows += bench_causal_conv1d(ceilings["copy GB/s"], args.quick)
+        rows += bench_causal_conv1d(bench, ceilings["copy GB/s"])
+    synchronize(device)
     print_table(rows)
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     record = {
-        "command": "mambaverse bench kernels " + " ".join(sys.argv[3:]),
+        "command": getattr(args, "command_line", None),
         "date": datetime.date.today().isoformat(),
-        "device": torch.cuda.get_device_name(),
+        "device": describe_device(device),
+        "dtype": bench.dtype_name,
         "torch": torch.__version__,
-        "triton": triton.__version__,
+        "triton": _triton_version(),
         "ceilings": ceilings,
         "rows": [asdict(r) for r in rows],
     }
@@ -496,3 +611,11 @@ def run(args: argparse.Namespace) -> int:
     plot(rows, out / "kernels.png")
     print(f"wrote {out / 'kernels.json'} and {out / 'kernels.png'}")
     return 0
+
+
+def _triton_version() -> str | None:
+    try:
+        import triton
+    except ImportError:
+        return None
+    return triton.__version__

@@ -1,5 +1,7 @@
-"""What every suite (but ``kernels``) shares: its common options, the table it prints, the JSON
-record it writes (every figure plus the device, date and command) and its plot's panels."""
+"""What the suites share: their common options, the table they print, the JSON record they write
+(every figure plus the device, date and command) and their plots' panels. ``kernels`` keeps its
+own table, record and plot (one row per op, shape and implementation) and shares the device
+options."""
 
 from __future__ import annotations
 

@@ -1,20 +1,80 @@
-"""``mambaverse bench kernels``: its CPU behaviour, its table and plot, and one quick GPU run."""
+"""``mambaverse bench kernels``: the smoke run of every op (Triton interpreted on the CPU), its
+table and plot, bad options, and one quick GPU run. No timing is asserted."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
 from mambaverse.bench import kernels as suite
 from mambaverse.cli import main
+from tests.kernels.triton_helpers import DEVICE, INTERPRETED, run_interpreted, tiny
+
+# The peers every smoke run measures beside ours on this device. The SSD peer (mamba_ssm's
+# Triton kernel) joins on CUDA when a copy of mamba_ssm is found (--peer-path).
+OPTIONAL_PEERS = {suite.PEER_SSD}
+PEERS_HERE = {
+    "selective_scan": {"reference", "torch loop"},
+    "ssd_scan": set(),
+    "attention": {"sdpa-flash", "sdpa-cudnn"} if DEVICE == "cuda" else {"sdpa"},
+    "causal_conv1d": {"reference"},
+}
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given without CUDA")
-def test_without_cuda_says_why(capsys):
-    assert main(["bench", "kernels", "--quick"]) == 2
-    assert "no CUDA device is visible" in capsys.readouterr().err
+def smoke(out: Path, device: str, *extra: str) -> dict:
+    argv = ["bench", "kernels", "--smoke", "--device", device, "--out", str(out), *extra]
+    assert main(argv) == 0
+    assert (out / "kernels.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    record = json.loads((out / "kernels.json").read_text())
+    assert record["command"].startswith("mambaverse bench kernels --smoke")
+    assert record["ceilings"]["copy GB/s"] > 0 and record["ceilings"]["matmul TFLOP/s"] > 0
+    return record
+
+
+@tiny
+def test_smoke_runs_every_implementation(tmp_path):
+    record = smoke(tmp_path, DEVICE)
+    rows = record["rows"]
+    assert all(r["status"] == "ok" and r["ms"] > 0 and r["achieved"] > 0 for r in rows), rows
+    for op, peers in PEERS_HERE.items():
+        impls = {r["impl"] for r in rows if r["op"] == op}
+        assert impls - OPTIONAL_PEERS == {"triton"} | peers, op
+        for impl in impls:  # both passes of each, but the loop (forward only)
+            passes = {r["pass_"] for r in rows if r["op"] == op and r["impl"] == impl}
+            assert passes == ({"fwd"} if impl == "torch loop" else {"fwd", "fwd+bwd"})
+    # the scan in both layouts, the attention causal and not
+    shapes = {r["shape"] for r in rows if r["impl"] == "triton"}
+    assert {s.split()[-1] for s in shapes if "n4" in s} == {"contiguous", "block"}
+    assert any("causal" in s for s in shapes) and any("full" in s for s in shapes)
+    scan_fwd = next(r for r in rows if r["impl"] == "triton" and r["pass_"] == "fwd")
+    assert set(scan_fwd["ratios"]) == {
+        "of copy bandwidth",
+        "x faster than torch loop",
+        "x faster than reference",
+    }
+
+
+@pytest.mark.skipif(INTERPRETED, reason="checks the run without the Triton interpreter")
+def test_cpu_smoke_without_interpreter_names_the_way_out(tmp_path, capsys):
+    rows = smoke(tmp_path, "cpu", "--ops", "selective_scan,attention")["rows"]
+    assert {r["op"] for r in rows} == {"selective_scan", "attention"}
+    triton = [r for r in rows if r["impl"] == "triton"]
+    assert triton and all(r["status"].startswith("skipped") and r["ms"] is None for r in triton)
+    assert "TRITON_INTERPRET=1" in triton[0]["status"]
+    assert all(r["status"] == "ok" for r in rows if r["impl"] != "triton")
+    assert "TRITON_INTERPRET=1" in capsys.readouterr().out  # the table shows the reason
+
+
+def test_interpreted():
+    run_interpreted(__file__)
+
+
+def test_unknown_op_names_the_nearest(capsys):
+    assert main(["bench", "kernels", "--smoke", "--ops", "selective_scna"]) == 2
+    assert "did you mean 'selective_scan'?" in capsys.readouterr().err
 
 
 def test_table_and_plot_show_every_row(tmp_path, capsys):
@@ -30,10 +90,14 @@ def test_table_and_plot_show_every_row(tmp_path, capsys):
             {"of copy bandwidth": 0.4},
         ),
         suite.Row("attention", "b1 l8", "fwd+bwd", "sdpa-flash", 2.0, 300.0, "TFLOP/s"),
+        suite.Row(
+            "attention", "b1 l8", "fwd", "triton", None, None, "TFLOP/s", status="skipped: x"
+        ),
     ]
     suite.print_table(rows)
     out = capsys.readouterr().out
     assert "0.40 of copy bandwidth" in out and "sdpa-flash" in out and "300 TFLOP/s" in out
+    assert "skipped: x" in out
     suite.plot(rows, tmp_path / "kernels.png")
     assert (tmp_path / "kernels.png").read_bytes()[:4] == b"\x89PNG"
 
