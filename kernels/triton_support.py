@@ -46,6 +46,21 @@ def check_device(op: str, tensors: dict[str, torch.Tensor | None]) -> torch.devi
     return device
 
 
+def check_step_inputs(
+    op: str, tensors: dict[str, torch.Tensor | None], training_op: str
+) -> torch.device:
+    """What every decoding-step kernel checks first: one device a Triton kernel runs on, float
+    dtypes, and no gradient asked for (a step updates its state in place and records none)."""
+    device = check_device(op, tensors)
+    check_float(op, tensors)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors.values()):
+        raise RuntimeError(
+            f"{op} (triton) updates its state in place and records no gradient; call it under "
+            f"torch.no_grad() (generation) or use {training_op} for training"
+        )
+    return device
+
+
 def check_float(op: str, tensors: dict[str, torch.Tensor | None]) -> None:
     for name, t in tensors.items():
         if t is not None and t.dtype not in FLOAT_DTYPES:

@@ -15,6 +15,11 @@ w shifted windows of x are w loads of overlapping tiles, served by the cache, so
 memory about once. The backward recomputes p at the w shifts it needs instead of storing it, and
 writes its share of ∂L/∂weight and ∂L/∂bias per program (summed afterwards: deterministic).
 
+The decoding step (``causal_conv1d_update``) is one program per (batch, block of channels): it
+loads the rolling window shifted by one with the new input appended, writes it back in place and
+returns the convolution over it, one launch instead of the reference's cat, copy, product, sum,
+bias and silu.
+
 Unlike ``F.conv1d`` (the reference), the kernel reads x in any layout, computes in fp32 and writes
 y in x's dtype and layout: the Mamba block's x is a channels-innermost slice of its input
 projection, and no copy, cast or padding pass is made around the convolution.
@@ -29,6 +34,7 @@ import triton.language as tl
 from mambaverse.kernels.triton_support import (
     check_device,
     check_float,
+    check_step_inputs,
     empty_like_sequence,
     interpreting,
     next_pow2,
@@ -138,6 +144,38 @@ def _causal_conv_bwd(
     tl.store(dbias_ptr + row * dim + offs_d, dbias, mask=mask_d)
 
 
+@triton.jit
+def _causal_conv_update(
+    state_ptr, x_ptr, w_ptr, bias_ptr, y_ptr,
+    dim,
+    s_st_b, s_st_d, s_st_k, s_x_b, s_x_d, s_w_d, s_w_k, s_y_b, s_y_d,
+    HAS_BIAS: tl.constexpr, SILU: tl.constexpr, W: tl.constexpr, W_PAD: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    pid_b = tl.program_id(1).to(tl.int64)
+    offs_d = tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_k = tl.arange(0, W_PAD)
+    mask_d = offs_d < dim
+    mask = mask_d[:, None] & (offs_k < W)[None, :]
+    st_p = state_ptr + pid_b * s_st_b + offs_d[:, None] * s_st_d
+    # The new window (BLOCK_D, W_PAD): slots 1 .. w-1 of the old one, then x (in the state's
+    # dtype, as it is stored).
+    shifted = tl.load(st_p + (offs_k[None, :] + 1) * s_st_k, mask=mask & (offs_k < W - 1)[None, :])
+    x = tl.load(x_ptr + pid_b * s_x_b + offs_d * s_x_d, mask=mask_d).to(state_ptr.dtype.element_ty)
+    window = tl.where((offs_k == W - 1)[None, :], x[:, None], shifted)
+    w = tl.load(w_ptr + offs_d[:, None] * s_w_d + offs_k[None, :] * s_w_k, mask=mask, other=0.0)
+    p = tl.sum(window.to(tl.float32) * w.to(tl.float32), axis=1)
+    if HAS_BIAS:
+        p += tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    if SILU:
+        p, _ = silu_and_grad(p)
+    # Another thread of this program may hold the slot this one read: every read of the old
+    # window is done before any slot is overwritten.
+    tl.debug_barrier()
+    tl.store(st_p + offs_k[None, :] * s_st_k, window, mask=mask)
+    tl.store(y_ptr + pid_b * s_y_b + offs_d * s_y_d, p.to(y_ptr.dtype.element_ty), mask=mask_d)
+
+
 def _grid(x: torch.Tensor) -> tuple[tuple[int, int, int], int, int]:
     batch, dim, seqlen = x.shape
     block_l, block_d = _tiles(x)
@@ -197,3 +235,30 @@ def causal_conv1d(
     if bias is not None:
         bias = bias.contiguous()  # the kernels index it densely; x and weight take any strides
     return _CausalConv1dFn.apply(x, weight, bias, activation in ("silu", "swish"))
+
+
+def causal_conv1d_update(
+    conv_state: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    activation: str | None = None,
+) -> torch.Tensor:
+    """Triton implementation of :func:`mambaverse.kernels.causal_conv1d_update` (see there):
+    ``conv_state`` (b, d, w) updated in place, y (b, d) returned in x's dtype. For generation
+    only: it records no gradient. Shapes are checked by the public function."""
+    op = "causal_conv1d_update"
+    tensors = {"conv_state": conv_state, "x": x, "weight": weight, "bias": bias}
+    check_step_inputs(op, tensors, "causal_conv1d")
+    batch, dim = x.shape
+    width = weight.shape[1]
+    y = torch.empty((batch, dim), device=x.device, dtype=x.dtype)
+    block_d = 4 if interpreting() else 128
+    _causal_conv_update[(triton.cdiv(dim, block_d), batch)](
+        conv_state, x, weight, bias if bias is not None else weight, y,
+        dim,
+        *conv_state.stride(), *x.stride(), *weight.stride(), *y.stride(),
+        HAS_BIAS=bias is not None, SILU=activation in ("silu", "swish"), W=width,
+        W_PAD=next_pow2(width), BLOCK_D=block_d, num_warps=4,
+    )  # fmt: skip
+    return y

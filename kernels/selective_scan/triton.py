@@ -59,6 +59,7 @@ from mambaverse.kernels.triton_support import (
     check_float,
     check_rank,
     check_shape,
+    check_step_inputs,
     empty_like_sequence,
     interpreting,
     next_pow2,
@@ -843,13 +844,7 @@ def selective_state_update(
     op = "selective_state_update"
     tensors = {"state": state, "x": x, "dt": dt, "A": A, "B": B, "C": C, "D": D, "z": z}
     tensors["dt_bias"] = dt_bias
-    check_device(op, tensors)
-    check_float(op, tensors)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors.values()):
-        raise RuntimeError(
-            f"{op} (triton) updates the state in place and records no gradient; "
-            "call it under torch.no_grad() (generation) or use selective_scan for training"
-        )
+    check_step_inputs(op, tensors, "selective_scan")
     check_rank(op, "state", state, (3,), "(batch, dim, dstate)")
     batch, dim, dstate = state.shape
     if state.dtype != torch.float32 and state.dtype not in (torch.float16, torch.bfloat16):

@@ -48,6 +48,7 @@ from mambaverse.kernels.triton_support import (
     check_float,
     check_rank,
     check_shape,
+    check_step_inputs,
     dot_width,
     interpreting,
     next_pow2,
@@ -883,13 +884,7 @@ def ssd_state_update(
     op = "ssd_state_update"
     tensors = {"state": state, "x": x, "dt": dt, "A": A, "B": B, "C": C, "D": D, "z": z}
     tensors["dt_bias"] = dt_bias
-    check_device(op, tensors)
-    check_float(op, tensors)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors.values()):
-        raise RuntimeError(
-            f"{op} (triton) updates the state in place and records no gradient; "
-            "call it under torch.no_grad() (generation) or use ssd_scan for training"
-        )
+    check_step_inputs(op, tensors, "ssd_scan")
     check_rank(op, "state", state, (4,), "(batch, heads, headdim, dstate)")
     batch, nheads, headdim, dstate = state.shape
     check_rank(op, "B", B, (3,), "(batch, groups, dstate)")

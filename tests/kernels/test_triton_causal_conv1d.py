@@ -1,4 +1,5 @@
-"""Triton causal convolution against the float64 reference, forward and every gradient.
+"""Triton causal convolution against the float64 reference, forward and every gradient, and its
+decoding step (the rolling window updated in place) against the reference step.
 
 The reference (``F.conv1d`` with d groups, itself checked against the loop oracle in
 test_reference_causal_conv1d.py) runs on the same rounded inputs in float64. Without CUDA the
@@ -49,6 +50,32 @@ def check(batch, dim, length, width, dtype, bias=True, activation="silu", channe
     report(label or f"causal_conv1d {dtype}", errors, TOL[dtype])
 
 
+def check_update(batch, dim, width, dtype, bias=True, activation="silu", steps=3, seed=0,
+                 label=""):  # fmt: skip
+    """Several Triton decoding steps from a random window against the float64 reference step:
+    every output and the window after every step. x is a strided slice (as in_proj's half)."""
+    gen = torch.Generator().manual_seed(seed)
+    state = torch.randn(batch, dim, width, generator=gen).to(dtype)
+    weight = (torch.randn(dim, width, generator=gen) / width**0.5).to(dtype)
+    b = torch.randn(dim, generator=gen).to(dtype) if bias else None
+    ours = [t.to(DEVICE) if t is not None else None for t in (state, weight, b)]
+    ref = [t.to(DEVICE).double() if t is not None else None for t in (state, weight, b)]
+    errors = {}
+    with torch.no_grad():
+        for step in range(steps):
+            xz = torch.randn(batch, 2 * dim, generator=gen).to(dtype).to(DEVICE)
+            x = xz[:, :dim]  # strided: rows 2·dim apart
+            y = kernels.causal_conv1d_update(ours[0], x, ours[1], ours[2], activation=activation)
+            y_ref = reference.causal_conv1d_update(
+                ref[0], x.double(), ref[1], ref[2], activation=activation
+            )
+            assert y.dtype == dtype and y.shape == (batch, dim)
+            errors[f"y{step}"] = rel_err(y, y_ref)
+            errors[f"window{step}"] = rel_err(ours[0], ref[0])
+            ref[0] = ours[0].double()  # each step from the same rounded window
+    report(label or f"causal_conv1d_update {dtype}", errors, TOL[dtype])
+
+
 # -- tiny cases: interpreted on CPU (through test_interpreted), compiled on CUDA ---------------------
 def test_interpreted():
     run_interpreted(__file__)
@@ -93,6 +120,39 @@ def test_public_op_dispatches_to_triton():
     assert rel_err(y, y_ref) < 1e-6
 
 
+@tiny
+@pytest.mark.parametrize("width, bias, activation", [(4, True, "silu"), (3, False, None)])
+def test_update_matches_the_reference_step(width, bias, activation):
+    # 6 channels in blocks of 4: a ragged last block
+    check_update(2, 6, width, torch.float32, bias=bias, activation=activation,
+                 label=f"cpu conv update w{width} bias={bias} {activation}")  # fmt: skip
+
+
+@tiny
+def test_update_in_bfloat16_and_from_zeros_reproduces_the_convolution():
+    check_update(1, 5, 4, torch.bfloat16, label="cpu conv update bf16")
+    x = torch.randn(2, 7, 9, device=DEVICE)
+    weight, bias = torch.randn(7, 4, device=DEVICE), torch.randn(7, device=DEVICE)
+    window = torch.zeros(2, 7, 4, device=DEVICE)
+    with torch.no_grad():
+        steps = [
+            kernels.causal_conv1d_update(window, x[:, :, t], weight, bias, activation="silu")
+            for t in range(x.shape[2])
+        ]
+    y_ref = reference.causal_conv1d(x.double(), weight.double(), bias.double(), activation="silu")
+    assert rel_err(torch.stack(steps, -1), y_ref) < 1e-6
+    assert torch.equal(window, x[:, :, -4:])  # the last w inputs, oldest first
+
+
+@tiny
+def test_update_refuses_to_record_a_gradient():
+    weight = torch.randn(3, 4, device=DEVICE, requires_grad=True)
+    with pytest.raises(RuntimeError, match="no gradient"):
+        kernels.causal_conv1d_update(
+            torch.zeros(1, 3, 4, device=DEVICE), torch.randn(1, 3, device=DEVICE), weight
+        )
+
+
 # -- GPU: compiled, realistic and odd shapes ----------------------------------------------------------
 @pytest.mark.gpu
 @gpu
@@ -109,3 +169,12 @@ def test_public_op_dispatches_to_triton():
 def test_gpu_matches_reference(shape, channels_last, dtype):
     check(*shape, dtype, channels_last=channels_last, seed=sum(shape),
           label=f"gpu causal_conv1d {shape} channels_last={channels_last} {dtype}")  # fmt: skip
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(8, 3072, 4), (1, 1536, 4), (3, 200, 4), (2, 97, 3)])
+def test_gpu_update_matches_reference(shape, dtype):
+    check_update(*shape, dtype, steps=5, seed=sum(shape),
+                 label=f"gpu causal_conv1d_update {shape} {dtype}")  # fmt: skip
