@@ -7,9 +7,10 @@ torch's ``scaled_dot_product_attention`` (on CUDA with its flash and cuDNN backe
 times are medians of ``triton.testing.do_bench`` (CUDA events) after warm-up, on fresh random
 inputs; on the CPU medians of a few calls on the host's clock.
 
-``--smoke`` runs every op at tiny shapes, one call each: on the CPU the reference paths run, and
-the Triton kernels too when ``TRITON_INTERPRET=1`` is set (their rows are marked skipped
-otherwise). Its times say nothing about speed; it checks that every path of the suite runs.
+``--smoke`` runs every op at tiny shapes: on the CPU one call each, the reference paths and the
+Triton kernels too when ``TRITON_INTERPRET=1`` is set (their rows are marked skipped otherwise);
+on CUDA the same shapes through ``do_bench``. Its times say nothing about speed; it checks that
+every path of the suite runs.
 
 For ``causal_conv1d`` the peer is the reference path (``F.conv1d`` with d groups, in fp32 with
 casts around it); x is passed as the Mamba block passes it, a channels-innermost slice of its
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.util
 import json
 import statistics
 import sys
@@ -111,8 +113,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--smoke",
         action="store_true",
-        help="tiny shapes (a CPU smoke test: reference paths timed, Triton kernels run under "
-        "TRITON_INTERPRET=1 when it is set)",
+        help="tiny shapes, a smoke test (on the CPU one call each: the reference paths, and the "
+        "Triton kernels when TRITON_INTERPRET=1 is set)",
     )
     parser.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if any)")
     parser.add_argument(
@@ -172,9 +174,13 @@ class Bench:
 
     def unusable(self, impl: str) -> str | None:
         """Why ``impl`` cannot run here, or None."""
+        if impl != "triton":
+            return None
+        if importlib.util.find_spec("triton") is None:
+            return f"{SKIPPED}: Triton is not installed"
         from mambaverse.kernels.triton_support import interpreting
 
-        if impl == "triton" and self.device.type == "cpu" and not interpreting():
+        if self.device.type == "cpu" and not interpreting():
             return f"{SKIPPED}: set TRITON_INTERPRET=1 to interpret Triton on the CPU"
         return None
 
@@ -208,11 +214,35 @@ def fwd_bwd(fn: Callable[[], Any], inputs: list[Any]) -> Callable[[], Any]:
     return step
 
 
+def _pass_timers(
+    bench: Bench, fn: Callable[[], Any], inputs: list[Any]
+) -> dict[str, Callable[[], float]]:
+    """pass -> a function timing it: the forward without autograd, forward+backward."""
+
+    def forward() -> float:
+        with torch.no_grad():
+            return bench.median_ms(fn)
+
+    return {"fwd": forward, "fwd+bwd": lambda: bench.median_ms(fwd_bwd(fn, inputs))}
+
+
 def time_passes(bench: Bench, fn: Callable[[], Any], inputs: list[Any]) -> dict[str, float]:
     """Median ms of the forward (no autograd) and of forward+backward."""
-    with torch.no_grad():
-        fwd = bench.median_ms(fn)
-    return {"fwd": fwd, "fwd+bwd": bench.median_ms(fwd_bwd(fn, inputs))}
+    return {pass_: timer() for pass_, timer in _pass_timers(bench, fn, inputs).items()}
+
+
+def time_passes_if_run(
+    bench: Bench, fn: Callable[[], Any], inputs: list[Any], label: str
+) -> dict[str, float]:
+    """:func:`time_passes` for a peer that may refuse a shape: a pass that raises is left out
+    (and said on stderr), the other is kept."""
+    times = {}
+    for pass_, timer in _pass_timers(bench, fn, inputs).items():
+        try:
+            times[pass_] = timer()
+        except RuntimeError as err:
+            print(f"{label} {pass_}: {err}".splitlines()[0], file=sys.stderr)
+    return times
 
 
 def not_run(op: str, shape: str, impl: str, unit: str, status: str) -> list[Row]:
@@ -486,21 +516,21 @@ def bench_attention(bench: Bench) -> list[Row]:
 
                     fns[name] = sdpa
                 flops_fwd = 4 * batch * heads * length * length * head_dim / (2 if causal else 1)
-                times = {}
-                for name, fn in fns.items():
-                    try:
-                        times[name] = time_passes(bench, fn, qkv)
-                    except RuntimeError as err:  # a backend that refuses this shape
-                        print(f"attention {shape} {name}: {err}".splitlines()[0], file=sys.stderr)
+                times = {
+                    name: time_passes_if_run(bench, fn, qkv, f"attention {shape} {name}")
+                    for name, fn in fns.items()
+                }
                 for pass_, flops in (("fwd", flops_fwd), ("fwd+bwd", 3.5 * flops_fwd)):
                     for name, passes in times.items():
+                        if pass_ not in passes:  # a backend that refused this shape
+                            continue
                         t = passes[pass_]
                         ratios = {}
                         if name == "triton":
                             ratios = {
                                 f"x {peer} TFLOP/s": times[peer][pass_] / t
                                 for peer in backends
-                                if peer in times
+                                if pass_ in times.get(peer, {})
                             }
                         rows.append(
                             Row(op, shape, pass_, name, t, flops / t / 1e9, "TFLOP/s", ratios)
@@ -570,12 +600,16 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import UnknownNameError, nearest
 
     ops = [op.strip() for op in args.ops.split(",") if op.strip()]
+    if not ops:
+        raise UnknownNameError(f"--ops names no op; choose from {', '.join(OPS)}")
     for op in ops:
         if op not in OPS:
             close = nearest(op, OPS)
             hint = f"did you mean {close[0]!r}? " if close else ""
             raise UnknownNameError(f"unknown op {op!r}: {hint}choose from {', '.join(OPS)}")
     device, dtype = resolve_device(args)
+    if device.type == "cuda" and device.index is not None:  # cuda:N: Triton and the CUDA
+        torch.cuda.set_device(device)  # events work on the current device
     # --smoke: tiny shapes, one call each (a CPU check that every path runs, not a timing)
     sizes, few_calls = (SMOKE, (0, 1)) if args.smoke else (FULL, (1, 3))
     bench = Bench(device, dtype, sizes, args.quick, few_calls)

@@ -1,9 +1,9 @@
 """Where a language model's decoding step spends its GPU time, and what a kernel choice changes.
 
-One eager step is profiled (CUDA kernels grouped by name: count and GPU time); then the step
-captured as a CUDA graph (``mamba_lm``'s ``decode_graph``) is timed for each batch size, once per
-kernel choice given with ``--compare`` (``MAMBAVERSE_KERNELS`` values separated by ";", "" =
-the registry's defaults), all in one process, so the times are comparable. Random weights, bf16.
+For each kernel choice given with ``--compare`` (``MAMBAVERSE_KERNELS`` values separated by ";",
+"" = the registry's defaults): one eager step is profiled (CUDA kernels grouped by name: count
+and GPU time), then the step captured as a CUDA graph (``mamba_lm``'s ``decode_graph``) is timed
+for each batch size; all in one process, so the times are comparable. Random weights, bf16.
 
     python examples/benchmarks/profile_decode_step.py --model mamba_790m --batches 1,8 \\
         --compare ";causal_conv1d_update=reference"
@@ -85,11 +85,12 @@ def main() -> None:
     torch.manual_seed(0)
     model = mambaverse.create_model(args.model).to("cuda", torch.bfloat16).eval()
     print(f"{args.model} on {torch.cuda.get_device_name()}, torch {torch.__version__}, bf16")
-    profile_eager_step(model, args.profile_batch, args.top)
     for choice in args.compare.split(";"):
         os.environ["MAMBAVERSE_KERNELS"] = choice
+        label = choice or "registry defaults"
+        print(f"\n== {label}")
+        profile_eager_step(model, args.profile_batch, args.top)
         for batch in (int(b) for b in args.batches.split(",")):
-            label = choice or "registry defaults"
             print(f"{label:40s} batch {batch}: graph step {graph_step_ms(model, batch):.3f} ms")
 
 

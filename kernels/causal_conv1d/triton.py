@@ -160,8 +160,11 @@ def _causal_conv_update(
     st_p = state_ptr + pid_b * s_st_b + offs_d[:, None] * s_st_d
     # The new window (BLOCK_D, W_PAD): slots 1 .. w-1 of the old one, then x (in the state's
     # dtype, as it is stored).
-    shifted = tl.load(st_p + (offs_k[None, :] + 1) * s_st_k, mask=mask & (offs_k < W - 1)[None, :])
-    x = tl.load(x_ptr + pid_b * s_x_b + offs_d * s_x_d, mask=mask_d).to(state_ptr.dtype.element_ty)
+    shifted = tl.load(
+        st_p + (offs_k[None, :] + 1) * s_st_k, mask=mask & (offs_k < W - 1)[None, :], other=0.0
+    )  # zeros in the padding slots k >= w, whose weights are zero too
+    x = tl.load(x_ptr + pid_b * s_x_b + offs_d * s_x_d, mask=mask_d, other=0.0)
+    x = x.to(state_ptr.dtype.element_ty)
     window = tl.where((offs_k == W - 1)[None, :], x[:, None], shifted)
     w = tl.load(w_ptr + offs_d[:, None] * s_w_d + offs_k[None, :] * s_w_k, mask=mask, other=0.0)
     p = tl.sum(window.to(tl.float32) * w.to(tl.float32), axis=1)
@@ -246,10 +249,14 @@ def causal_conv1d_update(
 ) -> torch.Tensor:
     """Triton implementation of :func:`mambaverse.kernels.causal_conv1d_update` (see there):
     ``conv_state`` (b, d, w) updated in place, y (b, d) returned in x's dtype. For generation
-    only: it records no gradient. Shapes are checked by the public function."""
+    only: it records no gradient. Shapes are checked by the public function. Each program owns
+    its rows of the window, so ``conv_state`` must not overlap itself (an ``expand``-ed tensor)
+    and x must not alias another row's window."""
     op = "causal_conv1d_update"
     tensors = {"conv_state": conv_state, "x": x, "weight": weight, "bias": bias}
     check_step_inputs(op, tensors, "causal_conv1d")
+    if bias is not None:
+        bias = bias.contiguous()  # indexed densely
     batch, dim = x.shape
     width = weight.shape[1]
     y = torch.empty((batch, dim), device=x.device, dtype=x.dtype)

@@ -13,13 +13,14 @@ from mambaverse.bench import kernels as suite
 from mambaverse.cli import main
 from tests.kernels.triton_helpers import DEVICE, INTERPRETED, run_interpreted, tiny
 
-# The peers every smoke run measures beside ours on this device. The SSD peer (mamba_ssm's
-# Triton kernel) joins on CUDA when a copy of mamba_ssm is found (--peer-path).
-OPTIONAL_PEERS = {suite.PEER_SSD}
+# The peers every smoke run measures beside ours on this device. On CUDA the SSD peer (mamba_ssm's
+# Triton kernel) joins when a copy of mamba_ssm is found (--peer-path), and SDPA's cuDNN backend
+# where this GPU and cuDNN offer it.
+OPTIONAL_PEERS = {suite.PEER_SSD, "sdpa-cudnn"}
 PEERS_HERE = {
     "selective_scan": {"reference", "torch loop"},
     "ssd_scan": set(),
-    "attention": {"sdpa-flash", "sdpa-cudnn"} if DEVICE == "cuda" else {"sdpa"},
+    "attention": {"sdpa-flash"} if DEVICE == "cuda" else {"sdpa"},
     "causal_conv1d": {"reference"},
 }
 
@@ -72,6 +73,44 @@ def test_interpreted():
     run_interpreted(__file__)
 
 
+def test_rates_and_ratios_from_the_times(monkeypatch):
+    """With every time fixed (2 ms per timed call, 10 ms for the loop), the rows carry the
+    counts of the module docstring: bytes / time, FLOPs / time, and ratios of times."""
+    monkeypatch.setattr(suite.Bench, "median_ms", lambda self, fn: 2.0)
+    monkeypatch.setattr(suite.Bench, "few_calls_ms", lambda self, fn: 10.0)
+    bench = suite.Bench(torch.device(DEVICE), torch.bfloat16, suite.SMOKE)
+    # keyed by the layout (scan) or the masking (attention), pass and implementation
+    rows = {(r.op, r.shape.split()[-1], r.pass_, r.impl): r
+            for r in suite.bench_selective_scan(bench, copy_gbs=100.0)}  # fmt: skip
+    rows |= {(r.op, r.shape.split()[-2], r.pass_, r.impl): r for r in suite.bench_attention(bench)}
+    # b1 d8 n4 l24 in bf16: u, δ, z (b, d, l) and B, C (b, n, l) in, y (b, d, l) out
+    big, small = 1 * 8 * 24 * 2, 1 * 4 * 24 * 2
+    fwd_bytes = 4 * big + 2 * small
+    both_bytes = fwd_bytes + 7 * big + 4 * small  # + dy in; du, dδ, dz, dB, dC out
+    ref = rows["selective_scan", "contiguous", "fwd", "reference"]
+    assert ref.ms == 2.0 and ref.achieved == pytest.approx(fwd_bytes / 2.0 / 1e6)
+    both = rows["selective_scan", "contiguous", "fwd+bwd", "reference"]
+    assert both.achieved == pytest.approx(both_bytes / 2.0 / 1e6)
+    assert rows["selective_scan", "contiguous", "fwd", "torch loop"].ms == 10.0
+    # attention b2 h2 l24 d32: 4·b·h·l²·d forward FLOPs, half when causal, ×3.5 with backward
+    flops = 4 * 2 * 2 * 24 * 24 * 32
+    peer = "sdpa-flash" if DEVICE == "cuda" else "sdpa"
+    assert rows["attention", "full", "fwd", peer].achieved == pytest.approx(flops / 2.0 / 1e9)
+    causal_both = rows["attention", "causal", "fwd+bwd", peer].achieved
+    assert causal_both == pytest.approx(3.5 * flops / 2 / 2.0 / 1e9)
+    triton = rows.get(("selective_scan", "contiguous", "fwd", "triton"))
+    if triton is not None and triton.status == "ok":  # where Triton runs (CUDA, interpreter)
+        assert triton.ratios == pytest.approx(
+            {
+                "of copy bandwidth": fwd_bytes / 2.0 / 1e6 / 100.0,
+                "x faster than torch loop": 5.0,
+                "x faster than reference": 1.0,
+            }
+        )
+        fwd_bwd_row = rows["selective_scan", "contiguous", "fwd+bwd", "triton"]
+        assert fwd_bwd_row.ratios["fwd+bwd / fwd time"] == 1.0
+
+
 def test_unknown_op_names_the_nearest(capsys):
     assert main(["bench", "kernels", "--smoke", "--ops", "selective_scna"]) == 2
     assert "did you mean 'selective_scan'?" in capsys.readouterr().err
@@ -112,4 +151,9 @@ def test_gpu_quick_run_writes_json(tmp_path):
     record = json.loads((tmp_path / "kernels.json").read_text())
     assert record["ceilings"]["copy GB/s"] > 0
     triton_fwd = next(r for r in record["rows"] if r["impl"] == "triton" and r["pass_"] == "fwd")
-    assert triton_fwd["ratios"]["x faster than torch loop"] > 1
+    assert set(triton_fwd["ratios"]) == {
+        "of copy bandwidth",
+        "x faster than torch loop",
+        "x faster than reference",
+    }
+    assert all(value > 0 for value in triton_fwd["ratios"].values())

@@ -12,9 +12,19 @@ import pytest
 import torch
 
 from mambaverse.kernels.causal_conv1d import causal_conv1d as public_causal_conv1d
+from mambaverse.kernels.causal_conv1d import causal_conv1d_update as public_causal_conv1d_update
 from mambaverse.kernels.causal_conv1d import reference
 from mambaverse.kernels.causal_conv1d import triton as kernels
-from tests.kernels.triton_helpers import DEVICE, gpu, grads, rel_err, report, run_interpreted, tiny
+from tests.kernels.triton_helpers import (
+    DEVICE,
+    INTERPRETED,
+    gpu,
+    grads,
+    rel_err,
+    report,
+    run_interpreted,
+    tiny,
+)
 
 TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 5e-3}
 
@@ -51,29 +61,50 @@ def check(batch, dim, length, width, dtype, bias=True, activation="silu", channe
 
 
 def check_update(batch, dim, width, dtype, bias=True, activation="silu", steps=3, seed=0,
-                 label=""):  # fmt: skip
-    """Several Triton decoding steps from a random window against the float64 reference step:
-    every output and the window after every step. x is a strided slice (as in_proj's half)."""
+                 state_dtype=None, strided_state=False, label=""):  # fmt: skip
+    """Several Triton decoding steps from a random window against the float64 reference step on
+    the same rounded window: every output within tolerance, and the window after every step
+    exactly the old one shifted with x (rounded to the window's dtype) appended. x is a strided
+    slice (as in_proj's half); with ``strided_state`` the window is a transposed view."""
+    state_dtype = state_dtype or dtype
     gen = torch.Generator().manual_seed(seed)
-    state = torch.randn(batch, dim, width, generator=gen).to(dtype)
+    if strided_state:  # (b, d, w) with the channels innermost
+        window = torch.randn(batch, width, dim, generator=gen).to(state_dtype).transpose(1, 2)
+    else:
+        window = torch.randn(batch, dim, width, generator=gen).to(state_dtype)
     weight = (torch.randn(dim, width, generator=gen) / width**0.5).to(dtype)
     b = torch.randn(dim, generator=gen).to(dtype) if bias else None
-    ours = [t.to(DEVICE) if t is not None else None for t in (state, weight, b)]
-    ref = [t.to(DEVICE).double() if t is not None else None for t in (state, weight, b)]
+    window, weight, b = (t.to(DEVICE) if t is not None else None for t in (window, weight, b))
     errors = {}
     with torch.no_grad():
         for step in range(steps):
             xz = torch.randn(batch, 2 * dim, generator=gen).to(dtype).to(DEVICE)
             x = xz[:, :dim]  # strided: rows 2·dim apart
-            y = kernels.causal_conv1d_update(ours[0], x, ours[1], ours[2], activation=activation)
+            before = window.double()
+            y = kernels.causal_conv1d_update(window, x, weight, b, activation=activation)
+            stored_x = x.to(state_dtype).double()  # what the window keeps of x
+            shifted = torch.cat([before[:, :, 1:], stored_x[:, :, None]], dim=-1)
             y_ref = reference.causal_conv1d_update(
-                ref[0], x.double(), ref[1], ref[2], activation=activation
-            )
+                before,
+                stored_x,
+                weight.double(),
+                None if b is None else b.double(),
+                activation=activation,
+            )  # fmt: skip  (the reference shifts `before` in place too)
             assert y.dtype == dtype and y.shape == (batch, dim)
+            assert window.dtype == state_dtype
+            assert torch.equal(window[..., :-1].double(), shifted[..., :-1]), f"step {step}"
+            if INTERPRETED and state_dtype != dtype:
+                # Triton's interpreter truncates float casts (the GPU rounds to nearest, as
+                # torch): one unit in the last place of the window's dtype
+                ulp = torch.finfo(state_dtype).eps * stored_x.abs()
+                assert ((window[..., -1].double() - stored_x).abs() <= ulp).all()
+            else:
+                assert torch.equal(window[..., -1].double(), stored_x), f"x at step {step}"
             errors[f"y{step}"] = rel_err(y, y_ref)
-            errors[f"window{step}"] = rel_err(ours[0], ref[0])
-            ref[0] = ours[0].double()  # each step from the same rounded window
-    report(label or f"causal_conv1d_update {dtype}", errors, TOL[dtype])
+    # y within x's tolerance, but in the interpreter the truncated x costs the window's
+    tol = TOL[state_dtype] if INTERPRETED and state_dtype != dtype else TOL[dtype]
+    report(label or f"causal_conv1d_update {dtype}", errors, tol)
 
 
 # -- tiny cases: interpreted on CPU (through test_interpreted), compiled on CUDA ---------------------
@@ -131,6 +162,8 @@ def test_update_matches_the_reference_step(width, bias, activation):
 @tiny
 def test_update_in_bfloat16_and_from_zeros_reproduces_the_convolution():
     check_update(1, 5, 4, torch.bfloat16, label="cpu conv update bf16")
+    check_update(2, 5, 4, torch.float32, state_dtype=torch.bfloat16, strided_state=True,
+                 label="cpu conv update fp32 x, bf16 strided window")  # fmt: skip
     x = torch.randn(2, 7, 9, device=DEVICE)
     weight, bias = torch.randn(7, 4, device=DEVICE), torch.randn(7, device=DEVICE)
     window = torch.zeros(2, 7, 4, device=DEVICE)
@@ -142,6 +175,17 @@ def test_update_in_bfloat16_and_from_zeros_reproduces_the_convolution():
     y_ref = reference.causal_conv1d(x.double(), weight.double(), bias.double(), activation="silu")
     assert rel_err(torch.stack(steps, -1), y_ref) < 1e-6
     assert torch.equal(window, x[:, :, -4:])  # the last w inputs, oldest first
+
+
+@tiny
+def test_public_update_dispatches_to_triton():
+    window = torch.randn(2, 4, 4, device=DEVICE)
+    expected = window.double()
+    x, weight = torch.randn(2, 4, device=DEVICE), torch.randn(4, 4, device=DEVICE)
+    with torch.no_grad():
+        y = public_causal_conv1d_update(window, x, weight, activation="silu", impl="triton")
+    y_ref = reference.causal_conv1d_update(expected, x.double(), weight.double(), None, "silu")
+    assert rel_err(y, y_ref) < 1e-6 and torch.equal(window.double(), expected)
 
 
 @tiny
@@ -178,3 +222,6 @@ def test_gpu_matches_reference(shape, channels_last, dtype):
 def test_gpu_update_matches_reference(shape, dtype):
     check_update(*shape, dtype, steps=5, seed=sum(shape),
                  label=f"gpu causal_conv1d_update {shape} {dtype}")  # fmt: skip
+    check_update(*shape, dtype, steps=2, seed=sum(shape) + 1, state_dtype=torch.bfloat16,
+                 strided_state=True,
+                 label=f"gpu causal_conv1d_update {shape} {dtype}, bf16 strided window")  # fmt: skip
