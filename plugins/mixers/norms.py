@@ -68,12 +68,13 @@ class GatedRMSNorm(nn.Module):
 
 
 def _rms(x: torch.Tensor, eps: float, group_size: int) -> torch.Tensor:
-    """x / sqrt(mean over each group of ``group_size`` last-dim channels of x² + eps), in x's dtype."""
+    """x / sqrt(mean over each group of ``group_size`` last-dim channels of x² + eps), in x's
+    dtype, computed in float32 at least: ``torch.rms_norm`` over the groups (one fused kernel on
+    CUDA, forward and backward, instead of five; a decoding step runs it once per layer)."""
     dtype = x.dtype
     x = x.to(torch.promote_types(dtype, torch.float32))
     groups = x.unflatten(-1, (-1, group_size))  # (..., ngroups, group_size)
-    groups = groups * torch.rsqrt(groups.pow(2).mean(-1, keepdim=True) + eps)
-    return groups.flatten(-2).to(dtype)
+    return F.rms_norm(groups, (group_size,), eps=eps).flatten(-2).to(dtype)
 
 
 NORMS = ("rmsnorm", "layernorm")
