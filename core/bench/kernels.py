@@ -40,8 +40,8 @@ from typing import Any
 
 import torch
 
-from .measure import OK, SKIPPED, synchronize, time_calls
-from .report import describe_device, resolve_device
+from .measure import OK, SKIPPED, time_calls
+from .report import add_device_options, describe_device, resolve_device
 
 OPS = ("selective_scan", "ssd_scan", "attention", "causal_conv1d")
 DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
@@ -116,13 +116,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="tiny shapes, a smoke test (on the CPU one call each: the reference paths, and the "
         "Triton kernels when TRITON_INTERPRET=1 is set)",
     )
-    parser.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if any)")
-    parser.add_argument(
-        "--dtype",
-        choices=("bfloat16", "float16", "float32"),
-        default=None,
-        help="activations' dtype (default: bfloat16 on CUDA, else float32)",
-    )
+    add_device_options(parser)  # the activations' device and dtype
     parser.add_argument(
         "--peer-path",
         default=".peer",
@@ -626,7 +620,6 @@ def run(args: argparse.Namespace) -> int:
         rows += bench_attention(bench)
     if "causal_conv1d" in ops:
         rows += bench_causal_conv1d(bench, ceilings["copy GB/s"])
-    synchronize(device)
     print_table(rows)
 
     out = Path(args.out)

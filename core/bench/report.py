@@ -22,13 +22,18 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 # -- options ------------------------------------------------------------------------------------
-def add_common_options(parser: argparse.ArgumentParser, smoke: str) -> None:
-    """--device, --dtype, --warmup, --repeats, --time-budget and --smoke (``smoke`` says what
-    the tiny CPU-sized run does)."""
+def add_device_options(parser: argparse.ArgumentParser) -> None:
+    """--device and --dtype, as :func:`resolve_device` reads them."""
     parser.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if any)")
     parser.add_argument(
         "--dtype", choices=DTYPES, default=None, help="default: bfloat16 on CUDA, else float32"
     )
+
+
+def add_common_options(parser: argparse.ArgumentParser, smoke: str) -> None:
+    """--device, --dtype, --warmup, --repeats, --time-budget and --smoke (``smoke`` says what
+    the tiny CPU-sized run does)."""
+    add_device_options(parser)
     parser.add_argument("--warmup", type=int, help="untimed calls before timing (2; smoke 1)")
     parser.add_argument("--repeats", type=int, help="timed calls, the median counts (5; smoke 1)")
     parser.add_argument(

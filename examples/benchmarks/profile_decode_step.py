@@ -19,6 +19,7 @@ import statistics
 import torch
 
 import mambaverse
+from mambaverse.bench.measure import time_calls
 from mambaverse.plugins.mamba_lm.decode_graph import clear_decode_graphs, decode_graph
 
 
@@ -54,17 +55,14 @@ def graph_step_ms(model: torch.nn.Module, batch: int, steps: int = 300) -> float
     ids = torch.randint(0, 1000, (batch,), device="cuda")
     for _ in range(20):
         graph.step(ids)
-    rounds = []
     per_round = steps // 5
-    for _ in range(5):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
+
+    def replay_round() -> None:
         for _ in range(per_round):
             graph.step(ids)
-        end.record()
-        end.synchronize()
-        rounds.append(start.elapsed_time(end) / per_round)
-    return statistics.median(rounds)
+
+    rounds = time_calls(replay_round, torch.device("cuda"), repeats=5)
+    return statistics.median(rounds) / per_round
 
 
 def main() -> None:
