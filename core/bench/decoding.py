@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mambaverse.plugins.mamba_lm.decode_graph import DecodeGraph, decode_graph
+from mambaverse.plugins.mamba_lm.decode_graph import DecodeGraph, clear_decode_graphs, decode_graph
 from mambaverse.plugins.mamba_lm.generation import state_nbytes
 
 from .measure import OK, failure, free_memory, peak_bytes, reset_peak, time_calls
@@ -77,8 +77,10 @@ def measure_decoding(
 
 class GraphDecoding(nn.Module):
     """A language model whose ``step`` replays its captured CUDA graph: ``allocate_state``
-    captures (or reuses) the graph for the batch and returns the graph's own state, which the
-    prefill fills and every replay updates in place. Forward (the prefill) is the model's."""
+    captures the graph for the batch and returns the graph's own state, which the prefill fills
+    and every replay updates in place. Forward (the prefill) is the model's. One graph at a time:
+    the graphs of earlier points are freed first, since their KV caches would otherwise hold
+    memory the next point needs (at 16k tokens, batch 8, a Transformer's is 19 GiB)."""
 
     def __init__(self, language_model: nn.Module) -> None:
         super().__init__()
@@ -90,6 +92,9 @@ class GraphDecoding(nn.Module):
         return self.language_model(*args, **kwargs)
 
     def allocate_state(self, batch_size: int, max_seqlen: int, device=None, dtype=None) -> list:
+        self.graph = None
+        clear_decode_graphs(self.language_model)
+        free_memory(torch.device(device))
         self.graph = decode_graph(self.language_model, batch_size, device, max_seqlen)
         return self.graph.reset()
 
