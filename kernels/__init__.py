@@ -20,6 +20,8 @@ _EXPORTS: dict[str, str] = {
     "causal_conv1d": "causal_conv1d",
     "causal_conv1d_update": "causal_conv1d",
     "attention": "attention",
+    "gather_walks": "walks",
+    "merge_walks": "walks",
 }
 
 

@@ -18,7 +18,7 @@ It drives ``mambaverse bench generation`` (``mambaverse.bench.generation.measure
 projector time, one prefill, then the median of timed ``step`` calls with the recurrent state)
 once per context, on one device, in one process, so the numbers are comparable.
 
-    python examples/benchmarks/vlm_generation.py --contexts 4096,16384 --batches 1,8 \\
+    python examples/benchmarks/vlm_generation.py --contexts 4096,16384 --batches 1,8,16,32 \\
         --out runs/vlm_generation                       # GPU (bf16 by default on CUDA)
     python examples/benchmarks/vlm_generation.py --smoke   # cobra_tiny on the CPU, seconds
 """
@@ -56,7 +56,7 @@ TARGET_RATIO = 3.0
 FULL = {
     "preset": "cobra_1b",
     "contexts": [4096, 16384],
-    "batches": [1, 8],
+    "batches": [1, 8, 16, 32],  # batch 1 is bound by the weights' bytes, larger by the KV cache's
     "new_tokens": 64,
     "warmup": 2,
     "repeats": 5,
@@ -76,7 +76,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add_common_options(parser, smoke="cobra_tiny and short contexts on the CPU")
     parser.add_argument("--preset", help="the Cobra preset (cobra_1b)")
     parser.add_argument("--contexts", type=int_list, help="image + prompt tokens (4096,16384)")
-    parser.add_argument("--batches", type=int_list, help="batch sizes (1,8)")
+    parser.add_argument("--batches", type=int_list, help="batch sizes (1,8,16,32)")
     parser.add_argument("--new-tokens", type=int, help="tokens decoded per point (64)")
     parser.add_argument("--attention", default="sdpa", help="the Transformer's attention kernel")
     parser.add_argument(

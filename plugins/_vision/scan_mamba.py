@@ -12,9 +12,10 @@ One input projection and one output projection are shared; each walk k gets its 
     out    = out_proj(y * silu(z))                the gate only with gate=True (Vim, EfficientVMamba)
 
 When each walk visits each token exactly once (bidirectional, cross2d, causal) the K SSM paths
-run stacked: walk_k is one gather into (B, K·d_inner, L) (on CUDA L padded to a multiple of
-``SCAN_STEPS_MULTIPLE``), the K SSMs one ``selective_ssms`` call (its B, C one group per walk),
-unwalk one gather back; the other scans (atrous: padded grids) take the per-walk path.
+run stacked: walk_k is one ``gather_walks`` into (B, K·d_inner, L) (on CUDA L padded to a
+multiple of ``SCAN_STEPS_MULTIPLE``), the K SSMs one ``selective_ssms`` call (its B, C one group
+per walk), unwalk one ``merge_walks`` back (with the gate when no out_norm comes between); the
+other scans (atrous: padded grids) take the per-walk path.
 
 Settings of the papers:
 
@@ -37,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mambaverse.errors import ConfigError
+from mambaverse.kernels import gather_walks, merge_walks
 from mambaverse.plugins.mixers.base import kernel_scope
 from mambaverse.plugins.mixers.mamba import SelectiveSSM, selective_ssms
 
@@ -187,16 +189,13 @@ class ScanMamba(nn.Module):
         x, z = xz.chunk(2, dim=1) if self.gate else (xz, None)
         if self.conv2d is not None:
             x = F.silu(self._conv_grid(x, grid, cls_index))
-        (K, steps), (batch, d, L) = order.shape, x.shape
-        # walks[b, k, c, t] = x[b, c, order[k, t]]
-        walks = torch.gather(
-            x[:, None].expand(batch, K, d, L), 3, order[None, :, None].expand(batch, K, d, steps)
-        )
+        (K, steps), (batch, d, _) = order.shape, x.shape
+        walks = gather_walks(x, order, inverse)  # (B, K, d, steps): walk k's tokens in its order
         y = selective_ssms(self.ssms, walks.flatten(1, 2)).view(batch, K, d, steps)
-        # Token i is step inverse[k, i] of walk k.
-        y = torch.gather(y, 3, inverse[None, :, None].expand(batch, K, d, L))  # (B, K, d, L)
-        y = y.mean(1) if self.divide_out else y.sum(1)
-        return self._project_out(y.to(tokens.dtype), z, channel_dim=1)
+        # Without a norm between them, the sum over walks and the gate are one pass.
+        gate = z if self.out_norm is None else None
+        y = merge_walks(y, order, inverse, scale=1 / K if self.divide_out else 1.0, gate=gate)
+        return self._project_out(y.to(tokens.dtype), None if gate is not None else z, channel_dim=1)
 
     def _project_out(
         self, y: torch.Tensor, z: torch.Tensor | None, channel_dim: int

@@ -76,9 +76,11 @@ class Walker:
         """When every walk visits every token (class token included) exactly once: ``(order,
         inverse)`` on ``device``, order (K, S) and inverse (K, L), with ``walk(tokens)[:, k, t] ==
         tokens[:, order[k, t]]`` and ``order[k, inverse[k, i]] == i``: walking is then one gather,
-        and unwalking one gather and a sum over k. S = L rounded up to ``steps_multiple_of``: the
-        steps past L revisit token 0 (after every real step, so a causal scan's outputs there
-        change nothing and are never gathered back). None when a walk pads or repeats (atrous)."""
+        and unwalking one gather and a sum over k (:func:`mambaverse.kernels.gather_walks`,
+        :func:`~mambaverse.kernels.merge_walks`). S = L rounded up to ``steps_multiple_of``: the
+        steps past L hold L, which reads as a zero token (after every real step, so a causal
+        scan's outputs there change nothing and are never gathered back). None when a walk pads
+        or repeats (atrous)."""
         return _token_orders(
             self.flatten, _key(self.options), *grid, cls_index, device, steps_multiple_of
         )
@@ -187,5 +189,5 @@ def _token_orders(
         return None
     inverse = order.argsort(dim=1)
     steps = -(-tokens // steps_multiple_of) * steps_multiple_of
-    order = torch.nn.functional.pad(order, (0, steps - tokens))  # extra steps visit token 0
+    order = torch.nn.functional.pad(order, (0, steps - tokens), value=tokens)  # padding steps
     return order.to(device), inverse.to(device)

@@ -19,6 +19,7 @@ from torch import nn
 from mambaverse.plugins.mamba_lm.generation import generate
 from mambaverse.plugins.mamba_lm.model import embed_tokens, padded_vocab_size
 from mambaverse.plugins.mixers.base import kernel_scope
+from mambaverse.plugins.mixers.mamba import step_decay_rates
 from mambaverse.plugins.mixers.norms import RMSNorm
 
 
@@ -79,7 +80,7 @@ class LanguageModel(nn.Module):
     def step(self, input_ids: torch.Tensor, state: list[Any]) -> torch.Tensor:
         """One decoding step: input_ids (B,) -> logits (B, padded vocab); ``state`` updated in place."""
         self._check_ids(input_ids, 1, "(batch,)")
-        with kernel_scope(self.kernels):
+        with kernel_scope(self.kernels), step_decay_rates(self):
             return self.lm_head(self.norm_f(self.stack_step(self.embedding(input_ids), state)))
 
     def stack(self, h: torch.Tensor, state: list[Any] | None) -> torch.Tensor:

@@ -22,6 +22,7 @@ from torch import nn
 from mambaverse.api import create_mixer, get_mixer
 from mambaverse.errors import ConfigError
 from mambaverse.plugins.mixers.base import kernel_scope
+from mambaverse.plugins.mixers.mamba import step_decay_rates
 from mambaverse.plugins.mixers.norms import make_norm
 
 from .block import ResidualBlock
@@ -138,7 +139,7 @@ class MambaLM(nn.Module):
     def step(self, input_ids: torch.Tensor, state: list[Any]) -> torch.Tensor:
         """One decoding step: input_ids (B,) -> logits (B, padded vocab); ``state`` updated in place."""
         self._check_ids(input_ids, 1, "(batch,)")
-        with kernel_scope(self.kernels):
+        with kernel_scope(self.kernels), step_decay_rates(self):
             h = self.embedding(input_ids)
             for block, layer_state in zip(self.layers, state, strict=True):
                 h = block.step(h, layer_state)

@@ -24,14 +24,14 @@ from mambaverse.errors import ConfigError
 from mambaverse.kernels import causal_conv1d, causal_conv1d_update, ssd_scan, ssd_state_update
 
 from .base import TokenMixer
-from .mamba import init_dt_bias
+from .mamba import DecayRates, init_dt_bias
 from .norms import GatedRMSNorm
 from .state import SSMState
 
 NO_DT_LIMIT = (0.0, math.inf)
 
 
-class Mamba2(TokenMixer):
+class Mamba2(DecayRates, TokenMixer):
     """Mamba-2 mixer ``(B, L, dim) -> (B, L, dim)``; config keys as mamba_ssm's ``Mamba2``.
 
     d_state: state size N. d_conv: conv width. expand: d_inner / dim. headdim: P, channels per
@@ -149,17 +149,13 @@ class Mamba2(TokenMixer):
             state.ssm,
             x.unflatten(-1, (self.nheads, self.headdim)),
             dt,
-            self.A,
+            self.decoding_A(),
             B.unflatten(-1, (self.ngroups, self.d_state)),
             C.unflatten(-1, (self.ngroups, self.d_state)),
             D=self.D,
             **dt_options,
         )
         return self.out_proj(self.norm(y.flatten(-2), z).to(u.dtype))
-
-    @property
-    def A(self) -> torch.Tensor:
-        return -torch.exp(self.A_log.float())  # (nheads,), float32 even when the model is bf16
 
     def _time_step(self, dt: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """Δ before the kernel, and the kernel options that finish it (bias + softplus).

@@ -155,3 +155,43 @@ def test_prefix_embeddings_act_like_the_tokens_they_embed():
     as_tokens = model.generate(torch.cat([prefix, prompt], dim=1), max_new_tokens=4)
     as_embeddings = model.generate(prompt, max_new_tokens=4, prefix_embeds=prefix_embeds)
     assert torch.equal(as_embeddings, as_tokens[:, 5:])
+
+
+@pytest.mark.parametrize("mixer", ["mamba", "mamba2"])
+def test_a_step_computes_every_layers_A_at_once_and_follows_in_place_weight_changes(
+    mixer, monkeypatch
+):
+    """One decoding step takes each layer's A = -exp(A_log) from one batched computation (the
+    layers' A are views of one tensor during the step, none after it), recomputed every step:
+    an in-place change of A_log between steps is seen at once."""
+    from mambaverse.plugins.mixers.mamba import DecayRates
+
+    model = tiny_lm(mixer)
+    seen = []
+    original = DecayRates.decoding_A
+
+    def recording(self):
+        seen.append((self.step_A.clone(), self.step_A.untyped_storage().data_ptr()))
+        torch.testing.assert_close(self.step_A, self.A, rtol=0, atol=0)
+        return original(self)
+
+    monkeypatch.setattr(DecayRates, "decoding_A", recording)
+    ids = torch.randint(0, 50, (2, 4))
+    with torch.no_grad():
+        state = model.allocate_state(2, max_seqlen=4)
+        model(ids[:, :3], state)
+        model.step(ids[:, 3], state)
+        assert len(seen) == 2 and seen[0][1] == seen[1][1]  # one tensor for both layers
+        assert all(m.step_A is None for m in model.modules() if isinstance(m, DecayRates))
+
+        changed = [m for m in model.modules() if isinstance(m, DecayRates)][1]
+        changed.A_log.add_(0.5)  # in place, as an optimizer step
+        fresh = tiny_lm(mixer)
+        fresh.load_state_dict(model.state_dict())
+        states = [m.allocate_state(2, max_seqlen=4) for m in (model, fresh)]
+        for m, s in zip((model, fresh), states, strict=True):
+            m(ids[:, :3], s)
+        torch.testing.assert_close(
+            model.step(ids[:, 3], states[0]), fresh.step(ids[:, 3], states[1])
+        )
+    torch.testing.assert_close(seen[3][0], changed.A, rtol=0, atol=0)  # model, layer 1, step 2

@@ -1,0 +1,125 @@
+"""Triton gather_walks / merge_walks against the reference, forward and every gradient.
+
+The reference (``torch.gather``, itself checked against loops in test_reference_walks.py) runs
+on the same rounded inputs in float64. Without CUDA the kernels run interpreted at tiny sizes
+(several row and step tiles, ragged last ones).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mambaverse.kernels import gather_walks as public_gather_walks
+from mambaverse.kernels.walks import reference
+from mambaverse.kernels.walks import triton as kernels
+from mambaverse.plugins._vision.walker import Walker
+from tests.kernels.test_reference_walks import random_plan
+from tests.kernels.triton_helpers import (
+    DEVICE,
+    gpu,
+    grads,
+    rel_err,
+    report,
+    run_interpreted,
+    tiny,
+)
+
+TOL = {torch.float32: 1e-6, torch.bfloat16: 1e-2}
+
+
+def check(batch, channels, plan, dtype, scale=1.0, gated=True, channels_outermost=False,
+          gate_slice=False, seed=0, label=""):  # fmt: skip
+    """Both Triton ops in ``dtype`` against the float64 reference on the same rounded inputs:
+    the gather exactly, the merge and the gradients within tolerance."""
+    order, inverse = (t.to(DEVICE) for t in plan)
+    (walks, steps), tokens = order.shape, inverse.shape[1]
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, channels, tokens, generator=gen).to(dtype)
+    y = torch.randn(batch, walks, channels, steps, generator=gen).to(dtype)
+    gate = torch.randn(batch, channels, tokens, generator=gen).to(dtype) if gated else None
+    if channels_outermost:  # the vision mixers' layout: (c, b, l) in memory
+        x, gate = (t.transpose(0, 1).contiguous().transpose(0, 1) if t is not None else None
+                   for t in (x, gate))  # fmt: skip
+    if gate_slice:  # the second half of a (b, 2c, l) projection, not dense
+        gate = torch.cat([torch.zeros_like(gate), gate], dim=1)[:, channels:]
+    ours = [t.to(DEVICE).requires_grad_() if t is not None else None for t in (x, y, gate)]
+    ref = [t.to(DEVICE).double().requires_grad_() if t is not None else None for t in (x, y, gate)]
+
+    walked = kernels.gather_walks(ours[0], order, inverse)
+    assert walked.dtype == dtype and walked.is_contiguous()
+    assert torch.equal(walked.double(), reference.gather_walks(ref[0], order, inverse))
+    merged = kernels.merge_walks(ours[1], order, inverse, scale=scale, gate=ours[2])
+    merged_ref = reference.merge_walks(ref[1], order, inverse, scale=scale, gate=ref[2])
+    assert merged.dtype == dtype and merged.shape == (batch, channels, tokens)
+    if gated and channels_outermost:
+        assert merged.stride() == ours[2].stride(), "out is stored like the gate"
+    errors = {"merge": rel_err(merged, merged_ref)}
+
+    upstream = [torch.randn(t.shape, generator=gen, dtype=torch.float64).to(DEVICE)
+                for t in (walked, merged)]  # fmt: skip
+    gather = lambda impl: lambda t: impl.gather_walks(t, order, inverse)  # noqa: E731
+    (dx,) = grads(gather(kernels), ours[:1], upstream[:1])
+    (dx_ref,) = grads(gather(reference), ref[:1], upstream[:1])
+    assert dx.dtype == dtype and dx.stride() == ours[0].stride(), "dx keeps x's layout"
+    errors["dx"] = rel_err(dx, dx_ref)
+    merge = lambda impl: lambda a, g: impl.merge_walks(a, order, inverse, scale, g)  # noqa: E731
+    names = ("y", "gate") if gated else ("y",)
+    found = grads(merge(kernels), ours[1:], upstream[1:])
+    expected = grads(merge(reference), ref[1:], upstream[1:])
+    for name, a, r in zip(names, found, expected, strict=True):
+        errors[f"d{name}"] = rel_err(a, r)
+    assert not found[0][..., tokens:].any(), "padding steps get no gradient"
+    report(label or f"walks {dtype}", errors, TOL[dtype])
+
+
+def test_interpreted():
+    run_interpreted(__file__)
+
+
+@tiny
+@pytest.mark.parametrize("gated", [True, False])
+@pytest.mark.parametrize("channels_outermost", [False, True], ids=["contiguous", "(c, b, l)"])
+def test_matches_reference(gated, channels_outermost):
+    # 3 channels × 2 batches in row tiles of 2, 13 tokens padded to 16 in step tiles of 8
+    check(2, 3, random_plan(2, 13, 16, seed=1), torch.float32, scale=0.5, gated=gated,
+          channels_outermost=channels_outermost,
+          label=f"cpu walks gated={gated} outermost={channels_outermost}")  # fmt: skip
+
+
+@tiny
+def test_gate_sliced_from_a_wider_projection():
+    check(2, 3, random_plan(2, 13, 16, seed=3), torch.float32, gate_slice=True,
+          label="cpu walks gate slice")  # fmt: skip
+
+
+@tiny
+def test_bfloat16_and_four_walks_of_a_real_scan():
+    plan = Walker("cross2d").token_orders((3, 4), None, torch.device("cpu"), 16)
+    check(1, 3, plan, torch.bfloat16, label="cpu walks cross2d bf16")
+
+
+@tiny
+def test_public_op_dispatches_to_triton():
+    order, inverse = (t.to(DEVICE) for t in random_plan(2, 5, 8, seed=2))
+    x = torch.randn(2, 3, 5, device=DEVICE)
+    walked = public_gather_walks(x, order, inverse, impl="triton")
+    assert torch.equal(walked, reference.gather_walks(x, order, inverse))
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(
+    "scan, grid, cls_index, batch, channels",
+    [
+        ("bidirectional", (64, 64), 2048, 16, 384),  # Vim-Ti at 1024 px: 4097 tokens -> 4112 steps
+        ("bidirectional", (14, 14), 98, 8, 768),  # Vim-S at 224 px
+        ("cross2d", (56, 56), None, 4, 192),  # VMamba-T's first stage
+        ("cross2d", (7, 9), None, 3, 37),  # odd everything
+    ],
+)
+def test_gpu_matches_reference(scan, grid, cls_index, batch, channels, dtype):
+    plan = Walker(scan).token_orders(grid, cls_index, torch.device("cpu"), 16)
+    check(batch, channels, plan, dtype, scale=1 / plan[0].shape[0], channels_outermost=True,
+          label=f"gpu walks {scan} {grid} b{batch} c{channels} {dtype}")  # fmt: skip
