@@ -94,7 +94,7 @@ class GraphDecoding(nn.Module):
     def allocate_state(self, batch_size: int, max_seqlen: int, device=None, dtype=None) -> list:
         self.graph = None
         clear_decode_graphs(self.language_model)
-        free_memory(torch.device(device))
+        free_memory(torch.device(device if device is not None else "cuda"))
         self.graph = decode_graph(self.language_model, batch_size, device, max_seqlen)
         return self.graph.reset()
 

@@ -14,7 +14,8 @@ merge then needs a sum over the walks and the gate's silu and product as three m
 
 Because every walk visits every token exactly once, each op's adjoint is the other: the
 gradient of gathering is merging with scale 1 (the padding steps, which read no token, send no
-gradient), and the gradient of merging is gathering, scaled (and multiplied by silu(gate)).
+gradient), and the gradient of merging stores each token's gradient, scaled (and multiplied by
+silu(gate)), at its step in every walk — one pass that also gives the gate's gradient.
 """
 
 from __future__ import annotations
@@ -32,23 +33,32 @@ def _tile() -> tuple[int, int]:
 
 
 @triton.jit
-def _gather_walks(x_p, order_p, out_p, rows, channels, tokens, steps, scale,
+def _tile_of(length, BLOCK_T: tl.constexpr):
+    """(row tile, step tile) of this program, its axis-0 id counting step tiles fastest: one
+    axis, without CUDA's 65535 limit on the others (batch × channels rows reach hundreds of
+    thousands), in the order that measured fastest (a row's tiles one after another)."""
+    tiles = tl.cdiv(length, BLOCK_T)
+    pid = tl.program_id(0)
+    return pid // tiles, pid % tiles
+
+
+@triton.jit
+def _gather_walks(x_p, order_p, out_p, rows, channels, tokens, steps,
                   s_xb, s_xc, s_xl, s_ok, s_ot,
-                  SCALED: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_T: tl.constexpr):  # fmt: skip
-    """out (b, k, c, s) contiguous; grid (step tiles, row tiles, k)."""
-    walk = tl.program_id(2)
-    num_walks = tl.num_programs(2)
-    row = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)
-    t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+                  BLOCK_R: tl.constexpr, BLOCK_T: tl.constexpr):  # fmt: skip
+    """out (b, k, c, s) contiguous; grid (row tiles × step tiles, k), see _tile_of."""
+    walk = tl.program_id(1)
+    num_walks = tl.num_programs(1)
+    row_tile, t_tile = _tile_of(steps, BLOCK_T)
+    row = row_tile * BLOCK_R + tl.arange(0, BLOCK_R)
+    t = t_tile * BLOCK_T + tl.arange(0, BLOCK_T)
     mask_r, mask_t = row < rows, t < steps
     idx = tl.load(order_p + walk * s_ok + t * s_ot, mask=mask_t, other=tokens)
     b, c = (row // channels).to(tl.int64), (row % channels).to(tl.int64)
     src = x_p + (b * s_xb + c * s_xc)[:, None] + idx[None, :].to(tl.int64) * s_xl
     value = tl.load(src, mask=mask_r[:, None] & (idx < tokens)[None, :], other=0.0)
-    if SCALED:
-        value = value.to(tl.float32) * scale
     dst = out_p + (((b * num_walks + walk) * channels + c) * steps)[:, None] + t[None, :]
-    tl.store(dst, value.to(out_p.dtype.element_ty), mask=mask_r[:, None] & mask_t[None, :])
+    tl.store(dst, value, mask=mask_r[:, None] & mask_t[None, :])
 
 
 @triton.jit
@@ -57,16 +67,17 @@ def _merge_walks(y_p, inverse_p, gate_p, out_p, merged_p, rows, channels, tokens
                  WALKS: tl.constexpr, GATED: tl.constexpr, STORE_MERGED: tl.constexpr,
                  BLOCK_R: tl.constexpr, BLOCK_T: tl.constexpr):  # fmt: skip
     """out (b, c, l), and with STORE_MERGED the sum before the gate in ``merged_p`` (fp32, out's
-    strides); grid (token tiles, row tiles)."""
-    row = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)
-    i = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+    strides); grid (row tiles × token tiles,), see _tile_of."""
+    row_tile, i_tile = _tile_of(tokens, BLOCK_T)
+    row = row_tile * BLOCK_R + tl.arange(0, BLOCK_R)
+    i = i_tile * BLOCK_T + tl.arange(0, BLOCK_T)
     mask_r, mask_i = row < rows, i < tokens
     mask = mask_r[:, None] & mask_i[None, :]
     b, c = (row // channels).to(tl.int64), (row % channels).to(tl.int64)
     total = tl.zeros((BLOCK_R, BLOCK_T), dtype=tl.float32)
     for walk in tl.static_range(WALKS):
         step = tl.load(inverse_p + walk * s_ik + i * s_it, mask=mask_i, other=0).to(tl.int64)
-        src = y_p + (b * s_yb + walk * s_yk + c * s_yc)[:, None] + step[None, :] * s_yt
+        src = y_p + (b * s_yb + walk * s_yk.to(tl.int64) + c * s_yc)[:, None] + step[None, :] * s_yt
         total += tl.load(src, mask=mask, other=0.0).to(tl.float32)
     total *= scale
     out_offset = (b * s_ob + c * s_oc)[:, None] + i[None, :].to(tl.int64) * s_ol
@@ -80,15 +91,18 @@ def _merge_walks(y_p, inverse_p, gate_p, out_p, merged_p, rows, channels, tokens
 
 
 @triton.jit
-def _scatter_walks(g_p, gate_p, merged_p, inverse_p, dy_p, dgate_p, rows, channels, tokens, steps, scale,
+def _scatter_walks(g_p, gate_p, merged_p, inverse_p, dy_p, dgate_p,
+                   rows, channels, tokens, steps, scale,
                    s_gb, s_gc, s_gl, s_zb, s_zc, s_zl, s_mb, s_mc, s_ml, s_ik, s_it,
                    WALKS: tl.constexpr, GATED: tl.constexpr, GATE_GRAD: tl.constexpr,
                    BLOCK_R: tl.constexpr, BLOCK_T: tl.constexpr):  # fmt: skip
     """merge_walks' backward, per (rows, tokens) tile: v = scale · g · silu(gate) stored at every
     walk's step of each token, dy[b, j, c, inverse[j, i]] = v (dy contiguous (b, k, c, s)); with
-    GATE_GRAD also dgate = g · merged · silu'(gate) (dgate has merged's strides)."""
-    row = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)
-    i = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+    GATE_GRAD also dgate = g · merged · silu'(gate) (dgate has merged's strides); grid (row
+    tiles × token tiles,), see _tile_of."""
+    row_tile, i_tile = _tile_of(tokens, BLOCK_T)
+    row = row_tile * BLOCK_R + tl.arange(0, BLOCK_R)
+    i = i_tile * BLOCK_T + tl.arange(0, BLOCK_T)
     mask_r, mask_i = row < rows, i < tokens
     mask = mask_r[:, None] & mask_i[None, :]
     b, c = (row // channels).to(tl.int64), (row % channels).to(tl.int64)
@@ -128,16 +142,16 @@ def _empty_tokens(outermost: bool, shape: tuple[int, ...], y: torch.Tensor) -> t
     return torch.empty(shape, device=y.device, dtype=y.dtype)
 
 
-def _gather(x: torch.Tensor, order: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+def _gather(x: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
     batch, channels, tokens = x.shape
     walks, steps = order.shape
     out = torch.empty((batch, walks, channels, steps), device=x.device, dtype=x.dtype)
     block_r, block_t = _tile()
     rows = batch * channels
-    grid = (triton.cdiv(steps, block_t), triton.cdiv(rows, block_r), walks)
+    grid = (triton.cdiv(rows, block_r) * triton.cdiv(steps, block_t), walks)
     _gather_walks[grid](
-        x, order, out, rows, channels, tokens, steps, scale, *x.stride(), *order.stride(),
-        SCALED=scale != 1.0, BLOCK_R=block_r, BLOCK_T=block_t, num_warps=4,
+        x, order, out, rows, channels, tokens, steps, *x.stride(), *order.stride(),
+        BLOCK_R=block_r, BLOCK_T=block_t, num_warps=4,
     )  # fmt: skip
     return out
 
@@ -160,7 +174,7 @@ def _merge(
     gate_strides = gate.stride() if gate is not None else (0, 0, 0)
     block_r, block_t = _tile()
     rows = batch * channels
-    grid = (triton.cdiv(tokens, block_t), triton.cdiv(rows, block_r))
+    grid = (triton.cdiv(rows, block_r) * triton.cdiv(tokens, block_t),)
     _merge_walks[grid](
         y, inverse, gate if gate is not None else y, out, merged, rows, channels, tokens, scale,
         *y.stride(), *inverse.stride(), *gate_strides, *out.stride(),
@@ -209,7 +223,7 @@ class _MergeWalksFn(torch.autograd.Function):
         merged_strides = merged.stride() if merged is not None else (0, 0, 0)
         block_r, block_t = _tile()
         rows = batch * channels
-        grid = (triton.cdiv(tokens, block_t), triton.cdiv(rows, block_r))
+        grid = (triton.cdiv(rows, block_r) * triton.cdiv(tokens, block_t),)
         _scatter_walks[grid](
             grad_out, gate if gate is not None else grad_out,
             merged if merged is not None else grad_out, inverse, grad_y,

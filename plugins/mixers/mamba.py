@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Literal
 
 import torch
@@ -63,18 +64,26 @@ def at_least_float32(t: torch.Tensor) -> torch.Tensor:
 
 class DecayRates:
     """For the SSM modules with a learned decay per channel or head, A = -exp(A_log): ``A`` for a
-    whole sequence, and :meth:`decoding_A` for a decoding step, which takes ``step_A`` when
-    :func:`step_decay_rates` has computed every layer's A at once for the step."""
+    whole sequence, and :meth:`decoding_A` for a decoding step, which takes the A that
+    :func:`step_decay_rates` computed for every layer at once, when inside one."""
 
     A_log: torch.Tensor
-    step_A: torch.Tensor | None = None  # set only inside step_decay_rates
 
     @property
     def A(self) -> torch.Tensor:
         return -torch.exp(at_least_float32(self.A_log))
 
     def decoding_A(self) -> torch.Tensor:
-        return self.A if self.step_A is None else self.step_A
+        rates = _STEP_RATES.get()
+        found = None if rates is None else rates.get(self)
+        return self.A if found is None else found
+
+
+# module -> its A, inside step_decay_rates; a context variable, so that threads (and nested
+# steps) each see their own.
+_STEP_RATES: ContextVar[dict[nn.Module, torch.Tensor] | None] = ContextVar(
+    "step_rates", default=None
+)
 
 
 class SelectiveSSM(DecayRates, nn.Module):
@@ -234,17 +243,18 @@ def step_decay_rates(model: nn.Module) -> Iterator[None]:
     in a CUDA graph recomputes it at every replay and follows the weights when they change in
     place."""
     ssms = [m for m in model.modules() if isinstance(m, DecayRates)]
-    if len(ssms) < 2 or len({s.A_log.device for s in ssms}) > 1:
-        yield
+    if len(ssms) < 2 or len({(s.A_log.device, s.A_log.dtype) for s in ssms}) > 1:
+        yield  # layers on several devices or in several dtypes: each computes its own
         return
     rates = -torch.exp(at_least_float32(torch.cat([s.A_log.flatten() for s in ssms])))
-    for ssm, A in zip(ssms, rates.split([s.A_log.numel() for s in ssms]), strict=True):
-        ssm.step_A = A.view(ssm.A_log.shape)
+    parts = rates.split([s.A_log.numel() for s in ssms])
+    token = _STEP_RATES.set(
+        {ssm: A.view(ssm.A_log.shape) for ssm, A in zip(ssms, parts, strict=True)}
+    )
     try:
         yield
     finally:
-        for ssm in ssms:
-            ssm.step_A = None
+        _STEP_RATES.reset(token)
 
 
 def selective_ssms(ssms: Sequence[SelectiveSSM], x: torch.Tensor) -> torch.Tensor:

@@ -25,7 +25,7 @@ from tests.kernels.triton_helpers import (
     tiny,
 )
 
-TOL = {torch.float32: 1e-6, torch.bfloat16: 1e-2}
+TOL = {torch.float32: 1e-6, torch.bfloat16: 1e-2, torch.float16: 2e-3}
 
 
 def check(batch, channels, plan, dtype, scale=1.0, gated=True, channels_outermost=False,
@@ -94,9 +94,29 @@ def test_gate_sliced_from_a_wider_projection():
 
 
 @tiny
-def test_bfloat16_and_four_walks_of_a_real_scan():
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_and_four_walks_of_a_real_scan(dtype):
     plan = Walker("cross2d").token_orders((3, 4), None, torch.device("cpu"), 16)
-    check(1, 3, plan, torch.bfloat16, label="cpu walks cross2d bf16")
+    check(1, 3, plan, dtype, label=f"cpu walks cross2d {dtype}")
+
+
+@tiny
+@pytest.mark.parametrize("needs_grad", ["y", "gate"])
+def test_merge_gradient_of_one_input_only(needs_grad):
+    """Only y or only the gate requires a gradient: the other gets none, this one the
+    reference's."""
+    order, inverse = (t.to(DEVICE) for t in random_plan(2, 13, 16, seed=4))
+    gen = torch.Generator().manual_seed(4)
+    y = torch.randn(2, 2, 3, 16, generator=gen).to(DEVICE)
+    gate = torch.randn(2, 3, 13, generator=gen).to(DEVICE)
+    upstream = torch.randn(2, 3, 13, generator=gen, dtype=torch.float64).to(DEVICE)
+    grads_of = {}
+    for impl, dtype in ((kernels, torch.float32), (reference, torch.float64)):
+        inputs = {"y": y.to(dtype), "gate": gate.to(dtype)}
+        inputs[needs_grad].requires_grad_()
+        out = impl.merge_walks(inputs["y"], order, inverse, 0.5, inputs["gate"])
+        (grads_of[impl],) = torch.autograd.grad((out.double() * upstream).sum(), inputs[needs_grad])
+    assert rel_err(grads_of[kernels], grads_of[reference]) < TOL[torch.float32]
 
 
 @tiny
@@ -123,3 +143,12 @@ def test_gpu_matches_reference(scan, grid, cls_index, batch, channels, dtype):
     plan = Walker(scan).token_orders(grid, cls_index, torch.device("cpu"), 16)
     check(batch, channels, plan, dtype, scale=1 / plan[0].shape[0], channels_outermost=True,
           label=f"gpu walks {scan} {grid} b{batch} c{channels} {dtype}")  # fmt: skip
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_more_row_tiles_than_a_grid_axis_of_65535():
+    """1024 × 384 rows in tiles of 4: 98,304 row tiles, past CUDA's limit on grid axes 1 and 2."""
+    plan = Walker("bidirectional").token_orders((2, 2), 2, torch.device("cpu"), 16)
+    check(1024, 384, plan, torch.bfloat16, scale=0.5, channels_outermost=True,
+          label="gpu walks 1024 x 384 rows")  # fmt: skip

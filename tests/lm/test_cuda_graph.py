@@ -247,6 +247,29 @@ def test_graph_logits_equal_eager_steps_and_moved_weights_are_captured_anew():
 
 @pytest.mark.gpu
 @needs_cuda
+@pytest.mark.parametrize("mixer", GPU_MIXERS)
+def test_a_replay_follows_decay_rates_changed_in_place(mixer):
+    """Each layer's A = -exp(A_log) is computed inside the captured step, so a replay after an
+    in-place change of A_log (as an optimizer step makes) gives the eager step's logits."""
+    model = tiny_lm(mixer, dtype=torch.float32, mixer_config=GPU_MIXERS[mixer]).cuda()
+    graph = decode_graph(model, 2, "cuda")
+    with torch.inference_mode():
+        graph.reset()
+        eager_state = model.allocate_state(2, 1, device="cuda")
+        for step in range(4):
+            if step == 2:
+                for name, p in model.named_parameters():
+                    if name.endswith("A_log"):
+                        p.add_(0.3)
+            token = torch.randint(0, 50, (2,), device="cuda")
+            expected = model.step(token, eager_state)
+            torch.testing.assert_close(graph.step(token), expected, rtol=1e-5, atol=1e-5)
+    assert decode_graph(model, 2, "cuda") is graph  # same weights' memory: no new capture
+    clear_decode_graphs(model)
+
+
+@pytest.mark.gpu
+@needs_cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize(
     "name, overrides",

@@ -162,18 +162,20 @@ def test_a_step_computes_every_layers_A_at_once_and_follows_in_place_weight_chan
     mixer, monkeypatch
 ):
     """One decoding step takes each layer's A = -exp(A_log) from one batched computation (the
-    layers' A are views of one tensor during the step, none after it), recomputed every step:
-    an in-place change of A_log between steps is seen at once."""
+    layers' A are views of one tensor during the step; outside a step each layer computes its
+    own), recomputed every step: an in-place change of A_log between steps is seen at once."""
     from mambaverse.plugins.mixers.mamba import DecayRates
 
     model = tiny_lm(mixer)
+    layers = [m for m in model.modules() if isinstance(m, DecayRates)]
     seen = []
     original = DecayRates.decoding_A
 
     def recording(self):
-        seen.append((self.step_A.clone(), self.step_A.untyped_storage().data_ptr()))
-        torch.testing.assert_close(self.step_A, self.A, rtol=0, atol=0)
-        return original(self)
+        A = original(self)
+        seen.append((A, A.untyped_storage().data_ptr()))
+        torch.testing.assert_close(A, self.A, rtol=0, atol=0)
+        return A
 
     monkeypatch.setattr(DecayRates, "decoding_A", recording)
     ids = torch.randint(0, 50, (2, 4))
@@ -182,10 +184,10 @@ def test_a_step_computes_every_layers_A_at_once_and_follows_in_place_weight_chan
         model(ids[:, :3], state)
         model.step(ids[:, 3], state)
         assert len(seen) == 2 and seen[0][1] == seen[1][1]  # one tensor for both layers
-        assert all(m.step_A is None for m in model.modules() if isinstance(m, DecayRates))
+        outside = layers[0].decoding_A()  # outside a step: its own
+        assert outside.untyped_storage().data_ptr() != seen[0][1]
 
-        changed = [m for m in model.modules() if isinstance(m, DecayRates)][1]
-        changed.A_log.add_(0.5)  # in place, as an optimizer step
+        layers[1].A_log.add_(0.5)  # in place, as an optimizer step
         fresh = tiny_lm(mixer)
         fresh.load_state_dict(model.state_dict())
         states = [m.allocate_state(2, max_seqlen=4) for m in (model, fresh)]
@@ -194,4 +196,16 @@ def test_a_step_computes_every_layers_A_at_once_and_follows_in_place_weight_chan
         torch.testing.assert_close(
             model.step(ids[:, 3], states[0]), fresh.step(ids[:, 3], states[1])
         )
-    torch.testing.assert_close(seen[3][0], changed.A, rtol=0, atol=0)  # model, layer 1, step 2
+    # seen: step 1 (layers 0, 1), outside (layer 0), model's step 2 (layers 0, 1), fresh's step
+    torch.testing.assert_close(seen[4][0], layers[1].A, rtol=0, atol=0)
+
+
+def test_batched_decay_rates_stay_float32_in_a_bfloat16_model(monkeypatch):
+    from mambaverse.plugins.mixers.mamba import DecayRates, step_decay_rates
+
+    model = tiny_lm("mamba", dtype=torch.bfloat16)
+    layers = [m for m in model.modules() if isinstance(m, DecayRates)]
+    with torch.no_grad(), step_decay_rates(model):
+        rates = [layer.decoding_A() for layer in layers]
+    assert all(A.dtype == torch.float32 for A in rates)
+    torch.testing.assert_close(rates[1], -torch.exp(layers[1].A_log.float()), rtol=0, atol=0)
