@@ -18,7 +18,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from mambaverse.plugins.mamba_lm.decode_graph import DecodeGraph, clear_decode_graphs, decode_graph
+from mambaverse.plugins.mamba_lm.decode_graph import (
+    DecodeGraph,
+    clear_decode_graphs,
+    decode_graph,
+    reset_state,
+)
 from mambaverse.plugins.mamba_lm.generation import state_nbytes
 
 from .measure import OK, failure, free_memory, peak_bytes, reset_peak, time_calls
@@ -38,14 +43,15 @@ def measure_decoding(
     batch, length = input_ids.shape
     prefix = {} if prefix_embeds is None else {"prefix_embeds": prefix_embeds}
     context = length + (0 if prefix_embeds is None else prefix_embeds.shape[1])
-    phase = "prefill"
+    phase = "state"
     try:
-        # An untimed prefill without a state first: kernel compilation and autotuning.
-        model(input_ids, num_last_tokens=1, **prefix)
-        reset_peak(device)
-        phase = "state"
         state = model.allocate_state(batch, context + warmup_steps + new_tokens, device=device)
+        # An untimed prefill into the state first (kernel compilation and autotuning: filling a
+        # state takes kernels of its own), then the state emptied again.
         phase = "prefill"
+        model(input_ids, state, num_last_tokens=1, **prefix)
+        reset_state(state)
+        reset_peak(device)
         (prefill_ms,) = time_calls(
             lambda: model(input_ids, state, num_last_tokens=1, **prefix), device, 1
         )

@@ -93,16 +93,22 @@ class DecodeGraph:
             cache.length += 1
         return self.logits
 
-    @torch.inference_mode()
     def reset(self) -> list[Any]:
         """Empty the state (an empty sequence, as ``allocate_state``) and return it."""
-        for part in state_parts(self.state):
-            if isinstance(part, KVCache):
-                part.clear()
-            else:
-                part.conv.zero_()
-                part.ssm.zero_()
-        return self.state
+        return reset_state(self.state)
+
+
+@torch.inference_mode()
+def reset_state(state: Any) -> Any:
+    """Empty a decoding state in place (an empty sequence, as ``allocate_state`` returns it): KV
+    caches cleared, conv windows and SSM states zeroed; returns it."""
+    for part in state_parts(state):
+        if isinstance(part, KVCache):
+            part.clear()
+        else:
+            part.conv.zero_()
+            part.ssm.zero_()
+    return state
 
 
 def state_parts(state: Any) -> list[Any]:
