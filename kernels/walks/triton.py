@@ -27,34 +27,36 @@ import triton.language as tl
 from mambaverse.kernels.triton_support import check_device, check_float, interpreting
 
 
-def _tile() -> tuple[int, int]:
-    """(BLOCK_R rows, BLOCK_T steps) per program; the interpreter gets small ragged tiles."""
-    return (2, 8) if interpreting() else (4, 512)
+def _programs(rows: int, length: int) -> tuple[int, int, int]:
+    """(programs along grid axis 0, BLOCK_R rows, BLOCK_T steps) for ``rows`` rows of ``length``
+    steps or tokens; the interpreter gets small ragged tiles."""
+    block_r, block_t = (2, 8) if interpreting() else (4, 512)
+    return triton.cdiv(rows, block_r) * triton.cdiv(length, block_t), block_r, block_t
 
 
 @triton.jit
-def _tile_of(length, BLOCK_T: tl.constexpr):
-    """(row tile, step tile) of this program, its axis-0 id counting step tiles fastest: one
-    axis, without CUDA's 65535 limit on the others (batch × channels rows reach hundreds of
-    thousands), in the order that measured fastest (a row's tiles one after another)."""
+def _tile(rows, channels, length, BLOCK_R: tl.constexpr, BLOCK_T: tl.constexpr):
+    """This program's tile: batch b and channel c of its rows (int64), its steps t, and their
+    masks. Grid axis 0 counts step tiles fastest: one axis, without CUDA's 65535 limit on the
+    others (batch × channels rows reach hundreds of thousands), in the order that measured
+    fastest (a row's tiles one after another)."""
     tiles = tl.cdiv(length, BLOCK_T)
     pid = tl.program_id(0)
-    return pid // tiles, pid % tiles
+    row = (pid // tiles) * BLOCK_R + tl.arange(0, BLOCK_R)
+    t = (pid % tiles) * BLOCK_T + tl.arange(0, BLOCK_T)
+    b, c = (row // channels).to(tl.int64), (row % channels).to(tl.int64)
+    return b, c, t, row < rows, t < length
 
 
 @triton.jit
 def _gather_walks(x_p, order_p, out_p, rows, channels, tokens, steps,
                   s_xb, s_xc, s_xl, s_ok, s_ot,
                   BLOCK_R: tl.constexpr, BLOCK_T: tl.constexpr):  # fmt: skip
-    """out (b, k, c, s) contiguous; grid (row tiles × step tiles, k), see _tile_of."""
+    """out (b, k, c, s) contiguous; grid (row tiles × step tiles, k), see _tile."""
     walk = tl.program_id(1)
     num_walks = tl.num_programs(1)
-    row_tile, t_tile = _tile_of(steps, BLOCK_T)
-    row = row_tile * BLOCK_R + tl.arange(0, BLOCK_R)
-    t = t_tile * BLOCK_T + tl.arange(0, BLOCK_T)
-    mask_r, mask_t = row < rows, t < steps
+    b, c, t, mask_r, mask_t = _tile(rows, channels, steps, BLOCK_R, BLOCK_T)
     idx = tl.load(order_p + walk * s_ok + t * s_ot, mask=mask_t, other=tokens)
-    b, c = (row // channels).to(tl.int64), (row % channels).to(tl.int64)
     src = x_p + (b * s_xb + c * s_xc)[:, None] + idx[None, :].to(tl.int64) * s_xl
     value = tl.load(src, mask=mask_r[:, None] & (idx < tokens)[None, :], other=0.0)
     dst = out_p + (((b * num_walks + walk) * channels + c) * steps)[:, None] + t[None, :]
@@ -67,13 +69,9 @@ def _merge_walks(y_p, inverse_p, gate_p, out_p, merged_p, rows, channels, tokens
                  WALKS: tl.constexpr, GATED: tl.constexpr, STORE_MERGED: tl.constexpr,
                  BLOCK_R: tl.constexpr, BLOCK_T: tl.constexpr):  # fmt: skip
     """out (b, c, l), and with STORE_MERGED the sum before the gate in ``merged_p`` (fp32, out's
-    strides); grid (row tiles × token tiles,), see _tile_of."""
-    row_tile, i_tile = _tile_of(tokens, BLOCK_T)
-    row = row_tile * BLOCK_R + tl.arange(0, BLOCK_R)
-    i = i_tile * BLOCK_T + tl.arange(0, BLOCK_T)
-    mask_r, mask_i = row < rows, i < tokens
+    strides); grid (row tiles × token tiles,), see _tile."""
+    b, c, i, mask_r, mask_i = _tile(rows, channels, tokens, BLOCK_R, BLOCK_T)
     mask = mask_r[:, None] & mask_i[None, :]
-    b, c = (row // channels).to(tl.int64), (row % channels).to(tl.int64)
     total = tl.zeros((BLOCK_R, BLOCK_T), dtype=tl.float32)
     for walk in tl.static_range(WALKS):
         step = tl.load(inverse_p + walk * s_ik + i * s_it, mask=mask_i, other=0).to(tl.int64)
@@ -99,13 +97,9 @@ def _scatter_walks(g_p, gate_p, merged_p, inverse_p, dy_p, dgate_p,
     """merge_walks' backward, per (rows, tokens) tile: v = scale · g · silu(gate) stored at every
     walk's step of each token, dy[b, j, c, inverse[j, i]] = v (dy contiguous (b, k, c, s)); with
     GATE_GRAD also dgate = g · merged · silu'(gate) (dgate has merged's strides); grid (row
-    tiles × token tiles,), see _tile_of."""
-    row_tile, i_tile = _tile_of(tokens, BLOCK_T)
-    row = row_tile * BLOCK_R + tl.arange(0, BLOCK_R)
-    i = i_tile * BLOCK_T + tl.arange(0, BLOCK_T)
-    mask_r, mask_i = row < rows, i < tokens
+    tiles × token tiles,), see _tile."""
+    b, c, i, mask_r, mask_i = _tile(rows, channels, tokens, BLOCK_R, BLOCK_T)
     mask = mask_r[:, None] & mask_i[None, :]
-    b, c = (row // channels).to(tl.int64), (row % channels).to(tl.int64)
     i64 = i[None, :].to(tl.int64)
     value = tl.load(g_p + (b * s_gb + c * s_gc)[:, None] + i64 * s_gl, mask=mask, other=0.0)
     value = value.to(tl.float32)
@@ -137,8 +131,9 @@ def _empty_tokens(outermost: bool, shape: tuple[int, ...], y: torch.Tensor) -> t
     ``outermost``, else contiguous."""
     batch, channels, tokens = shape
     if outermost:
-        outermost = torch.empty((channels, batch, tokens), device=y.device, dtype=y.dtype)
-        return outermost.transpose(0, 1)
+        return torch.empty((channels, batch, tokens), device=y.device, dtype=y.dtype).transpose(
+            0, 1
+        )
     return torch.empty(shape, device=y.device, dtype=y.dtype)
 
 
@@ -146,10 +141,9 @@ def _gather(x: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
     batch, channels, tokens = x.shape
     walks, steps = order.shape
     out = torch.empty((batch, walks, channels, steps), device=x.device, dtype=x.dtype)
-    block_r, block_t = _tile()
     rows = batch * channels
-    grid = (triton.cdiv(rows, block_r) * triton.cdiv(steps, block_t), walks)
-    _gather_walks[grid](
+    programs, block_r, block_t = _programs(rows, steps)
+    _gather_walks[(programs, walks)](
         x, order, out, rows, channels, tokens, steps, *x.stride(), *order.stride(),
         BLOCK_R=block_r, BLOCK_T=block_t, num_warps=4,
     )  # fmt: skip
@@ -172,10 +166,9 @@ def _merge(
     f32 = {"device": y.device, "dtype": torch.float32}
     merged = torch.empty_strided(out.shape, out.stride(), **f32) if store_merged else out
     gate_strides = gate.stride() if gate is not None else (0, 0, 0)
-    block_r, block_t = _tile()
     rows = batch * channels
-    grid = (triton.cdiv(rows, block_r) * triton.cdiv(tokens, block_t),)
-    _merge_walks[grid](
+    programs, block_r, block_t = _programs(rows, tokens)
+    _merge_walks[(programs,)](
         y, inverse, gate if gate is not None else y, out, merged, rows, channels, tokens, scale,
         *y.stride(), *inverse.stride(), *gate_strides, *out.stride(),
         WALKS=walks, GATED=gate is not None, STORE_MERGED=store_merged,
@@ -200,8 +193,8 @@ class _GatherWalksFn(torch.autograd.Function):
 
 class _MergeWalksFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, y, order, inverse, scale, gate):
-        gate_grad = gate is not None and ctx.needs_input_grad[4]
+    def forward(ctx, y, inverse, scale, gate):
+        gate_grad = gate is not None and ctx.needs_input_grad[3]
         outermost = _outermost(gate) if gate is not None else False
         out, merged = _merge(y, inverse, scale, gate, outermost, store_merged=gate_grad)
         ctx.save_for_backward(inverse, gate, merged)
@@ -221,10 +214,9 @@ class _MergeWalksFn(torch.autograd.Function):
                                             device=gate.device)  # fmt: skip
         gate_strides = gate.stride() if gate is not None else (0, 0, 0)
         merged_strides = merged.stride() if merged is not None else (0, 0, 0)
-        block_r, block_t = _tile()
         rows = batch * channels
-        grid = (triton.cdiv(rows, block_r) * triton.cdiv(tokens, block_t),)
-        _scatter_walks[grid](
+        programs, block_r, block_t = _programs(rows, tokens)
+        _scatter_walks[(programs,)](
             grad_out, gate if gate is not None else grad_out,
             merged if merged is not None else grad_out, inverse, grad_y,
             grad_gate if grad_gate is not None else grad_y,
@@ -233,7 +225,7 @@ class _MergeWalksFn(torch.autograd.Function):
             WALKS=walks, GATED=gate is not None, GATE_GRAD=merged is not None,
             BLOCK_R=block_r, BLOCK_T=block_t, num_warps=4,
         )  # fmt: skip
-        return grad_y, None, None, None, grad_gate
+        return grad_y, None, None, grad_gate
 
 
 def gather_walks(x: torch.Tensor, order: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
@@ -256,4 +248,4 @@ def merge_walks(
     tensors = {"y": y, "order": order, "inverse": inverse, "gate": gate}
     check_device("merge_walks", tensors)
     check_float("merge_walks", {"y": y, "gate": gate})
-    return _MergeWalksFn.apply(y, order, inverse, float(scale), gate)
+    return _MergeWalksFn.apply(y, inverse, float(scale), gate)

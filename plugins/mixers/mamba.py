@@ -62,6 +62,11 @@ def at_least_float32(t: torch.Tensor) -> torch.Tensor:
     return t.to(torch.promote_types(t.dtype, torch.float32))
 
 
+def stacked_decay_rates(modules: Sequence[DecayRates]) -> torch.Tensor:
+    """A = -exp(A_log) of every module at once: (Σ A_log.numel(),), each flattened, in order."""
+    return -torch.exp(at_least_float32(torch.cat([m.A_log.flatten() for m in modules])))
+
+
 class DecayRates:
     """For the SSM modules with a learned decay per channel or head, A = -exp(A_log): ``A`` for a
     whole sequence, and :meth:`decoding_A` for a decoding step, which takes the A that
@@ -246,8 +251,7 @@ def step_decay_rates(model: nn.Module) -> Iterator[None]:
     if len(ssms) < 2 or len({(s.A_log.device, s.A_log.dtype) for s in ssms}) > 1:
         yield  # layers on several devices or in several dtypes: each computes its own
         return
-    rates = -torch.exp(at_least_float32(torch.cat([s.A_log.flatten() for s in ssms])))
-    parts = rates.split([s.A_log.numel() for s in ssms])
+    parts = stacked_decay_rates(ssms).split([s.A_log.numel() for s in ssms])
     token = _STEP_RATES.set(
         {ssm: A.view(ssm.A_log.shape) for ssm, A in zip(ssms, parts, strict=True)}
     )
@@ -279,7 +283,7 @@ def selective_ssms(ssms: Sequence[SelectiveSSM], x: torch.Tensor) -> torch.Tenso
     return selective_scan(
         x,
         delta.flatten(1, 2),
-        -torch.exp(at_least_float32(torch.cat([s.A_log for s in ssms]))),
+        stacked_decay_rates(ssms).view(-1, first.d_state),  # (K·d_inner, d_state)
         B,  # (B, K, N, L): walk k's channels read group k
         C,
         D=torch.cat([s.D for s in ssms]),
