@@ -24,7 +24,10 @@ silu, δ·u) is done once per (channel, step) on a (BLOCK_D, CHUNK) tile, then f
 affine maps x ↦ a x + b) started from the state the previous chunk ended in. On an H100 it is
 2.9x the sequential forward; with gradients the sequential pair stays: a forward storing the
 backward's states costs it most of that, and a chunk-parallel backward (two scans per state, one
-reversed) was not faster (docs/kernels_notes.md v7).
+reversed) was not faster (docs/kernels_notes.md v7). For channels-innermost inputs at small
+batch × channels, ``_selective_scan_by_channel`` instead: a thread per channel with all its
+states in registers, sequential over time, the sequence cut into segments scanned in two passes
+(1.6x faster there; docs/kernels_notes.md v9).
 
 Backward: the same programs walk the chunks in reverse. For each chunk it recomputes h_t from the
 stored state into registers (CHUNK + 1 states), then runs the adjoint recurrence
@@ -50,6 +53,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
 
@@ -103,6 +107,20 @@ INTERPRETED = LaunchConfig(
     block_d=2, chunk=4, warps=1, segment_below=64, target_programs=64, min_segment_chunks=1
 )
 INTERPRETED_INFERENCE = LaunchConfig(block_d=2, chunk=8, warps=1)
+# Without gradients, for channels-innermost inputs (the Mamba block's): a thread per channel,
+# 4 steps per iteration (fixed), segments up to target_programs warps of at least 64 iterations
+# (docs/kernels_notes.md v9).
+BY_CHANNEL = LaunchConfig(
+    block_d=32, chunk=4, warps=1, segment_below=2048, target_programs=2048, min_segment_chunks=64
+)
+# It is used while batch × channel blocks stays at most this: on an H100 it was 1.6x faster than
+# the chunk-parallel forward at b=4, d=1536 (192 blocks; l = 2k-16k) and made a Mamba LM's
+# batch-1 prefill 1.2-1.3x faster (96-128 blocks), but the prefill at 384 blocks (b=8, d=1536;
+# b=4, d=3072) 2-8 % slower.
+BY_CHANNEL_MAX_BLOCKS = 256
+INTERPRETED_BY_CHANNEL = LaunchConfig(
+    block_d=4, chunk=4, warps=1, segment_below=64, target_programs=64, min_segment_chunks=2
+)
 
 
 @triton.jit
@@ -511,6 +529,147 @@ def _selective_scan_inference(
 
 
 @triton.jit
+def _halves(tile):
+    """(BLOCK_D, 2m) -> its even and its odd steps, (BLOCK_D, m) each: moves within a thread."""
+    return tl.split(tl.reshape(tile, (tile.shape[0], tile.shape[1] // 2, 2)))
+
+
+@triton.jit
+def _columns(tile):
+    """The 4 columns (BLOCK_D,) of a (BLOCK_D, 4) tile whose steps lie in one thread."""
+    even, odd = _halves(tile)
+    c0, c2 = tl.split(even)
+    c1, c3 = tl.split(odd)
+    return c0, c1, c2, c3
+
+
+@triton.jit
+def _stack(cols):
+    """The (BLOCK_D, 4) tile of 4 columns: the inverse of _columns."""
+    even = tl.join(cols[0], cols[2])
+    odd = tl.join(cols[1], cols[3])
+    return tl.reshape(tl.join(even, odd), (even.shape[0], 4))
+
+
+@triton.jit
+def _chunk_columns(ptr, offs_d):
+    """4 consecutive fp32 values, the same for every channel, as 4 columns (BLOCK_D,)."""
+    return _columns(tl.load(ptr + offs_d[:, None] * 0 + tl.arange(0, 4)[None, :]))
+
+
+@triton.jit
+def _selective_scan_by_channel(
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, y_ptr, last_ptr, seg_ptr,
+    dim, seqlen, d_per_group, seg_len,
+    s_u_b, s_u_d, s_u_l, s_dt_b, s_dt_d, s_dt_l, s_A_d, s_A_n, s_z_b, s_z_d, s_z_l,
+    s_y_b, s_y_d, s_y_l,
+    OUTPUTS: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+    SOFTPLUS: tl.constexpr, STORE_LAST: tl.constexpr, BLOCK_D: tl.constexpr,
+    DSTATE: tl.constexpr,
+):  # fmt: skip
+    """The forward without gradients, a thread per channel: each thread holds its channel's
+    DSTATE states in registers and walks one segment of the sequence step by step, 4 steps per
+    loop iteration. Program (channel block, batch, segment s).
+
+    OUTPUTS=False (segments 0 … S−2): the segment's own end state from zero and its Σδ, stored
+    in seg_ptr (b, S, DSTATE + 1, d). OUTPUTS=True: the state entering segment s composed from
+    those summaries (h ← exp(A Σδ_r) h + h_r over r < s), then y over the segment.
+
+    B and C come as fp32 (b, g, l/4, DSTATE, 4), zero past the end: each state's 4 steps are one
+    16-byte load, the same address in every thread."""
+    pid_d = tl.program_id(0)
+    pid_b = tl.program_id(1).to(tl.int64)
+    seg = tl.program_id(2)
+    n_segs = tl.num_programs(2) + (0 if OUTPUTS else 1)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_d = offs_d < dim
+    group = (pid_d * BLOCK_D) // d_per_group  # BLOCK_D divides d_per_group
+    BC_p = (pid_b * (dim // d_per_group) + group) * tl.cdiv(seqlen, 4) * (4 * DSTATE)
+    Dv, bias = _skip_and_bias(D_ptr, bias_ptr, offs_d, mask_d, HAS_D, HAS_BIAS, BLOCK_D)
+    A2 = ()  # A[:, n]·log2(e) and the state, tuples over n of (BLOCK_D,)
+    hs = ()
+    for n in tl.static_range(DSTATE):
+        column = tl.load(A_ptr + offs_d * s_A_d + n * s_A_n, mask=mask_d, other=0.0)
+        A2 = A2 + (column.to(tl.float32) * LOG2E,)  # noqa: RUF005
+        hs = hs + (tl.zeros((BLOCK_D,), dtype=tl.float32),)  # noqa: RUF005
+    summaries = seg_ptr + pid_b * n_segs * (DSTATE + 1) * dim + offs_d  # + (s (N + 1) + n) d
+    if OUTPUTS:
+        for before in range(seg):
+            row = summaries + before * (DSTATE + 1) * dim
+            dt_sum = tl.load(row + DSTATE * dim, mask=mask_d, other=0.0)
+            entered = ()
+            for n in tl.static_range(DSTATE):
+                own = tl.load(row + n * dim, mask=mask_d, other=0.0)
+                entered = entered + (tl.exp2(dt_sum * A2[n]) * hs[n] + own,)  # noqa: RUF005
+            hs = entered
+    start = seg * seg_len
+    stop = tl.minimum(start + seg_len, seqlen)
+    dt_sum = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    u_p = u_ptr + pid_b * s_u_b + offs_d[:, None] * s_u_d
+    dt_p = dt_ptr + pid_b * s_dt_b + offs_d[:, None] * s_dt_d
+    z_p = z_ptr + pid_b * s_z_b + offs_d[:, None] * s_z_d
+    # The next iteration's u, δ (and z) are loaded while this one computes: an iteration is
+    # too short to cover a memory latency (H100, Mamba block layout: 1.5x faster).
+    t = start + tl.arange(0, 4)[None, :]
+    mask = mask_d[:, None] & (t < stop)
+    u_next = tl.load(u_p + t * s_u_l, mask=mask, other=0.0)
+    dt_next = tl.load(dt_p + t * s_dt_l, mask=mask, other=0.0)
+    z_next = u_next
+    if OUTPUTS and HAS_Z:
+        z_next = tl.load(z_p + t * s_z_l, mask=mask, other=0.0)
+    for t0 in range(start, stop, 4):
+        t = t0 + tl.arange(0, 4)[None, :]
+        mask = mask_d[:, None] & (t < stop)
+        u = u_next.to(tl.float32)
+        dt_raw = dt_next.to(tl.float32)
+        z = z_next.to(tl.float32)
+        mask_next = mask_d[:, None] & (t + 4 < stop)
+        u_next = tl.load(u_p + (t + 4) * s_u_l, mask=mask_next, other=0.0)
+        dt_next = tl.load(dt_p + (t + 4) * s_dt_l, mask=mask_next, other=0.0)
+        if OUTPUTS and HAS_Z:
+            z_next = tl.load(z_p + (t + 4) * s_z_l, mask=mask_next, other=0.0)
+        dt, _ = _discretise(dt_raw, bias[:, None], mask, SOFTPLUS)
+        if not OUTPUTS:
+            dt_sum += tl.sum(dt, axis=1)
+        dts = _columns(dt)
+        ws = _columns(dt * u)
+        ys = _columns(Dv[:, None] * u)
+        ends = ()
+        for n in tl.static_range(DSTATE):
+            Bs = _chunk_columns(B_ptr + BC_p + t0 * DSTATE + n * 4, offs_d)
+            h = hs[n]
+            h_steps = ()
+            for j in tl.static_range(4):
+                h = tl.exp2(dts[j] * A2[n]) * h + ws[j] * Bs[j]
+                h_steps = h_steps + (h,)  # noqa: RUF005
+            if OUTPUTS:
+                Cs = _chunk_columns(C_ptr + BC_p + t0 * DSTATE + n * 4, offs_d)
+                summed = ()
+                for j in tl.static_range(4):
+                    summed = summed + (ys[j] + Cs[j] * h_steps[j],)  # noqa: RUF005
+                ys = summed
+            ends = ends + (h,)  # noqa: RUF005
+        hs = ends
+        if OUTPUTS:
+            y = _stack(ys)
+            if HAS_Z:
+                silu, _ = silu_and_grad(z)
+                y = y * silu
+            y_tile = y_ptr + pid_b * s_y_b + offs_d[:, None] * s_y_d + t * s_y_l
+            tl.store(y_tile, y.to(y_ptr.dtype.element_ty), mask=mask)
+    if OUTPUTS:
+        if STORE_LAST:
+            is_last = mask_d & (seg == n_segs - 1)
+            for n in tl.static_range(DSTATE):
+                tl.store(last_ptr + (pid_b * dim + offs_d) * DSTATE + n, hs[n], mask=is_last)
+    else:
+        row = summaries + seg * (DSTATE + 1) * dim
+        tl.store(row + DSTATE * dim, dt_sum, mask=mask_d)
+        for n in tl.static_range(DSTATE):
+            tl.store(row + n * dim, hs[n], mask=mask_d)
+
+
+@triton.jit
 def _selective_state_update(
     state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, y_ptr,
     dim, dstate, d_per_group,
@@ -678,6 +837,45 @@ def _launch_inference(
     return y, (last if store_last else None)
 
 
+def _launch_by_channel(
+    u, delta, A, B, C, D, z, delta_bias, softplus_: bool, store_last: bool, config: LaunchConfig
+):  # fmt: skip
+    """y (b, d, l) and the last state (b, d, n) fp32 or None, by _selective_scan_by_channel:
+    when the segments' first pass is needed it runs first, over all segments but the last."""
+    batch, dim, seqlen = u.shape
+    dstate = A.shape[1]
+    n_chunks = triton.cdiv(seqlen, 4)
+    # (b, g, n, l) -> fp32 (b, g, l/4, n, 4), zero-padded: b·n·l values, ~1 % of the inputs
+    B4, C4 = (
+        F.pad(_grouped(BC), (0, n_chunks * 4 - seqlen))
+        .unflatten(-1, (n_chunks, 4))
+        .transpose(-3, -2)
+        .to(torch.float32)
+        .contiguous()
+        for BC in (B, C)
+    )
+    d_per_group = dim // B4.shape[1]
+    block_d = _block_d(config, d_per_group)
+    blocks = triton.cdiv(dim, block_d)
+    n_segs, seg_chunks = _segments(config, blocks * batch * config.warps, n_chunks)
+    y = empty_like_sequence(u)
+    f32 = {"device": u.device, "dtype": torch.float32}
+    last = torch.empty((batch, dim, dstate), **f32) if store_last else y  # every row written
+    summaries = torch.empty((batch, n_segs, dstate + 1, dim), **f32)
+    for outputs, segments in ((False, n_segs - 1), (True, n_segs)):
+        if segments == 0:
+            continue
+        _selective_scan_by_channel[(blocks, batch, segments)](
+            u, delta, A, B4, C4, _or(D, u), _or(z, u), _or(delta_bias, u), y, last, summaries,
+            dim, seqlen, d_per_group, seg_chunks * 4,
+            *u.stride(), *delta.stride(), *A.stride(), *_strides(z, 3), *y.stride(),
+            OUTPUTS=outputs, HAS_D=D is not None, HAS_Z=z is not None,
+            HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus_, STORE_LAST=store_last,
+            BLOCK_D=block_d, DSTATE=dstate, num_warps=config.warps,
+        )  # fmt: skip
+    return y, (last if store_last else None)
+
+
 def _launch_backward(
     dout, u, delta, A, B, C, D, z, delta_bias, softplus_: bool, ckpt, config: LaunchConfig,
     chunk: int,
@@ -817,11 +1015,17 @@ def selective_scan(
     inputs = (u, delta, A, B, C, D, z, delta_bias)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs):
         return _SelectiveScanFn.apply(*inputs, bool(delta_softplus), bool(return_last_state))
-    # Inference: the chunk-parallel forward (under no_grad autograd would still ask for states).
-    config = INTERPRETED_INFERENCE if interpreting() else INFERENCE
-    y, last = _launch_inference(
-        *inputs, bool(delta_softplus), bool(return_last_state), config
-    )  # fmt: skip
+    # Inference (under no_grad autograd would still ask for states): channels-innermost inputs
+    # at small batch × channels a thread per channel, else the chunk-parallel forward, the
+    # faster of the two on an H100 (docs/kernels_notes.md v9).
+    flags = (bool(delta_softplus), bool(return_last_state))
+    config = INTERPRETED_BY_CHANNEL if interpreting() else BY_CHANNEL
+    blocks = u.shape[0] * triton.cdiv(u.shape[1], config.block_d)
+    if u.stride(1) == 1 and u.shape[1] > 1 and blocks <= BY_CHANNEL_MAX_BLOCKS:
+        y, last = _launch_by_channel(*inputs, *flags, config)
+    else:
+        config = INTERPRETED_INFERENCE if interpreting() else INFERENCE
+        y, last = _launch_inference(*inputs, *flags, config)
     return (y, last) if return_last_state else y
 
 

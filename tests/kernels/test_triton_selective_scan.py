@@ -181,6 +181,50 @@ def test_channels_innermost_inputs_every_variant(groups, variant):
 
 
 @tiny
+@pytest.mark.parametrize("segments", [1, 3, 7])
+@pytest.mark.parametrize(
+    "dtype, dstate, groups", [(torch.float32, 3, 2), (torch.bfloat16, 5, None)]
+)
+def test_inference_by_channel_in_segments(segments, dtype, dstate, groups, monkeypatch):
+    """Channels-innermost inputs without gradients: the thread-per-channel kernel, its sequence
+    in 1, 3 or 7 segments (27 steps: 7 iterations of 4, the last ragged), against float64."""
+    batch, dim, length = 2, 8, 27
+    config = kernels.INTERPRETED_BY_CHANNEL
+    programs = batch * dim // kernels._block_d(config, dim // (groups or 1))
+    config = dataclasses.replace(
+        config, target_programs=programs * segments, segment_below=programs + 1
+    )
+    config = dataclasses.replace(config, min_segment_chunks=1)
+    assert kernels._segments(config, programs, 7)[0] == segments
+    monkeypatch.setattr(kernels, "INTERPRETED_BY_CHANNEL", config)
+    monkeypatch.setattr(kernels, "BY_CHANNEL", config)
+    inputs = make_inputs(batch, dim, dstate, length, groups, seed=segments)
+    params = ("A", "D", "delta_bias")
+    ours = leaves(inputs, dtype, params)
+    ours.update({k: channels_innermost(ours[k]) for k in ("u", "delta", "z")})
+    ref = leaves(inputs, dtype, params, float64=True)
+    with torch.no_grad():
+        y, last = kernels.selective_scan(
+            *[ours[k] for k in NAMES], delta_softplus=True, return_last_state=True
+        )
+    y_ref, last_ref = reference.selective_scan(
+        *[ref[k] for k in NAMES], delta_softplus=True, return_last_state=True
+    )
+    assert y.stride(1) == 1 and y.dtype == dtype and last.dtype == torch.float32
+    errors = {"y": rel_err(y, y_ref), "last_state": rel_err(last, last_ref)}
+    report(f"by channel, {segments} segments, {dtype}", errors, TOL[dtype])
+
+
+@tiny
+def test_inference_channels_innermost_past_the_by_channel_limit(monkeypatch):
+    """Past BY_CHANNEL_MAX_BLOCKS the channels-innermost inference runs chunk-parallel."""
+    monkeypatch.setattr(kernels, "BY_CHANNEL_MAX_BLOCKS", 0)
+    monkeypatch.setattr(kernels, "_launch_by_channel", lambda *a: pytest.fail("by channel"))
+    check(make_inputs(1, 4, 3, 27), torch.float32, channels_last=True,
+          label="cpu channels innermost, chunk-parallel inference")  # fmt: skip
+
+
+@tiny
 def test_empty_sequence():
     y = kernels.selective_scan(*[make_inputs(1, 4, 3, 0)[k] for k in NAMES], delta_softplus=True)
     assert y.shape == (1, 4, 0)
