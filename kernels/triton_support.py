@@ -85,6 +85,11 @@ def next_pow2(n: int) -> int:
     return triton.next_power_of_2(max(int(n), 1))
 
 
+def channels_innermost(x: torch.Tensor) -> bool:
+    """Whether a (b, d, l) tensor has its channels innermost (a transposed (b, l, d) one)."""
+    return x.stride(1) == 1 and x.shape[1] > 1
+
+
 def empty_like_sequence(x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
     """An empty (b, d, l) tensor laid out as x: channels innermost when x's are (the Mamba block
     passes slices of a (b, l, ·) projection, transposed), else contiguous. Kernels then store
@@ -92,7 +97,7 @@ def empty_like_sequence(x: torch.Tensor, dtype: torch.dtype | None = None) -> to
     needs no copy."""
     batch, dim, seqlen = x.shape
     dtype = dtype or x.dtype
-    if x.stride(1) == 1 and dim > 1:
+    if channels_innermost(x):
         return torch.empty((batch, seqlen, dim), device=x.device, dtype=dtype).transpose(1, 2)
     return torch.empty((batch, dim, seqlen), device=x.device, dtype=dtype)
 

@@ -59,6 +59,7 @@ import triton.language as tl
 
 from mambaverse.kernels.triton_support import (
     LOG2E,
+    channels_innermost,
     check_device,
     check_float,
     check_rank,
@@ -472,6 +473,19 @@ def _column(tile, index, CHUNK: tl.constexpr):
 
 
 @triton.jit
+def _rates_and_zero_states(A_ptr, s_A_d, s_A_n, offs_d, mask_d, BLOCK_D: tl.constexpr,
+                           DSTATE: tl.constexpr):  # fmt: skip
+    """A[:, n]·log2(e) (fp32) and zero states: tuples over n of (BLOCK_D,)."""
+    A2 = ()
+    hs = ()
+    for n in tl.static_range(DSTATE):
+        column = tl.load(A_ptr + offs_d * s_A_d + n * s_A_n, mask=mask_d, other=0.0)
+        A2 = A2 + (column.to(tl.float32) * LOG2E,)  # noqa: RUF005 (Triton 3.6: no starred tuples)
+        hs = hs + (tl.zeros((BLOCK_D,), dtype=tl.float32),)  # noqa: RUF005
+    return A2, hs
+
+
+@triton.jit
 def _selective_scan_inference(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, y_ptr, last_ptr,
     dim, seqlen, d_per_group,
@@ -494,12 +508,8 @@ def _selective_scan_inference(
     B_p = B_ptr + pid_b * s_B_b + group * s_B_g
     C_p = C_ptr + pid_b * s_C_b + group * s_C_g
     Dv, bias = _skip_and_bias(D_ptr, bias_ptr, offs_d, mask_d, HAS_D, HAS_BIAS, BLOCK_D)
-    A2 = ()  # A[:, n]·log2(e) and the state entering the chunk, tuples over n of (BLOCK_D,)
-    hs = ()
-    for n in tl.static_range(DSTATE):
-        column = tl.load(A_ptr + offs_d * s_A_d + n * s_A_n, mask=mask_d, other=0.0)
-        A2 = A2 + (column.to(tl.float32) * LOG2E,)  # noqa: RUF005 (Triton 3.6: no starred tuples)
-        hs = hs + (tl.zeros((BLOCK_D,), dtype=tl.float32),)  # noqa: RUF005
+    # hs: the state entering the chunk
+    A2, hs = _rates_and_zero_states(A_ptr, s_A_d, s_A_n, offs_d, mask_d, BLOCK_D, DSTATE)
     for chunk in range(tl.cdiv(seqlen, CHUNK)):
         t = chunk * CHUNK + tl.arange(0, CHUNK)[None, :]  # (1, CHUNK)
         mask = mask_d[:, None] & (t < seqlen)
@@ -586,12 +596,7 @@ def _selective_scan_by_channel(
     group = (pid_d * BLOCK_D) // d_per_group  # BLOCK_D divides d_per_group
     BC_p = (pid_b * (dim // d_per_group) + group) * tl.cdiv(seqlen, 4) * (4 * DSTATE)
     Dv, bias = _skip_and_bias(D_ptr, bias_ptr, offs_d, mask_d, HAS_D, HAS_BIAS, BLOCK_D)
-    A2 = ()  # A[:, n]·log2(e) and the state, tuples over n of (BLOCK_D,)
-    hs = ()
-    for n in tl.static_range(DSTATE):
-        column = tl.load(A_ptr + offs_d * s_A_d + n * s_A_n, mask=mask_d, other=0.0)
-        A2 = A2 + (column.to(tl.float32) * LOG2E,)  # noqa: RUF005
-        hs = hs + (tl.zeros((BLOCK_D,), dtype=tl.float32),)  # noqa: RUF005
+    A2, hs = _rates_and_zero_states(A_ptr, s_A_d, s_A_n, offs_d, mask_d, BLOCK_D, DSTATE)
     summaries = seg_ptr + pid_b * n_segs * (DSTATE + 1) * dim + offs_d  # + (s (N + 1) + n) d
     if OUTPUTS:
         for before in range(seg):
@@ -1021,7 +1026,7 @@ def selective_scan(
     flags = (bool(delta_softplus), bool(return_last_state))
     config = INTERPRETED_BY_CHANNEL if interpreting() else BY_CHANNEL
     blocks = u.shape[0] * triton.cdiv(u.shape[1], config.block_d)
-    if u.stride(1) == 1 and u.shape[1] > 1 and blocks <= BY_CHANNEL_MAX_BLOCKS:
+    if channels_innermost(u) and blocks <= BY_CHANNEL_MAX_BLOCKS:
         y, last = _launch_by_channel(*inputs, *flags, config)
     else:
         config = INTERPRETED_INFERENCE if interpreting() else INFERENCE
