@@ -22,6 +22,8 @@ _EXPORTS: dict[str, str] = {
     "attention": "attention",
     "gather_walks": "walks",
     "merge_walks": "walks",
+    "conv_walks": "walks",
+    "add_rms_norm": "add_rms_norm",
 }
 
 

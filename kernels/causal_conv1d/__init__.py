@@ -16,7 +16,7 @@ from .._inputs import require_ndim, require_shape
 ACTIVATIONS = (None, "silu", "swish")  # "swish" is another name for silu
 
 
-def _check_weights(
+def check_conv_weights(
     op: str, weight: torch.Tensor, bias: torch.Tensor | None, activation: str | None, dim: int
 ) -> None:
     require_ndim(op, "weight", weight, {2: "(d, w)"})
@@ -45,7 +45,7 @@ def causal_conv1d(
     """
     op = "causal_conv1d"
     require_ndim(op, "x", x, {3: "(b, d, l)"})
-    _check_weights(op, weight, bias, activation, x.shape[1])
+    check_conv_weights(op, weight, bias, activation, x.shape[1])
     kernel = mambaverse.get_kernel(op, impl=impl, device=x.device, dtype=x.dtype)
     return kernel(x, weight, bias=bias, activation=activation)
 
@@ -72,7 +72,7 @@ def causal_conv1d_update(
     op = "causal_conv1d_update"
     require_ndim(op, "x", x, {2: "(b, d)"})
     batch, dim = x.shape
-    _check_weights(op, weight, bias, activation, dim)
+    check_conv_weights(op, weight, bias, activation, dim)
     require_shape(op, "conv_state", conv_state, (batch, dim, weight.shape[1]), "(b, d, w)")
     kernel = mambaverse.get_kernel(op, impl=impl, device=x.device, dtype=x.dtype)
     return kernel(conv_state, x, weight, bias=bias, activation=activation)

@@ -18,6 +18,7 @@ import torch
 import mambaverse
 
 from .._inputs import require_ndim, require_shape
+from ..causal_conv1d import check_conv_weights
 
 
 def _check_plan(op: str, order: torch.Tensor, inverse: torch.Tensor, tokens: int) -> None:
@@ -84,3 +85,32 @@ def merge_walks(
     require_shape(op, "gate", gate, (batch, channels, tokens), "(b, c, l)")
     kernel = mambaverse.get_kernel(op, impl=impl, device=y.device, dtype=y.dtype)
     return kernel(y, order, inverse, scale=scale, gate=gate)
+
+
+def conv_walks(
+    x: torch.Tensor,
+    order: torch.Tensor,
+    inverse: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    activation: str | None = None,
+    impl: str | None = None,
+) -> torch.Tensor:
+    """Each walk's causal depthwise convolution, read from the tokens in their walk's order::
+
+        walks = gather_walks(x, order, inverse)                          (b, k, c, s)
+        u[b, j, c, t] = Σ_{q<w} weight[j·c + c', q] · walks[b, j, c', t-(w-1)+q] + bias[j·c + c']
+        u = silu(u)                                                      (activation="silu")
+
+    (c' the channel, walks zero before step 0 and at padding steps): the same function as
+    ``causal_conv1d(gather_walks(x, order, inverse).flatten(1, 2), weight, bias, activation)``,
+    each walk with its own filters. Shapes: x (b, c, l) tokens; order (k, s), inverse (k, l) as
+    :func:`gather_walks`; weight (k·c, w), bias (k·c,). Returns u (b, k, c, s), contiguous, in
+    x's dtype. The Triton implementation never writes the walks when no gradient is recorded.
+    """
+    op = "conv_walks"
+    require_ndim(op, "x", x, {3: "(b, c, l)"})
+    _check_plan(op, order, inverse, x.shape[2])
+    check_conv_weights(op, weight, bias, activation, order.shape[0] * x.shape[1])
+    kernel = mambaverse.get_kernel(op, impl=impl, device=x.device, dtype=x.dtype)
+    return kernel(x, order, inverse, weight, bias=bias, activation=activation)

@@ -6,7 +6,8 @@ a padding step; inverse (k, l): the step at which walk k visits token i —
     walks[b, j, c, t] = x[b, c, order[j, t]]                 (0 where order[j, t] == l)
     out[b, c, i]      = scale · Σ_j y[b, j, c, inverse[j, i]]   (· silu(gate[b, c, i]))
 
-Both are ``torch.gather``; autograd's scatter-add gives their gradients.
+Both are ``torch.gather``; autograd's scatter-add gives their gradients. ``conv_walks`` is the
+gather, then the causal convolution of the stacked walks.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .._inputs import compute_dtype
+from ..causal_conv1d.reference import causal_conv1d
 
 
 def gather_walks(x: torch.Tensor, order: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
@@ -45,3 +47,16 @@ def merge_walks(
     if gate is not None:
         out = out * F.silu(gate.to(dtype))
     return out.to(y.dtype)
+
+
+def conv_walks(
+    x: torch.Tensor,
+    order: torch.Tensor,
+    inverse: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    activation: str | None = None,
+) -> torch.Tensor:
+    """Reference implementation of :func:`mambaverse.kernels.conv_walks` (see there)."""
+    walks = gather_walks(x, order, inverse)  # (b, k, c, s)
+    return causal_conv1d(walks.flatten(1, 2), weight, bias, activation).view(walks.shape)

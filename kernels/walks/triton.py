@@ -16,6 +16,11 @@ Because every walk visits every token exactly once, each op's adjoint is the oth
 gradient of gathering is merging with scale 1 (the padding steps, which read no token, send no
 gradient), and the gradient of merging stores each token's gradient, scaled (and multiplied by
 silu(gate)), at its step in every walk — one pass that also gives the gate's gradient.
+
+``conv_walks`` (the causal convolution in front of each walk's scan) reads the tokens in each
+walk's order, ``x[order[j, t]]``, and convolves them in registers instead of writing the gathered
+copy for a second kernel: without a gradient the walks are never written. With one it is gather_walks then causal_conv1d, each with its autograd
+(the convolution's backward needs the walks it read).
 """
 
 from __future__ import annotations
@@ -24,7 +29,13 @@ import torch
 import triton
 import triton.language as tl
 
-from mambaverse.kernels.triton_support import check_device, check_float, interpreting
+from mambaverse.kernels.causal_conv1d.triton import causal_conv1d
+from mambaverse.kernels.triton_support import (
+    check_device,
+    check_float,
+    interpreting,
+    silu_and_grad,
+)
 
 
 def _programs(rows: int, length: int) -> tuple[int, int, int]:
@@ -61,6 +72,52 @@ def _gather_walks(x_p, order_p, out_p, rows, channels, tokens, steps,
     value = tl.load(src, mask=mask_r[:, None] & (idx < tokens)[None, :], other=0.0)
     dst = out_p + (((b * num_walks + walk) * channels + c) * steps)[:, None] + t[None, :]
     tl.store(dst, value, mask=mask_r[:, None] & mask_t[None, :])
+
+
+@triton.jit
+def _conv_walks(x_p, order_p, w_p, bias_p, out_p, rows, channels, tokens, steps,
+                s_xb, s_xc, s_xl, s_ok, s_ot, s_wd, s_wk,
+                HAS_BIAS: tl.constexpr, SILU: tl.constexpr, W: tl.constexpr, HALO: tl.constexpr,
+                BLOCK_R: tl.constexpr, BLOCK_T: tl.constexpr):  # fmt: skip
+    """out (b, k, c, s) contiguous: walk j's channel c convolved with filter row j·c + c; grid
+    (row tiles × step tiles, k). Step tiles overlap by HALO ≥ w - 1 steps: a program reads the
+    tokens of steps [t0 - HALO, t0 - HALO + BLOCK_T) once (one gathered load per element) and
+    writes the convolution at the last BLOCK_T - HALO of them, each window's earlier steps taken
+    from the loaded tile by ``tl.gather`` (H100: 1.5x faster than w gathered loads per step, see
+    docs/benchmarks.md, run S10). HALO is a multiple of 8, so each row's writes stay 16-byte
+    aligned."""
+    walk = tl.program_id(1)
+    num_walks = tl.num_programs(1)
+    written = BLOCK_T - HALO
+    tiles = tl.cdiv(steps, written)
+    pid = tl.program_id(0)
+    row = (pid // tiles) * BLOCK_R + tl.arange(0, BLOCK_R)
+    j = tl.arange(0, BLOCK_T)
+    t = (pid % tiles) * written - HALO + j  # steps before 0 read the padding token: zero
+    mask_r = row < rows
+    b, c = (row // channels).to(tl.int64), (row % channels).to(tl.int64)
+    filt = walk * channels + c  # the stacked channel: this walk's filters
+    src = x_p + (b * s_xb + c * s_xc)[:, None]
+    idx = tl.load(order_p + walk * s_ok + t * s_ot, mask=(t >= 0) & (t < steps), other=tokens)
+    walked = tl.load(src + idx[None, :].to(tl.int64) * s_xl,
+                     mask=mask_r[:, None] & (idx < tokens)[None, :], other=0.0).to(tl.float32)  # fmt: skip
+    acc = tl.zeros((BLOCK_R, BLOCK_T), dtype=tl.float32)
+    if HAS_BIAS:
+        acc += tl.load(bias_p + filt, mask=mask_r, other=0.0).to(tl.float32)[:, None]
+    for q in tl.static_range(W):
+        back = W - 1 - q  # tap q meets the step `back` steps earlier
+        if back == 0:
+            window = walked
+        else:
+            earlier = tl.broadcast_to(tl.maximum(j - back, 0)[None, :], (BLOCK_R, BLOCK_T))
+            window = tl.gather(walked, earlier, 1)  # wrong only at j < back, which is not written
+        tap = tl.load(w_p + filt * s_wd + q * s_wk, mask=mask_r, other=0.0).to(tl.float32)
+        acc += window * tap[:, None]
+    if SILU:
+        acc, _ = silu_and_grad(acc)
+    dst = out_p + (((b * num_walks + walk) * channels + c) * steps)[:, None] + t[None, :]
+    mask_t = (j >= HALO) & (t < steps)
+    tl.store(dst, acc.to(out_p.dtype.element_ty), mask=mask_r[:, None] & mask_t[None, :])
 
 
 @triton.jit
@@ -249,3 +306,40 @@ def merge_walks(
     check_device("merge_walks", tensors)
     check_float("merge_walks", {"y": y, "gate": gate})
     return _MergeWalksFn.apply(y, inverse, float(scale), gate)
+
+
+def conv_walks(
+    x: torch.Tensor,
+    order: torch.Tensor,
+    inverse: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    activation: str | None = None,
+) -> torch.Tensor:
+    """Triton implementation of :func:`mambaverse.kernels.conv_walks` (see there); shapes are
+    checked by the public function."""
+    tensors = {"x": x, "order": order, "inverse": inverse, "weight": weight, "bias": bias}
+    check_device("conv_walks", tensors)
+    check_float("conv_walks", {"x": x, "weight": weight, "bias": bias})
+    if torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, weight, bias)
+    ):
+        walks = gather_walks(x, order, inverse)  # (b, k, c, s)
+        return causal_conv1d(walks.flatten(1, 2), weight, bias, activation).view(walks.shape)
+    if bias is not None:
+        bias = bias.contiguous()  # indexed densely
+    batch, channels, tokens = x.shape
+    (walks, steps), width = order.shape, weight.shape[1]
+    out = torch.empty((batch, walks, channels, steps), device=x.device, dtype=x.dtype)
+    rows = batch * channels
+    halo = 8 * triton.cdiv(width - 1, 8) if width > 1 else 0
+    # 8 rows × 256 steps, 4 warps: the best of eight tiles at Vim-Ti's 1024 px shape (H100)
+    block_r, block_t = (2, max(16, 2 * halo)) if interpreting() else (8, max(256, 2 * halo))
+    programs = triton.cdiv(rows, block_r) * triton.cdiv(steps, block_t - halo)
+    _conv_walks[(programs, walks)](
+        x, order, weight, bias if bias is not None else weight, out,
+        rows, channels, tokens, steps, *x.stride(), *order.stride(), *weight.stride(),
+        HAS_BIAS=bias is not None, SILU=activation in ("silu", "swish"), W=width, HALO=halo,
+        BLOCK_R=block_r, BLOCK_T=block_t, num_warps=4,
+    )  # fmt: skip
+    return out

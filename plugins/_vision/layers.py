@@ -6,6 +6,7 @@ import math
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mambaverse.errors import ConfigError
@@ -30,6 +31,28 @@ class DropPath(nn.Module):
 
     def extra_repr(self) -> str:
         return f"drop_prob={self.drop_prob}"
+
+
+def embed_patches(proj: nn.Conv2d, images: torch.Tensor) -> torch.Tensor:
+    """A patch embedding (a Conv2d whose stride is its kernel, no padding) as one GEMM:
+    images (B, C, H, W) -> tokens (B, H/p · W/p, E), patches in row-major order.
+
+    The same function as ``proj(images).flatten(2).transpose(1, 2)``; the patches are cut out by
+    one copy and multiplied by the flattened weight (H100, bf16, 16 × 3 × 1024² images: cuDNN's
+    convolution took 1.15 ms, this 0.24 ms; docs/benchmarks.md, run S10).
+    """
+    (ph, pw), (e, c) = proj.kernel_size, proj.weight.shape[:2]
+    if (
+        proj.stride != (ph, pw)
+        or proj.padding != (0, 0)
+        or proj.dilation != (1, 1)
+        or proj.groups != 1
+    ):
+        return proj(images).flatten(2).transpose(1, 2)
+    batch, _, height, width = images.shape
+    patches = images.reshape(batch, c, height // ph, ph, width // pw, pw)
+    patches = patches.permute(0, 2, 4, 1, 3, 5).reshape(batch, -1, c * ph * pw)  # (B, N, C·p·p)
+    return F.linear(patches, proj.weight.reshape(e, -1), proj.bias)
 
 
 def drop_path_rates(rate: float, count: int) -> list[float]:

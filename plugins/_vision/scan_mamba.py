@@ -12,9 +12,10 @@ One input projection and one output projection are shared; each walk k gets its 
     out    = out_proj(y * silu(z))                the gate only with gate=True (Vim, EfficientVMamba)
 
 When each walk visits each token exactly once (bidirectional, cross2d, causal) the K SSM paths
-run stacked: walk_k is one ``gather_walks`` into (B, K·d_inner, L) (on CUDA L padded to a
-multiple of ``SCAN_STEPS_MULTIPLE``), the K SSMs one ``selective_ssms`` call (its B, C one group
-per walk), unwalk one ``merge_walks`` back (with the gate when no out_norm comes between); the
+run stacked: the K SSMs are one ``selective_ssms`` call on the tokens — walk_k and the causal
+conv one ``conv_walks`` pass into (B, K, d_inner, L) (on CUDA L padded to a multiple of
+``SCAN_STEPS_MULTIPLE``), one scan whose B, C have one group per walk —, unwalk one
+``merge_walks`` back (with the gate when no out_norm comes between); the
 other scans (atrous: padded grids) take the per-walk path.
 
 Settings of the papers:
@@ -38,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mambaverse.errors import ConfigError
-from mambaverse.kernels import gather_walks, merge_walks
+from mambaverse.kernels import merge_walks
 from mambaverse.plugins.mixers.base import kernel_scope
 from mambaverse.plugins.mixers.mamba import SelectiveSSM, selective_ssms
 
@@ -180,7 +181,7 @@ class ScanMamba(nn.Module):
         order: torch.Tensor,
         inverse: torch.Tensor,
     ) -> torch.Tensor:
-        """When each walk visits each token once (Vim's, VMamba's scans): one gather into the
+        """When each walk visits each token once (Vim's, VMamba's scans): one pass into the
         walks, the K SSMs as one scan, one gather back — the function of :meth:`_forward_walks`
         without its per-walk slicing, concatenation and stacking. Channels-major (B, C, L)
         throughout, so that both gathers move contiguous rows; in and out projections are plain
@@ -189,12 +190,11 @@ class ScanMamba(nn.Module):
         x, z = xz.chunk(2, dim=1) if self.gate else (xz, None)
         if self.conv2d is not None:
             x = F.silu(self._conv_grid(x, grid, cls_index))
-        (K, steps), (batch, d, _) = order.shape, x.shape
-        walks = gather_walks(x, order, inverse)  # (B, K, d, steps): walk k's tokens in its order
-        y = selective_ssms(self.ssms, walks.flatten(1, 2)).view(batch, K, d, steps)
+        y = selective_ssms(self.ssms, x, order, inverse)  # (B, K, d_inner, steps)
         # Without a norm between them, the sum over walks and the gate are one pass.
         gate = z if self.out_norm is None else None
-        y = merge_walks(y, order, inverse, scale=1 / K if self.divide_out else 1.0, gate=gate)
+        scale = 1 / order.shape[0] if self.divide_out else 1.0  # the mean over the K walks
+        y = merge_walks(y, order, inverse, scale=scale, gate=gate)
         return self._project_out(y.to(tokens.dtype), None if gate is not None else z, channel_dim=1)
 
     def _project_out(

@@ -28,6 +28,8 @@ from mambaverse.errors import ConfigError
 from mambaverse.kernels import (
     causal_conv1d,
     causal_conv1d_update,
+    conv_walks,
+    gather_walks,
     selective_scan,
     selective_state_update,
 )
@@ -261,35 +263,41 @@ def step_decay_rates(model: nn.Module) -> Iterator[None]:
         _STEP_RATES.reset(token)
 
 
-def selective_ssms(ssms: Sequence[SelectiveSSM], x: torch.Tensor) -> torch.Tensor:
-    """K single-head SSMs on K sequences at once: x (B, K·d_inner, L), sequence k in channels
-    k·d_inner ... -> y (B, K·d_inner, L), each block through its own SSM (no gate, no state).
+def selective_ssms(
+    ssms: Sequence[SelectiveSSM], x: torch.Tensor, order: torch.Tensor, inverse: torch.Tensor
+) -> torch.Tensor:
+    """K single-head SSMs, SSM k on walk k of the tokens x (B, d_inner, L), all at once:
+    y (B, K, d_inner, steps) (no gate, no state). ``order`` (K, steps) and ``inverse`` (K, L)
+    are the walks' plan (:func:`mambaverse.kernels.gather_walks`).
 
-    One causal conv over the stacked channels, one batched x_proj and dt_proj, one scan whose
-    B, C have K groups (b, K, d_state, L): the per-SSM parameters are concatenated, so it is
-    the same function as running each SSM on its block, in 4 launches instead of 4·K.
+    One pass from the tokens to the walks, convolved (``conv_walks``; ``gather_walks`` without
+    a conv), one batched x_proj and dt_proj, one scan whose B, C have K groups (B, K, d_state,
+    steps): the per-SSM parameters are concatenated, so it is the same function as running each
+    SSM on its walk, in a few launches instead of a few per walk.
     """
     first = ssms[0]
     if any(s.nheads != 1 or s.dt_bc_norm_eps is not None for s in ssms):
         raise ValueError("selective_ssms: only single-head SSMs without Δ/B/C norms are stacked")
-    if first.conv1d is not None:
+    if first.conv1d is None:
+        walks = gather_walks(x, order, inverse)  # (B, K, d_inner, steps)
+    else:
         bias = None if first.conv1d.bias is None else torch.cat([s.conv1d.bias for s in ssms])
         weight = torch.cat([s.conv1d.weight.squeeze(1) for s in ssms])  # (K·d_inner, d_conv)
-        x = causal_conv1d(x, weight, bias, activation="silu")
-    walks = x.unflatten(1, (len(ssms), -1))  # (B, K, d_inner, L)
-    proj = torch.stack([s.x_proj.weight for s in ssms]) @ walks  # (B, K, R + 2N, L)
+        walks = conv_walks(x, order, inverse, weight, bias, activation="silu")
+    proj = torch.stack([s.x_proj.weight for s in ssms]) @ walks  # (B, K, R + 2N, steps)
     dt, B, C = proj.split([first.dt_rank, first.d_state, first.d_state], dim=2)
-    delta = torch.stack([s.dt_proj.weight for s in ssms]) @ dt  # (B, K, d_inner, L)
-    return selective_scan(
-        x,
+    delta = torch.stack([s.dt_proj.weight for s in ssms]) @ dt  # (B, K, d_inner, steps)
+    y = selective_scan(
+        walks.flatten(1, 2),
         delta.flatten(1, 2),
         stacked_decay_rates(ssms).view(-1, first.d_state),  # (K·d_inner, d_state)
-        B,  # (B, K, N, L): walk k's channels read group k
+        B,  # (B, K, N, steps): walk k's channels read group k
         C,
         D=torch.cat([s.D for s in ssms]),
         delta_bias=torch.cat([s.dt_proj.bias for s in ssms]),
         delta_softplus=True,
     )
+    return y.view(walks.shape)
 
 
 class Mamba(TokenMixer):

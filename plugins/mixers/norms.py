@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mambaverse.errors import unknown_name
+from mambaverse.kernels import add_rms_norm
 
 
 class RMSNorm(nn.Module):
@@ -75,6 +76,24 @@ def _rms(x: torch.Tensor, eps: float, group_size: int) -> torch.Tensor:
     x = x.to(torch.promote_types(dtype, torch.float32))
     groups = x.unflatten(-1, (-1, group_size))  # (..., ngroups, group_size)
     return F.rms_norm(groups, (group_size,), eps=eps).flatten(-2).to(dtype)
+
+
+def add_and_norm(
+    norm: nn.Module,
+    x: torch.Tensor,
+    residual: torch.Tensor | None,
+    residual_dtype: torch.dtype | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A pre-norm block's "add -> norm": (norm(s), s) with s = x + residual (x when residual is
+    None) kept in ``residual_dtype`` (default: the sum's). An :class:`RMSNorm` runs as the fused
+    ``add_rms_norm`` op (one kernel on CUDA, normalising the float32 sum); another norm gets s
+    cast to its weight's dtype."""
+    if isinstance(norm, RMSNorm):
+        return add_rms_norm(x, residual, norm.weight, norm.eps, residual_dtype)
+    s = x if residual is None else residual + x
+    if residual_dtype is not None:
+        s = s.to(residual_dtype)
+    return norm(s.to(norm.weight.dtype)), s
 
 
 NORMS = ("rmsnorm", "layernorm")

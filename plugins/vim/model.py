@@ -8,6 +8,7 @@ its published settings: ``bimamba_type="v2"``, ``if_divide_out``, ``use_middle_c
     for each block:                                           "add -> norm -> mixer", as mamba_ssm's Block
         residual = residual + drop_path(hidden)               (residual = tokens for the first block)
         hidden   = mixer(RMSNorm(residual))                   the token mixer walks the patch grid
+                                                              (add + norm: one fused op, add_rms_norm)
     features = RMSNorm(residual + drop_path(hidden))          (B, N + 1, C)
     logits   = head(features[:, N // 2])                      global_pool="token": the class token
 
@@ -30,10 +31,15 @@ from mambaverse.plugins._vision.backbone import (
     intermediate_indices,
 )
 from mambaverse.plugins._vision.grid_mixer import build_grid_mixer
-from mambaverse.plugins._vision.layers import DropPath, drop_path_rates, lecun_normal_
+from mambaverse.plugins._vision.layers import (
+    DropPath,
+    drop_path_rates,
+    embed_patches,
+    lecun_normal_,
+)
 from mambaverse.plugins.mixers.base import kernel_scope
 from mambaverse.plugins.mixers.mamba import SelectiveSSM
-from mambaverse.plugins.mixers.norms import RMSNorm
+from mambaverse.plugins.mixers.norms import RMSNorm, add_and_norm
 
 from .pos_embed import resize_pos_embed
 
@@ -56,10 +62,10 @@ class Block(nn.Module):
         grid: tuple[int, int],
         cls_index: int,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        residual = hidden if residual is None else residual + self.drop_path(hidden)
-        hidden = self.norm(residual.to(self.norm.weight.dtype))
-        if self.residual_in_fp32:
-            residual = residual.float()
+        if residual is not None:  # the first block's input is the tokens, not a branch
+            hidden = self.drop_path(hidden)
+        wide = torch.promote_types(hidden.dtype, torch.float32) if self.residual_in_fp32 else None
+        hidden, residual = add_and_norm(self.norm, hidden, residual, residual_dtype=wide)
         return self.mixer(hidden, grid, cls_index), residual
 
 
@@ -186,7 +192,7 @@ class VisionMamba(VisionBackbone):
         """Images -> tokens (B, N + 1, C) with the class token at index N // 2, grid, that index."""
         H, W = self.check_input(x)
         grid = (H // self.patch_size, W // self.patch_size)
-        tokens = self.patch_embed.proj(x).flatten(2).transpose(1, 2)  # (B, N, C), row-major
+        tokens = embed_patches(self.patch_embed.proj, x)  # (B, N, C), row-major
         cls_index = tokens.shape[1] // 2
         cls = self.cls_token.expand(tokens.shape[0], -1, -1)
         tokens = torch.cat([tokens[:, :cls_index], cls, tokens[:, cls_index:]], dim=1)
@@ -204,8 +210,9 @@ class VisionMamba(VisionBackbone):
             return self.final_norm(hidden, residual)
 
     def final_norm(self, hidden: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
-        residual = hidden if residual is None else residual + self.drop_path(hidden)
-        return self.norm_f(residual.to(self.norm_f.weight.dtype))
+        if residual is not None:
+            hidden = self.drop_path(hidden)
+        return add_and_norm(self.norm_f, hidden, residual)[0]
 
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:
         cls_index = (tokens.shape[1] - 1) // 2

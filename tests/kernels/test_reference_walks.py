@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mambaverse.kernels import gather_walks, merge_walks
+from mambaverse.kernels import conv_walks, gather_walks, merge_walks
 from mambaverse.plugins._vision.walker import Walker
 
 F64 = torch.float64
@@ -49,6 +49,43 @@ def test_reference_matches_the_loops(walks, tokens, steps):
     for scale, g in ((1.0, None), (1 / walks, gate)):
         out = merge_walks(y, order, inverse, scale=scale, gate=g)
         assert torch.allclose(out, merge_loops(y, inverse, scale, g), rtol=1e-14, atol=1e-14)
+
+
+def conv_walks_loops(x, order, weight, bias):
+    """Walk j's channel c at step t: Σ_q weight[j·c + c, q] · x at the token the walk visits at
+    step t - (w-1) + q (nothing before step 0 or at padding steps), + bias, then silu."""
+    batch, channels, tokens = x.shape
+    walks, steps = order.shape
+    width = weight.shape[1]
+    out = torch.zeros(batch, walks, channels, steps, dtype=x.dtype)
+    for j, c, t in torch.cartesian_prod(
+        *(torch.arange(n) for n in (walks, channels, steps))
+    ).tolist():
+        total = bias[j * channels + c].expand(batch).clone()
+        for q in range(width):
+            step = t - (width - 1) + q
+            if step >= 0 and order[j, step] < tokens:
+                total += weight[j * channels + c, q] * x[:, c, order[j, step]]
+        out[:, j, c, t] = total * torch.sigmoid(total)
+    return out
+
+
+def test_conv_walks_reference_matches_the_loops():
+    gen = torch.Generator().manual_seed(5)
+    order, inverse = random_plan(2, 6, 8, seed=5)
+    x = torch.randn(2, 3, 6, generator=gen, dtype=F64)
+    weight, bias = (
+        torch.randn(6, 4, generator=gen, dtype=F64),
+        torch.randn(6, generator=gen, dtype=F64),
+    )
+    out = conv_walks(x, order, inverse, weight, bias, activation="silu")
+    assert torch.allclose(out, conv_walks_loops(x, order, weight, bias), rtol=1e-14, atol=1e-14)
+
+
+def test_conv_walks_filters_are_one_row_per_walk_and_channel():
+    order, inverse = random_plan(2, 6, 8, seed=5)
+    with pytest.raises(ValueError, match=r"conv_walks: weight must have shape \(d, w\) = \(6, 4\)"):
+        conv_walks(torch.randn(2, 3, 6), order, inverse, torch.randn(3, 4))
 
 
 @pytest.mark.parametrize(

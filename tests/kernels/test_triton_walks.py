@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from mambaverse.kernels import conv_walks as public_conv_walks
 from mambaverse.kernels import gather_walks as public_gather_walks
 from mambaverse.kernels.walks import reference
 from mambaverse.kernels.walks import triton as kernels
@@ -73,6 +74,41 @@ def check(batch, channels, plan, dtype, scale=1.0, gated=True, channels_outermos
     report(label or f"walks {dtype}", errors, TOL[dtype])
 
 
+def check_conv(batch, channels, plan, dtype, width=4, bias=True, activation="silu",
+               channels_outermost=False, seed=0, label=""):  # fmt: skip
+    """conv_walks in ``dtype`` against the float64 reference on the same rounded inputs: the
+    one-pass kernel (no gradient) and the gather + conv path (gradients of x, weight, bias)."""
+    order, inverse = (t.to(DEVICE) for t in plan)
+    walks, tokens = order.shape[0], inverse.shape[1]
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, channels, tokens, generator=gen).to(dtype)
+    if channels_outermost:
+        x = x.transpose(0, 1).contiguous().transpose(0, 1)
+    weight = (torch.randn(walks * channels, width, generator=gen) / width**0.5).to(dtype)
+    b = torch.randn(walks * channels, generator=gen).to(dtype) if bias else None
+    ours = [t.to(DEVICE) if t is not None else None for t in (x, weight, b)]
+    ref = [
+        t.to(DEVICE).double().requires_grad_() if t is not None else None for t in (x, weight, b)
+    ]
+    conv = lambda impl: lambda *t: impl.conv_walks(t[0], order, inverse, *t[1:], activation)  # noqa: E731
+
+    with torch.no_grad():
+        out = conv(kernels)(*ours)
+    expected = conv(reference)(*ref)
+    assert out.dtype == dtype and out.shape == expected.shape and out.is_contiguous()
+    errors = {"out (one pass)": rel_err(out, expected)}
+    for t in ours:
+        if t is not None:
+            t.requires_grad_()
+    upstream = [torch.randn(expected.shape, generator=gen, dtype=torch.float64).to(DEVICE)]
+    with_grad = conv(kernels)(*ours)
+    errors["out (with grad)"] = rel_err(with_grad, expected)
+    found = grads(conv(kernels), ours, upstream)
+    for name, a, r in zip(("x", "weight", "bias"), found, grads(conv(reference), ref, upstream)):
+        errors[f"d{name}"] = rel_err(a, r)
+    report(label or f"conv_walks {dtype}", errors, TOL[dtype])
+
+
 def test_interpreted():
     run_interpreted(__file__)
 
@@ -127,6 +163,32 @@ def test_public_op_dispatches_to_triton():
     assert torch.equal(walked, reference.gather_walks(x, order, inverse))
 
 
+@tiny
+@pytest.mark.parametrize("channels_outermost", [False, True], ids=["contiguous", "(c, b, l)"])
+def test_conv_walks_matches_reference(channels_outermost):
+    # 2 walks of 13 tokens padded to 16 steps, tiles of 2 rows × 8 steps: windows cross tiles
+    check_conv(2, 3, random_plan(2, 13, 16, seed=6), torch.float32,
+               channels_outermost=channels_outermost,
+               label=f"cpu conv_walks outermost={channels_outermost}")  # fmt: skip
+
+
+@tiny
+@pytest.mark.parametrize("width", [3, 1])
+def test_conv_walks_other_widths_without_bias_or_activation_in_bfloat16(width):
+    plan = Walker("bidirectional").token_orders((3, 4), 6, torch.device("cpu"), 16)
+    check_conv(1, 5, plan, torch.bfloat16, width=width, bias=False, activation=None,
+               label=f"cpu conv_walks w{width} no bias bf16")  # fmt: skip
+
+
+@tiny
+def test_public_conv_walks_dispatches_to_triton():
+    order, inverse = (t.to(DEVICE) for t in random_plan(2, 5, 8, seed=2))
+    x, weight = torch.randn(2, 3, 5, device=DEVICE), torch.randn(6, 4, device=DEVICE)
+    out = public_conv_walks(x, order, inverse, weight, activation="silu", impl="triton")
+    expected = reference.conv_walks(x, order, inverse, weight, activation="silu")
+    assert rel_err(out, expected) < TOL[torch.float32]
+
+
 @pytest.mark.gpu
 @gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -152,3 +214,19 @@ def test_gpu_more_row_tiles_than_a_grid_axis_of_65535():
     plan = Walker("bidirectional").token_orders((2, 2), 2, torch.device("cpu"), 16)
     check(1024, 384, plan, torch.bfloat16, scale=0.5, channels_outermost=True,
           label="gpu walks 1024 x 384 rows")  # fmt: skip
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(
+    "scan, grid, cls_index, batch, channels",
+    [
+        ("bidirectional", (64, 64), 2048, 16, 384),  # Vim-Ti at 1024 px
+        ("cross2d", (7, 9), None, 3, 37),  # odd everything
+    ],
+)
+def test_gpu_conv_walks_matches_reference(scan, grid, cls_index, batch, channels, dtype):
+    plan = Walker(scan).token_orders(grid, cls_index, torch.device("cpu"), 16)
+    check_conv(batch, channels, plan, dtype, channels_outermost=True,
+               label=f"gpu conv_walks {scan} {grid} b{batch} c{channels} {dtype}")  # fmt: skip

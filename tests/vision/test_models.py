@@ -84,6 +84,43 @@ def test_vim_features_only_gives_block_maps():
     assert final.shape == (1, 17, 64) and [m.shape for m in levels] == [(1, 4, 4, 64)] * 2
 
 
+def test_vim_forward_is_the_papers_block_written_out():
+    """Vim's forward (patches as one GEMM, add + norm fused) against the float64 computation of
+    hustvl/Vim written out: the patch convolution, the class token in the middle, the position
+    embedding, then per block residual = residual + hidden, hidden = mixer(RMSNorm(residual)),
+    and the final RMSNorm, each norm by its formula."""
+    model = mambaverse.create_model("vim_micro", in_chans=2).double().eval()
+    for p in model.parameters():  # no zero or unit parameters left to hide a term
+        p.data.add_(0.1 * torch.randn_like(p))
+    images = torch.randn(2, 2, 32, 32, dtype=torch.float64)
+
+    def rms(norm, s):
+        return s / (s.pow(2).mean(-1, keepdim=True) + norm.eps).sqrt() * norm.weight
+
+    with torch.no_grad():
+        patches = model.patch_embed.proj(images).flatten(2).transpose(1, 2)  # (B, 4·4, C)
+        middle, cls = patches.shape[1] // 2, model.cls_token.expand(2, -1, -1)
+        residual = torch.cat([patches[:, :middle], cls, patches[:, middle:]], 1) + model.pos_embed
+        hidden = torch.zeros_like(residual)
+        for layer in model.layers:
+            residual = residual + hidden
+            hidden = layer.mixer(rms(layer.norm, residual), (4, 4), middle)
+        expected = rms(model.norm_f, residual + hidden)
+        assert torch.allclose(model.forward_features(images), expected, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("stride, size", [(8, (32, 48)), (4, (24, 40))])
+def test_patch_embedding_as_a_gemm_is_the_convolution(stride, size):
+    """Non-overlapping patches take the GEMM; a convolution whose stride is not its kernel
+    (overlapping patches) is run as given."""
+    from mambaverse.plugins._vision.layers import embed_patches
+
+    proj = torch.nn.Conv2d(3, 5, 8, stride=stride).double()
+    images = torch.randn(2, 3, *size, dtype=torch.float64)
+    expected = proj(images).flatten(2).transpose(1, 2)
+    assert torch.allclose(embed_patches(proj, images), expected, rtol=0, atol=1e-12)
+
+
 def test_vim_takes_other_resolutions_by_resizing_position_embeddings():
     model = mambaverse.create_model("vim_micro", num_classes=3).eval()
     for size in [(32, 32), (48, 64), (24, 40)]:
