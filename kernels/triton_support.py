@@ -46,6 +46,13 @@ def check_device(op: str, tensors: dict[str, torch.Tensor | None]) -> torch.devi
     return device
 
 
+def records_gradient(*tensors: torch.Tensor | None) -> bool:
+    """Whether autograd records a graph through any of ``tensors`` here: grad mode on and one of
+    them requiring a gradient (under ``torch.no_grad()`` ``ctx.needs_input_grad`` still says True,
+    so the kernels' inference paths ask this)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def check_step_inputs(
     op: str, tensors: dict[str, torch.Tensor | None], training_op: str
 ) -> torch.device:
@@ -53,7 +60,7 @@ def check_step_inputs(
     dtypes, and no gradient asked for (a step updates its state in place and records none)."""
     device = check_device(op, tensors)
     check_float(op, tensors)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors.values()):
+    if records_gradient(*tensors.values()):
         raise RuntimeError(
             f"{op} (triton) updates its state in place and records no gradient; call it under "
             f"torch.no_grad() (generation) or use {training_op} for training"

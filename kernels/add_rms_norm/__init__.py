@@ -33,9 +33,9 @@ def add_rms_norm(
     ``rms_norm_fn(x, weight, None, residual=residual, prenorm=True)``).
     """
     op = "add_rms_norm"
-    dim = x.shape[-1] if x.dim() else 0
-    if x.dim() < 1 or dim == 0:
+    if x.dim() < 1 or x.shape[-1] == 0:
         raise ValueError(f"{op}: x must be (..., d) with d > 0, got shape {tuple(x.shape)}")
+    dim = x.shape[-1]
     require_shape(op, "weight", weight, (dim,), "(d,)")
     require_shape(op, "residual", residual, tuple(x.shape), "x's shape")
     if residual_dtype is None:

@@ -23,13 +23,18 @@ import torch
 import triton
 import triton.language as tl
 
-from mambaverse.kernels.triton_support import check_device, check_float, interpreting, next_pow2
+from mambaverse.kernels.triton_support import (
+    check_device,
+    check_float,
+    interpreting,
+    next_pow2,
+    records_gradient,
+)
 
 OP = "add_rms_norm"
 MAX_DIM = 65536  # one row per tile: Triton tiles hold at most 2**20 elements, registers far fewer
-TILE_ELEMENTS = (
-    4096  # rows per tile: as many as fill this many elements (short rows, e.g. Vim-Ti's 192)
-)
+# Rows per tile: as many as fill this many elements (short rows, such as Vim-Ti's 192 channels).
+TILE_ELEMENTS = 4096
 
 
 def _tile(dim: int) -> tuple[int, int, int]:
@@ -189,9 +194,7 @@ def add_rms_norm(
             f"{OP} (triton): rows of {x.shape[-1]} channels; the kernel holds a row in one tile, "
             f"up to {MAX_DIM}; use impl='reference' for wider rows"
         )
-    if torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (x, residual, weight)
-    ):
+    if records_gradient(x, residual, weight):
         return _AddRmsNormFn.apply(x, residual, weight, float(eps), residual_dtype)
     y, s, _ = _forward(x, residual, weight, float(eps), residual_dtype, store_rstd=False)
     return y.view(x.shape), s.view(x.shape)  # no gradient recorded: no autograd node, no 1/rms

@@ -68,6 +68,7 @@ from mambaverse.kernels.triton_support import (
     empty_like_sequence,
     interpreting,
     next_pow2,
+    records_gradient,
     silu_and_grad,
     softplus,
 )
@@ -1018,7 +1019,7 @@ def selective_scan(
     # The kernels index the per-channel vectors densely; everything else takes any strides.
     D, delta_bias = (t.contiguous() if t is not None else None for t in (D, delta_bias))
     inputs = (u, delta, A, B, C, D, z, delta_bias)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs):
+    if records_gradient(*inputs):
         return _SelectiveScanFn.apply(*inputs, bool(delta_softplus), bool(return_last_state))
     # Inference (under no_grad autograd would still ask for states): channels-innermost inputs
     # at small batch × channels a thread per channel, else the chunk-parallel forward, the

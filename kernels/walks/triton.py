@@ -34,6 +34,7 @@ from mambaverse.kernels.triton_support import (
     check_device,
     check_float,
     interpreting,
+    records_gradient,
     silu_and_grad,
 )
 
@@ -321,9 +322,7 @@ def conv_walks(
     tensors = {"x": x, "order": order, "inverse": inverse, "weight": weight, "bias": bias}
     check_device("conv_walks", tensors)
     check_float("conv_walks", {"x": x, "weight": weight, "bias": bias})
-    if torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (x, weight, bias)
-    ):
+    if records_gradient(x, weight, bias):
         walks = gather_walks(x, order, inverse)  # (b, k, c, s)
         return causal_conv1d(walks.flatten(1, 2), weight, bias, activation).view(walks.shape)
     if bias is not None:
@@ -332,7 +331,7 @@ def conv_walks(
     (walks, steps), width = order.shape, weight.shape[1]
     out = torch.empty((batch, walks, channels, steps), device=x.device, dtype=x.dtype)
     rows = batch * channels
-    halo = 8 * triton.cdiv(width - 1, 8) if width > 1 else 0
+    halo = 8 * triton.cdiv(width - 1, 8)  # w - 1 earlier steps, rounded up to 16 bytes of bf16
     # 8 rows × 256 steps, 4 warps: the best of eight tiles at Vim-Ti's 1024 px shape (H100)
     block_r, block_t = (2, max(16, 2 * halo)) if interpreting() else (8, max(256, 2 * halo))
     programs = triton.cdiv(rows, block_r) * triton.cdiv(steps, block_t - halo)
