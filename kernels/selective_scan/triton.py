@@ -95,6 +95,16 @@ class LaunchConfig:
     segment_below: int = 512
     target_programs: int = 4096
     min_segment_chunks: int = 32
+    # Register cap: a program needing all its registers (~250 for the backward) leaves room for
+    # `resident_per_sm` of them per SM. When an unsegmented grid has more programs than the GPU
+    # holds at once, they are compiled with at most `register_cap` registers (spilling some),
+    # so that more stay resident and no part-empty second wave follows. H100, fwd+bwd at
+    # d=1536, l=2048: 1.26x faster at batch 8, 1.04-1.05x at 12 and 16; at batch 4, whose grid
+    # fits, the cap cost 15 %, and with time segments (more programs, each shorter) the
+    # Mamba-130m training step at 8k-16k tokens was 10 % slower, so segmented grids keep all
+    # their registers.
+    register_cap: int | None = None
+    resident_per_sm: int = 8
 
 
 # Chosen on an H100 with examples/benchmarks/tune_kernels.py and the third session's A/B of the
@@ -103,7 +113,7 @@ FORWARD = LaunchConfig(block_d=8, chunk=8, warps=1)
 # Without gradients: channels per program, time steps per parallel scan (tune_kernels.py, "ss
 # inference" rows; docs/kernels_notes.md v7).
 INFERENCE = LaunchConfig(block_d=2, chunk=256, warps=1)
-BACKWARD = LaunchConfig(block_d=8, chunk=8, warps=1, bc_partials=True)
+BACKWARD = LaunchConfig(block_d=8, chunk=8, warps=1, bc_partials=True, register_cap=168)
 # The interpreter runs every element in Python: small tiles, several chunks even at tiny lengths.
 INTERPRETED = LaunchConfig(
     block_d=2, chunk=4, warps=1, segment_below=64, target_programs=64, min_segment_chunks=1
@@ -755,6 +765,17 @@ def _segments(config: LaunchConfig, programs: int, n_chunks: int) -> tuple[int, 
     return triton.cdiv(n_chunks, seg_chunks), seg_chunks
 
 
+def _register_cap(
+    config: LaunchConfig, programs: int, segments: int, device: torch.device
+) -> dict[str, int]:
+    """Launch options capping the registers per thread when an unsegmented grid outnumbers what
+    the GPU holds at full registers (see LaunchConfig.register_cap); none otherwise."""
+    if config.register_cap is None or segments > 1 or device.type != "cuda":
+        return {}
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    return {"maxnreg": config.register_cap} if programs > config.resident_per_sm * sms else {}
+
+
 def _launch_segments(
     adjoint: bool, u, delta, A, B4, C4, z, delta_bias, dout, softplus_: bool, grid, seg_chunks,
     n_chunks: int, block_d: int, chunk: int, config: LaunchConfig,
@@ -921,6 +942,7 @@ def _launch_backward(
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
         SOFTPLUS=softplus_, BC_PARTIALS=config.bc_partials,
         BLOCK_D=block_d, N_PAD=next_pow2(dstate), CHUNK=chunk, num_warps=config.warps,
+        **_register_cap(config, grid[0] * grid[1], n_segs, u.device),
     )  # fmt: skip
     if config.bc_partials:  # (b, blocks, l, n) -> (b, g, n, l): a group's blocks are adjacent
         dB, dC = (part.unflatten(1, (n_groups, -1)).sum(2).transpose(-1, -2) for part in (dB, dC))

@@ -224,6 +224,21 @@ def test_inference_channels_innermost_past_the_by_channel_limit(monkeypatch):
           label="cpu channels innermost, chunk-parallel inference")  # fmt: skip
 
 
+def test_register_cap_only_when_an_unsegmented_grid_outnumbers_the_resident_programs(monkeypatch):
+    sm = type("Props", (), {"multi_processor_count": 132})()
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: sm)
+    cuda = torch.device("cuda")
+    capped = kernels.BACKWARD
+    assert capped.register_cap is not None
+    fits = capped.resident_per_sm * 132
+    assert kernels._register_cap(capped, fits, 1, cuda) == {}
+    assert kernels._register_cap(capped, fits + 1, 1, cuda) == {"maxnreg": capped.register_cap}
+    assert kernels._register_cap(capped, fits + 1, 2, cuda) == {}  # time segments: uncapped
+    assert kernels._register_cap(capped, fits + 1, 1, torch.device("cpu")) == {}
+    uncapped = kernels.LaunchConfig(block_d=8, chunk=8, warps=1)
+    assert kernels._register_cap(uncapped, 10 * fits, 1, cuda) == {}
+
+
 @tiny
 def test_empty_sequence():
     y = kernels.selective_scan(*[make_inputs(1, 4, 3, 0)[k] for k in NAMES], delta_softplus=True)
@@ -320,6 +335,19 @@ def test_gpu_channels_innermost_every_variant(shape, variant):
     label = f"gpu selective_scan channels innermost {shape} bf16, {variant[0]}"
     inputs = make_inputs(batch, dim, dstate, length, groups, seed=7)
     check(inputs, torch.bfloat16, channels_last=True, label=label)
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_backward_with_registers_capped():
+    """Batch 8 of Mamba-130m's channels: more backward programs than the GPU holds at full
+    registers, so they run capped (spilling); the gradients must not change."""
+    batch, dim = 8, 1536
+    programs = batch * dim // kernels.BACKWARD.block_d
+    if not kernels._register_cap(kernels.BACKWARD, programs, 1, torch.device("cuda")):
+        pytest.skip("this GPU holds every program of the grid at full registers")
+    inputs = make_inputs(batch, dim, 16, 333, seed=11)
+    check(inputs, torch.bfloat16, channels_last=True, label="gpu selective_scan capped bf16")
 
 
 @pytest.mark.gpu
