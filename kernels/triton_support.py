@@ -92,6 +92,11 @@ def next_pow2(n: int) -> int:
     return triton.next_power_of_2(max(int(n), 1))
 
 
+def multiprocessors(device: torch.device) -> int:
+    """The GPU's streaming multiprocessors (SMs): how many programs run at once is a multiple."""
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
 def channels_innermost(x: torch.Tensor) -> bool:
     """Whether a (b, d, l) tensor has its channels innermost (a transposed (b, l, d) one)."""
     return x.stride(1) == 1 and x.shape[1] > 1

@@ -27,6 +27,7 @@ from mambaverse.kernels.triton_support import (
     check_device,
     check_float,
     interpreting,
+    multiprocessors,
     next_pow2,
     records_gradient,
 )
@@ -112,8 +113,7 @@ def _backward_programs(rows: int, block_r: int, device: torch.device) -> int:
     tiles = triton.cdiv(rows, block_r)
     if device.type != "cuda":
         return min(tiles, 2)  # the interpreter: two programs, each walking several tiles
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
-    return min(tiles, 8 * sms)
+    return min(tiles, 8 * multiprocessors(device))
 
 
 def _forward(

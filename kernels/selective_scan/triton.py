@@ -67,6 +67,7 @@ from mambaverse.kernels.triton_support import (
     check_step_inputs,
     empty_like_sequence,
     interpreting,
+    multiprocessors,
     next_pow2,
     records_gradient,
     silu_and_grad,
@@ -772,8 +773,8 @@ def _register_cap(
     the GPU holds at full registers (see LaunchConfig.register_cap); none otherwise."""
     if config.register_cap is None or segments > 1 or device.type != "cuda":
         return {}
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
-    return {"maxnreg": config.register_cap} if programs > config.resident_per_sm * sms else {}
+    resident = config.resident_per_sm * multiprocessors(device)
+    return {"maxnreg": config.register_cap} if programs > resident else {}
 
 
 def _launch_segments(

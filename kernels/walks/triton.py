@@ -19,8 +19,9 @@ silu(gate)), at its step in every walk — one pass that also gives the gate's g
 
 ``conv_walks`` (the causal convolution in front of each walk's scan) reads the tokens in each
 walk's order, ``x[order[j, t]]``, and convolves them in registers instead of writing the gathered
-copy for a second kernel: without a gradient the walks are never written. With one it is gather_walks then causal_conv1d, each with its autograd
-(the convolution's backward needs the walks it read).
+copy for a second kernel: without a gradient the walks are never written. With one it is
+gather_walks then causal_conv1d, each with its autograd (the convolution's backward needs the
+walks it read).
 """
 
 from __future__ import annotations
@@ -47,15 +48,18 @@ def _programs(rows: int, length: int) -> tuple[int, int, int]:
 
 
 @triton.jit
-def _tile(rows, channels, length, BLOCK_R: tl.constexpr, BLOCK_T: tl.constexpr):
-    """This program's tile: batch b and channel c of its rows (int64), its steps t, and their
-    masks. Grid axis 0 counts step tiles fastest: one axis, without CUDA's 65535 limit on the
-    others (batch × channels rows reach hundreds of thousands), in the order that measured
-    fastest (a row's tiles one after another)."""
-    tiles = tl.cdiv(length, BLOCK_T)
+def _tile(rows, channels, length, BLOCK_R: tl.constexpr, BLOCK_T: tl.constexpr,
+          HALO: tl.constexpr):  # fmt: skip
+    """This program's tile: batch b and channel c of its rows (int64), its steps t (from
+    HALO steps before 0 on, step tiles overlapping by HALO), row < rows and t < length. Grid
+    axis 0 counts step tiles fastest: one axis, without CUDA's 65535 limit on the others
+    (batch × channels rows reach hundreds of thousands), in the order that measured fastest (a
+    row's tiles one after another)."""
+    stride = BLOCK_T - HALO
+    tiles = tl.cdiv(length, stride)
     pid = tl.program_id(0)
     row = (pid // tiles) * BLOCK_R + tl.arange(0, BLOCK_R)
-    t = (pid % tiles) * BLOCK_T + tl.arange(0, BLOCK_T)
+    t = (pid % tiles) * stride - HALO + tl.arange(0, BLOCK_T)
     b, c = (row // channels).to(tl.int64), (row % channels).to(tl.int64)
     return b, c, t, row < rows, t < length
 
@@ -67,7 +71,7 @@ def _gather_walks(x_p, order_p, out_p, rows, channels, tokens, steps,
     """out (b, k, c, s) contiguous; grid (row tiles × step tiles, k), see _tile."""
     walk = tl.program_id(1)
     num_walks = tl.num_programs(1)
-    b, c, t, mask_r, mask_t = _tile(rows, channels, steps, BLOCK_R, BLOCK_T)
+    b, c, t, mask_r, mask_t = _tile(rows, channels, steps, BLOCK_R, BLOCK_T, 0)
     idx = tl.load(order_p + walk * s_ok + t * s_ot, mask=mask_t, other=tokens)
     src = x_p + (b * s_xb + c * s_xc)[:, None] + idx[None, :].to(tl.int64) * s_xl
     value = tl.load(src, mask=mask_r[:, None] & (idx < tokens)[None, :], other=0.0)
@@ -89,17 +93,12 @@ def _conv_walks(x_p, order_p, w_p, bias_p, out_p, rows, channels, tokens, steps,
     aligned."""
     walk = tl.program_id(1)
     num_walks = tl.num_programs(1)
-    written = BLOCK_T - HALO
-    tiles = tl.cdiv(steps, written)
-    pid = tl.program_id(0)
-    row = (pid // tiles) * BLOCK_R + tl.arange(0, BLOCK_R)
+    b, c, t, mask_r, in_walk = _tile(rows, channels, steps, BLOCK_R, BLOCK_T, HALO)
     j = tl.arange(0, BLOCK_T)
-    t = (pid % tiles) * written - HALO + j  # steps before 0 read the padding token: zero
-    mask_r = row < rows
-    b, c = (row // channels).to(tl.int64), (row % channels).to(tl.int64)
     filt = walk * channels + c  # the stacked channel: this walk's filters
     src = x_p + (b * s_xb + c * s_xc)[:, None]
-    idx = tl.load(order_p + walk * s_ok + t * s_ot, mask=(t >= 0) & (t < steps), other=tokens)
+    # steps before 0 read the padding token: zero
+    idx = tl.load(order_p + walk * s_ok + t * s_ot, mask=(t >= 0) & in_walk, other=tokens)
     walked = tl.load(src + idx[None, :].to(tl.int64) * s_xl,
                      mask=mask_r[:, None] & (idx < tokens)[None, :], other=0.0).to(tl.float32)  # fmt: skip
     acc = tl.zeros((BLOCK_R, BLOCK_T), dtype=tl.float32)
@@ -117,7 +116,7 @@ def _conv_walks(x_p, order_p, w_p, bias_p, out_p, rows, channels, tokens, steps,
     if SILU:
         acc, _ = silu_and_grad(acc)
     dst = out_p + (((b * num_walks + walk) * channels + c) * steps)[:, None] + t[None, :]
-    mask_t = (j >= HALO) & (t < steps)
+    mask_t = (j >= HALO) & in_walk
     tl.store(dst, acc.to(out_p.dtype.element_ty), mask=mask_r[:, None] & mask_t[None, :])
 
 
@@ -128,7 +127,7 @@ def _merge_walks(y_p, inverse_p, gate_p, out_p, merged_p, rows, channels, tokens
                  BLOCK_R: tl.constexpr, BLOCK_T: tl.constexpr):  # fmt: skip
     """out (b, c, l), and with STORE_MERGED the sum before the gate in ``merged_p`` (fp32, out's
     strides); grid (row tiles × token tiles,), see _tile."""
-    b, c, i, mask_r, mask_i = _tile(rows, channels, tokens, BLOCK_R, BLOCK_T)
+    b, c, i, mask_r, mask_i = _tile(rows, channels, tokens, BLOCK_R, BLOCK_T, 0)
     mask = mask_r[:, None] & mask_i[None, :]
     total = tl.zeros((BLOCK_R, BLOCK_T), dtype=tl.float32)
     for walk in tl.static_range(WALKS):
@@ -156,7 +155,7 @@ def _scatter_walks(g_p, gate_p, merged_p, inverse_p, dy_p, dgate_p,
     walk's step of each token, dy[b, j, c, inverse[j, i]] = v (dy contiguous (b, k, c, s)); with
     GATE_GRAD also dgate = g · merged · silu'(gate) (dgate has merged's strides); grid (row
     tiles × token tiles,), see _tile."""
-    b, c, i, mask_r, mask_i = _tile(rows, channels, tokens, BLOCK_R, BLOCK_T)
+    b, c, i, mask_r, mask_i = _tile(rows, channels, tokens, BLOCK_R, BLOCK_T, 0)
     mask = mask_r[:, None] & mask_i[None, :]
     i64 = i[None, :].to(tl.int64)
     value = tl.load(g_p + (b * s_gb + c * s_gc)[:, None] + i64 * s_gl, mask=mask, other=0.0)
