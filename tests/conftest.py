@@ -3,10 +3,37 @@ float32 matmuls for GPU comparisons."""
 
 from __future__ import annotations
 
+import importlib.machinery
+import importlib.util
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
 from mambaverse import manager
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _import_installed_kernels_package() -> None:
+    """Bind ``kernels`` to the installed Hugging Face package, when there is one.
+
+    pytest puts the repository root first on sys.path (``tests`` is a package), where our
+    ``kernels/`` folder (the source of ``mambaverse.kernels``) would answer ``import kernels``;
+    transformers >= 5 imports the Hub's ``kernels`` package at import time and then fails on
+    ours. Imported first from the other sys.path entries, the real one is what it finds.
+    """
+    elsewhere = [p for p in sys.path if Path(p or ".").resolve() != ROOT]
+    spec = importlib.machinery.PathFinder.find_spec("kernels", elsewhere)
+    if spec is None or spec.loader is None or "kernels" in sys.modules:
+        return
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["kernels"] = module
+    spec.loader.exec_module(module)
+
+
+_import_installed_kernels_package()
 
 
 @pytest.fixture

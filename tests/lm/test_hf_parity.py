@@ -105,9 +105,13 @@ def test_mamba_logits_match_transformers(case, tmp_path):
 
 
 def _skip_if_gated_norm_ignores_groups(hf_config: dict) -> None:
-    from transformers.models.mamba2.modeling_mamba2 import MambaRMSNormGated
+    from transformers.models.mamba2 import modeling_mamba2
 
-    grouped = "group_size" in inspect.signature(MambaRMSNormGated).parameters
+    # MambaRMSNormGated until transformers 5.x renamed it Mamba2RMSNormGated
+    gated_norm = (
+        getattr(modeling_mamba2, "Mamba2RMSNormGated", None) or modeling_mamba2.MambaRMSNormGated
+    )
+    grouped = "group_size" in inspect.signature(gated_norm).parameters
     if hf_config.get("n_groups", 8) > 1 and not grouped:
         pytest.skip(
             "this transformers release normalises Mamba-2's gated norm over all groups at once; "
