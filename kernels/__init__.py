@@ -24,6 +24,7 @@ _EXPORTS: dict[str, str] = {
     "merge_walks": "walks",
     "conv_walks": "walks",
     "add_rms_norm": "add_rms_norm",
+    "gated_rms_norm": "gated_rms_norm",
 }
 
 

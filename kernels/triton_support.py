@@ -97,6 +97,36 @@ def multiprocessors(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
+# Row kernels (norms over the last dimension): a tile of whole rows, as many as fill this many
+# elements (short rows, such as Vim-Ti's 192 channels, share a tile).
+ROW_TILE_ELEMENTS = 4096
+
+
+def row_tile(width: int) -> tuple[int, int, int]:
+    """(BLOCK_R rows, BLOCK_D channels, warps) for a row kernel over rows of ``width`` channels;
+    the interpreter gets tiles of two rows, so that tiny tests cover several and ragged ones."""
+    block_d = next_pow2(width)
+    if interpreting():
+        return 2, block_d, 1
+    block_r = max(1, ROW_TILE_ELEMENTS // block_d)
+    return block_r, block_d, min(16, max(4, block_r * block_d // 512))
+
+
+def as_rows(t: torch.Tensor) -> torch.Tensor:
+    """(..., d) -> (rows, d) with unit channel stride; a copy only when no such view exists."""
+    t = t.reshape(-1, t.shape[-1])
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def row_programs(rows: int, block_r: int, device: torch.device) -> int:
+    """Programs for a row kernel's backward: enough to fill the GPU a few times over, each
+    walking row tiles pid, pid + programs, ... and summing its share of the weight's gradient."""
+    tiles = triton.cdiv(rows, block_r)
+    if device.type != "cuda":
+        return min(tiles, 2)  # the interpreter: two programs, each walking several tiles
+    return min(tiles, 8 * multiprocessors(device))
+
+
 def channels_innermost(x: torch.Tensor) -> bool:
     """Whether a (b, d, l) tensor has its channels innermost (a transposed (b, l, d) one)."""
     return x.stride(1) == 1 and x.shape[1] > 1

@@ -14,7 +14,8 @@ every path of the suite runs.
 
 For ``causal_conv1d`` the peer is the reference path (``F.conv1d`` with d groups, in fp32 with
 casts around it); x is passed as the Mamba block passes it, a channels-innermost slice of its
-input projection.
+input projection. For ``gated_rms_norm`` (Mamba-2's output norm) the peer is the reference path
+(torch's composite in fp32, what the block ran before the kernel), z a slice of the projection.
 
 The selective scan is measured on contiguous inputs and on inputs laid out as the Mamba block
 passes them (transposed slices of its projections, channels innermost); the peers run once, on
@@ -43,7 +44,7 @@ import torch
 from .measure import OK, SKIPPED, time_calls
 from .report import add_device_options, describe_device, resolve_device
 
-OPS = ("selective_scan", "ssd_scan", "attention", "causal_conv1d")
+OPS = ("selective_scan", "ssd_scan", "attention", "causal_conv1d", "gated_rms_norm")
 DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
 
 
@@ -61,6 +62,8 @@ class Sizes:
     attn_lengths: tuple[int, ...]
     conv: dict[str, int]
     conv_lengths: tuple[int, ...]
+    norm: dict[str, int]
+    norm_lengths: tuple[int, ...]
     copy_elems: int
     matmul_n: int
 
@@ -75,6 +78,8 @@ FULL = Sizes(
     attn_lengths=(2048, 4096, 8192, 16384),
     conv={"batch": 8, "dim": 1536, "width": 4},  # the Mamba-130m block at 16k tokens / step
     conv_lengths=(2048, 8192),
+    norm={"batch": 8, "dim": 1536, "groups": 1},  # Mamba-2 130m's output norm, 16k tokens / step
+    norm_lengths=(2048,),
     copy_elems=2**28,  # 1 GiB
     matmul_n=8192,
 )
@@ -89,6 +94,8 @@ SMOKE = Sizes(
     attn_lengths=(24,),
     conv={"batch": 1, "dim": 8, "width": 4},
     conv_lengths=(24,),
+    norm={"batch": 1, "dim": 12, "groups": 3},
+    norm_lengths=(5,),
     copy_elems=2**20,
     matmul_n=256,
 )
@@ -359,10 +366,39 @@ def bench_selective_scan(bench: Bench, copy_gbs: float) -> list[Row]:
 
 
 # -- causal convolution ------------------------------------------------------------------------------
-def bench_causal_conv1d(bench: Bench, copy_gbs: float) -> list[Row]:
+def _against_reference(
+    bench: Bench,
+    op: str,
+    shape: str,
+    fwd: Callable[[Callable[..., Any]], Any],
+    inputs: list[torch.Tensor],
+    n_bytes: dict[str, int],
+    copy_gbs: float,
+) -> list[Row]:
+    """A memory-bound op's Triton kernel and reference path on the same inputs: achieved GB/s
+    over ``n_bytes`` (pass -> minimum bytes), Triton's share of the copy bandwidth and its
+    speed-up over the reference. ``fwd(kernel)`` calls the op's implementation ``kernel``."""
     import mambaverse
 
-    op = "causal_conv1d"
+    rows, times = [], {}
+    for impl in ("triton", "reference"):
+        if reason := bench.unusable(impl):
+            rows += not_run(op, shape, impl, "GB/s", reason)
+            continue
+        kernel = mambaverse.get_kernel(op, impl, bench.device, bench.dtype)
+        times[impl] = time_passes(bench, lambda kernel=kernel: fwd(kernel), inputs)
+    for impl, passes in times.items():
+        for pass_, t in passes.items():
+            achieved = n_bytes[pass_] / t / 1e6
+            ratios = {}
+            if impl == "triton":
+                ratios = {"of copy bandwidth": achieved / copy_gbs,
+                          "x faster than reference": times["reference"][pass_] / t}  # fmt: skip
+            rows.append(Row(op, shape, pass_, impl, t, achieved, "GB/s", ratios))
+    return rows
+
+
+def bench_causal_conv1d(bench: Bench, copy_gbs: float) -> list[Row]:
     batch, dim, width = (bench.sizes.conv[k] for k in ("batch", "dim", "width"))
     rows = []
     for length in bench.first_if_quick(bench.sizes.conv_lengths):
@@ -374,25 +410,33 @@ def bench_causal_conv1d(bench: Bench, copy_gbs: float) -> list[Row]:
         shape = f"b{batch} d{dim} w{width} l{length} {bench.dtype_name} silu"
         one = batch * dim * length * bench.dtype.itemsize  # bytes of x
         n_bytes = {"fwd": 2 * one, "fwd+bwd": 5 * one}  # x in, y out; + dy, x in, dx out
-        times = {}
-        for impl in ("triton", "reference"):
-            if reason := bench.unusable(impl):
-                rows += not_run(op, shape, impl, "GB/s", reason)
-                continue
-            kernel = mambaverse.get_kernel(op, impl, bench.device, bench.dtype)
+        rows += _against_reference(
+            bench, "causal_conv1d", shape,
+            lambda kernel, x=x, weight=weight, bias=bias: kernel(x, weight, bias=bias,
+                                                                 activation="silu"),
+            [x, weight, bias], n_bytes, copy_gbs,
+        )  # fmt: skip
+    return rows
 
-            def fwd(kernel=kernel, x=x, weight=weight, bias=bias):
-                return kernel(x, weight, bias=bias, activation="silu")
 
-            times[impl] = time_passes(bench, fwd, [x, weight, bias])
-        for impl, passes in times.items():
-            for pass_, t in passes.items():
-                achieved = n_bytes[pass_] / t / 1e6
-                ratios = {}
-                if impl == "triton":
-                    ratios = {"of copy bandwidth": achieved / copy_gbs,
-                              "x faster than reference": times["reference"][pass_] / t}  # fmt: skip
-                rows.append(Row(op, shape, pass_, impl, t, achieved, "GB/s", ratios))
+def bench_gated_rms_norm(bench: Bench, copy_gbs: float) -> list[Row]:
+    """Mamba-2's output norm: y from the scan, z a slice of the block's input projection."""
+    batch, dim, groups = (bench.sizes.norm[k] for k in ("batch", "dim", "groups"))
+    group_size = dim // groups
+    rows = []
+    for length in bench.first_if_quick(bench.sizes.norm_lengths):
+        x = bench.randn(batch, length, dim).requires_grad_()
+        z = bench.randn(batch, length, 2 * dim)[..., :dim].detach().requires_grad_()
+        weight = (1 + 0.1 * bench.randn(dim, dtype=torch.float32)).requires_grad_()
+        shape = f"b{batch} l{length} d{dim} groups {groups} {bench.dtype_name}"
+        one = batch * length * dim * bench.dtype.itemsize  # bytes of x
+        # x, z in, y out; + dy, x, z in, dx, dz out
+        n_bytes = {"fwd": 3 * one, "fwd+bwd": 8 * one}
+        rows += _against_reference(
+            bench, "gated_rms_norm", shape,
+            lambda kernel, x=x, z=z, weight=weight: kernel(x, z, weight, group_size),
+            [x, z, weight], n_bytes, copy_gbs,
+        )  # fmt: skip
     return rows
 
 
@@ -620,6 +664,8 @@ def run(args: argparse.Namespace) -> int:
         rows += bench_attention(bench)
     if "causal_conv1d" in ops:
         rows += bench_causal_conv1d(bench, ceilings["copy GB/s"])
+    if "gated_rms_norm" in ops:
+        rows += bench_gated_rms_norm(bench, ceilings["copy GB/s"])
     print_table(rows)
 
     out = Path(args.out)

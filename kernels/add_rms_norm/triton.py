@@ -24,28 +24,16 @@ import triton
 import triton.language as tl
 
 from mambaverse.kernels.triton_support import (
+    as_rows,
     check_device,
     check_float,
-    interpreting,
-    multiprocessors,
-    next_pow2,
     records_gradient,
+    row_programs,
+    row_tile,
 )
 
 OP = "add_rms_norm"
 MAX_DIM = 65536  # one row per tile: Triton tiles hold at most 2**20 elements, registers far fewer
-# Rows per tile: as many as fill this many elements (short rows, such as Vim-Ti's 192 channels).
-TILE_ELEMENTS = 4096
-
-
-def _tile(dim: int) -> tuple[int, int, int]:
-    """(BLOCK_R rows, BLOCK_D channels, warps) for rows of ``dim`` channels; the interpreter gets
-    small tiles, so that the tiny tests cover several of them and ragged last ones."""
-    block_d = next_pow2(dim)
-    if interpreting():
-        return 2, block_d, 1
-    block_r = max(1, TILE_ELEMENTS // block_d)
-    return block_r, block_d, min(16, max(4, block_r * block_d // 512))
 
 
 @triton.jit
@@ -102,20 +90,6 @@ def _add_rms_norm_bwd(dy_p, ds_p, s_p, rstd_p, w_p, dx_p, dr_p, dw_p, rows, dim,
     tl.store(dw_p + pid * dim + col, tl.sum(dw, axis=0), mask=mask_d)
 
 
-def _rows(t: torch.Tensor) -> torch.Tensor:
-    """(..., d) -> (rows, d) with unit channel stride; a copy only when no such view exists."""
-    t = t.reshape(-1, t.shape[-1])
-    return t if t.stride(-1) == 1 else t.contiguous()
-
-
-def _backward_programs(rows: int, block_r: int, device: torch.device) -> int:
-    """Enough programs to fill the GPU a few times over; each sums ∂L/∂weight over its tiles."""
-    tiles = triton.cdiv(rows, block_r)
-    if device.type != "cuda":
-        return min(tiles, 2)  # the interpreter: two programs, each walking several tiles
-    return min(tiles, 8 * multiprocessors(device))
-
-
 def _forward(
     x: torch.Tensor,
     residual: torch.Tensor | None,
@@ -126,13 +100,13 @@ def _forward(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """(y, s) as (rows, d) tensors, and 1/rms per row when ``store_rstd`` (for the backward)."""
     dim = x.shape[-1]
-    x2 = _rows(x)
-    r2 = _rows(residual) if residual is not None else x2
+    x2 = as_rows(x)
+    r2 = as_rows(residual) if residual is not None else x2
     rows = x2.shape[0]
     y = torch.empty((rows, dim), device=x.device, dtype=weight.dtype)
     s = torch.empty((rows, dim), device=x.device, dtype=residual_dtype)
     rstd = torch.empty((rows,), device=x.device, dtype=torch.float32) if store_rstd else None
-    block_r, block_d, warps = _tile(dim)
+    block_r, block_d, warps = row_tile(dim)
     _add_rms_norm_fwd[(triton.cdiv(rows, block_r),)](
         x2, r2, weight, y, s, rstd if store_rstd else y, rows, dim, eps, x2.stride(0), r2.stride(0),
         HAS_RESIDUAL=residual is not None, STORE_RSTD=store_rstd, BLOCK_R=block_r,
@@ -156,8 +130,8 @@ class _AddRmsNormFn(torch.autograd.Function):
         s, rstd, weight = ctx.saved_tensors
         rows, dim = s.shape
         shape = grad_y.shape if grad_y is not None else grad_s.shape
-        dy = _rows(grad_y) if grad_y is not None else torch.zeros_like(s, dtype=weight.dtype)
-        ds = _rows(grad_s) if grad_s is not None else dy
+        dy = as_rows(grad_y) if grad_y is not None else torch.zeros_like(s, dtype=weight.dtype)
+        ds = as_rows(grad_s) if grad_s is not None else dy
         wants_dr = ctx.residual_in_dtype is not None and ctx.needs_input_grad[1]
         dx = torch.empty((rows, dim), device=s.device, dtype=ctx.x_dtype)
         dr = (
@@ -165,8 +139,8 @@ class _AddRmsNormFn(torch.autograd.Function):
             if wants_dr
             else dx
         )
-        block_r, block_d, warps = _tile(dim)
-        programs = _backward_programs(rows, block_r, s.device)
+        block_r, block_d, warps = row_tile(dim)
+        programs = row_programs(rows, block_r, s.device)
         dw = torch.empty((programs, dim), device=s.device, dtype=torch.float32)
         _add_rms_norm_bwd[(programs,)](
             dy, ds, s, rstd, weight, dx, dr, dw, rows, dim, dy.stride(0), ds.stride(0),

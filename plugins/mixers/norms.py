@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mambaverse.errors import unknown_name
-from mambaverse.kernels import add_rms_norm
+from mambaverse.kernels import add_rms_norm, gated_rms_norm
 
 
 class RMSNorm(nn.Module):
@@ -55,11 +55,9 @@ class GatedRMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        gate = F.silu(z.to(torch.promote_types(z.dtype, torch.float32)))
-        if self.norm_before_gate:
-            return (_rms(x, self.eps, self.group_size) * self.weight * gate).to(dtype)
-        return (_rms(x * gate, self.eps, self.group_size) * self.weight).to(dtype)
+        """x, z: (..., dim) -> (..., dim) in x's dtype (the ``gated_rms_norm`` op: one fused
+        kernel on CUDA, forward and backward)."""
+        return gated_rms_norm(x, z, self.weight, self.group_size, self.eps, self.norm_before_gate)
 
     def extra_repr(self) -> str:
         return (

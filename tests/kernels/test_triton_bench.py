@@ -22,6 +22,7 @@ PEERS_HERE = {
     "ssd_scan": set(),
     "attention": {"sdpa-flash"} if DEVICE == "cuda" else {"sdpa"},
     "causal_conv1d": {"reference"},
+    "gated_rms_norm": {"reference"},
 }
 
 
@@ -109,6 +110,11 @@ def test_rates_and_ratios_from_the_times(monkeypatch):
         )
         fwd_bwd_row = rows["selective_scan", "contiguous", "fwd+bwd", "triton"]
         assert fwd_bwd_row.ratios["fwd+bwd / fwd time"] == 1.0
+    # the gated norm at b1 l5 d12 in bf16: x, z in, y out; backward + dy, x, z in, dx, dz out
+    norm = {(r.pass_, r.impl): r for r in suite.bench_gated_rms_norm(bench, copy_gbs=100.0)}
+    one = 1 * 5 * 12 * 2
+    assert norm["fwd", "reference"].achieved == pytest.approx(3 * one / 2.0 / 1e6)
+    assert norm["fwd+bwd", "reference"].achieved == pytest.approx(8 * one / 2.0 / 1e6)
 
 
 def test_unknown_op_names_the_nearest(capsys):

@@ -1,0 +1,187 @@
+"""The gated, grouped RMSNorm in Triton, forward and backward, one pass each.
+
+Per row and group of G channels, with s = silu(z) and the row's v = x · s (norm_before_gate
+False, Mamba-2's) or v = x (True), all in fp32:
+
+    r = 1 / sqrt(mean(v²) + eps)        v̂ = v · r        y = v̂ · w  (· s when norm_before_gate)
+
+Backward, with g = ∂L/∂y · w (· s when norm_before_gate) and s' = σ(z)(1 + z(1 − σ(z))):
+
+    ∂L/∂v = r · (g − v̂ · mean(g · v̂))
+    False:  ∂L/∂x = ∂L/∂v · s        ∂L/∂z = ∂L/∂v · x · s'        ∂L/∂w = Σ_rows ∂L/∂y · v̂
+    True:   ∂L/∂x = ∂L/∂v            ∂L/∂z = ∂L/∂y · v̂ · w · s'    ∂L/∂w = Σ_rows ∂L/∂y · v̂ · s
+
+In PyTorch this is about ten kernels forward and twenty backward, each a pass over fp32 copies
+of the (rows, d) activations; here the forward reads x and z once and writes y and r (one fp32
+per row and group), and the backward reads x, z and ∂L/∂y once and writes ∂L/∂x and ∂L/∂z. Each
+program handles one group of a tile of rows (grid axis 1: the group), so z may be a strided
+slice of a wider projection (Mamba-2's in_proj output) and is never copied. The backward's
+programs each walk several row tiles of one group, keeping their share of ∂L/∂w in registers
+(summed over programs afterwards: deterministic).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from mambaverse.kernels.triton_support import (
+    as_rows,
+    check_device,
+    check_float,
+    records_gradient,
+    row_programs,
+    row_tile,
+    silu_and_grad,
+)
+
+OP = "gated_rms_norm"
+MAX_GROUP = 65536  # one group of a row per tile: Triton tiles hold at most 2**20 elements
+
+
+@triton.jit
+def _gated_rms_norm_fwd(x_p, z_p, w_p, y_p, rstd_p, rows, dim, group_size, eps, s_x, s_z,
+                        NORM_BEFORE_GATE: tl.constexpr, STORE_RSTD: tl.constexpr,
+                        BLOCK_R: tl.constexpr, BLOCK_G: tl.constexpr):  # fmt: skip
+    """y (rows, dim) contiguous, with STORE_RSTD rstd (rows, groups); grid (row tiles, groups)."""
+    row = (tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)).to(tl.int64)
+    group = tl.program_id(1)
+    within = tl.arange(0, BLOCK_G)
+    col = group * group_size + within
+    mask_c = within < group_size
+    mask = (row < rows)[:, None] & mask_c[None, :]
+    x = tl.load(x_p + row[:, None] * s_x + col[None, :], mask=mask, other=0.0).to(tl.float32)
+    z = tl.load(z_p + row[:, None] * s_z + col[None, :], mask=mask, other=0.0).to(tl.float32)
+    gate, _ = silu_and_grad(z)
+    v = x if NORM_BEFORE_GATE else x * gate
+    rstd = tl.rsqrt(tl.sum(v * v, axis=1) / group_size + eps)  # (BLOCK_R,)
+    w = tl.load(w_p + col, mask=mask_c, other=0.0).to(tl.float32)
+    y = v * rstd[:, None] * w[None, :]
+    if NORM_BEFORE_GATE:
+        y = y * gate
+    tl.store(y_p + row[:, None] * dim + col[None, :], y.to(y_p.dtype.element_ty), mask=mask)
+    if STORE_RSTD:
+        tl.store(rstd_p + row * tl.num_programs(1) + group, rstd, mask=row < rows)
+
+
+@triton.jit
+def _gated_rms_norm_bwd(dy_p, x_p, z_p, rstd_p, w_p, dx_p, dz_p, dw_p, rows, dim, group_size,
+                        s_dy, s_x, s_z, NORM_BEFORE_GATE: tl.constexpr,
+                        BLOCK_R: tl.constexpr, BLOCK_G: tl.constexpr):  # fmt: skip
+    """dx, dz (rows, dim) contiguous; this program's ∂L/∂w over its group's channels in row pid
+    of dw (programs, dim) fp32; grid (programs, groups), program pid walking row tiles pid,
+    pid + programs, ..."""
+    pid = tl.program_id(0)
+    group = tl.program_id(1)
+    within = tl.arange(0, BLOCK_G)
+    col = group * group_size + within
+    mask_c = within < group_size
+    w = tl.load(w_p + col, mask=mask_c, other=0.0).to(tl.float32)
+    dw = tl.zeros((BLOCK_R, BLOCK_G), dtype=tl.float32)
+    for start in range(pid * BLOCK_R, rows, tl.num_programs(0) * BLOCK_R):
+        row = (start + tl.arange(0, BLOCK_R)).to(tl.int64)
+        mask = (row < rows)[:, None] & mask_c[None, :]
+        x = tl.load(x_p + row[:, None] * s_x + col[None, :], mask=mask, other=0.0).to(tl.float32)
+        z = tl.load(z_p + row[:, None] * s_z + col[None, :], mask=mask, other=0.0).to(tl.float32)
+        dy = tl.load(dy_p + row[:, None] * s_dy + col[None, :], mask=mask, other=0.0)
+        dy = dy.to(tl.float32)
+        rstd = tl.load(rstd_p + row * tl.num_programs(1) + group, mask=row < rows, other=0.0)
+        gate, dgate = silu_and_grad(z)
+        if NORM_BEFORE_GATE:
+            v_hat = x * rstd[:, None]
+            g = dy * w[None, :] * gate
+        else:
+            v_hat = x * gate * rstd[:, None]
+            g = dy * w[None, :]
+        dv = rstd[:, None] * (g - v_hat * (tl.sum(g * v_hat, axis=1) / group_size)[:, None])
+        if NORM_BEFORE_GATE:
+            dx = dv
+            dz = dy * v_hat * w[None, :] * dgate
+            dw += dy * v_hat * gate
+        else:
+            dx = dv * gate
+            dz = dv * x * dgate
+            dw += dy * v_hat
+        out = row[:, None] * dim + col[None, :]
+        tl.store(dx_p + out, dx.to(dx_p.dtype.element_ty), mask=mask)
+        tl.store(dz_p + out, dz.to(dz_p.dtype.element_ty), mask=mask)
+    tl.store(dw_p + pid * dim + col, tl.sum(dw, axis=0), mask=mask_c)
+
+
+def _forward(
+    x: torch.Tensor,
+    z: torch.Tensor,
+    weight: torch.Tensor,
+    group_size: int,
+    eps: float,
+    norm_before_gate: bool,
+    store_rstd: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """y as a (rows, d) tensor, and 1/rms per row and group when ``store_rstd``."""
+    dim = x.shape[-1]
+    x2, z2 = as_rows(x), as_rows(z)
+    rows, groups = x2.shape[0], dim // group_size
+    y = torch.empty((rows, dim), device=x.device, dtype=x.dtype)
+    rstd = torch.empty((rows, groups), device=x.device, dtype=torch.float32) if store_rstd else None
+    block_r, block_g, warps = row_tile(group_size)
+    _gated_rms_norm_fwd[(triton.cdiv(rows, block_r), groups)](
+        x2, z2, weight, y, rstd if store_rstd else y, rows, dim, group_size, eps,
+        x2.stride(0), z2.stride(0), NORM_BEFORE_GATE=norm_before_gate, STORE_RSTD=store_rstd,
+        BLOCK_R=block_r, BLOCK_G=block_g, num_warps=warps,
+    )  # fmt: skip
+    return y, rstd
+
+
+class _GatedRmsNormFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, z, weight, group_size, eps, norm_before_gate):
+        x2, z2 = as_rows(x), as_rows(z)
+        y, rstd = _forward(x2, z2, weight, group_size, eps, norm_before_gate, store_rstd=True)
+        ctx.save_for_backward(x2, z2, rstd, weight)
+        ctx.group_size, ctx.norm_before_gate = group_size, norm_before_gate
+        return y.view(x.shape)
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        x, z, rstd, weight = ctx.saved_tensors
+        rows, dim = x.shape
+        groups = dim // ctx.group_size
+        dy = as_rows(grad_y)
+        dx = torch.empty_like(x, memory_format=torch.contiguous_format)
+        dz = torch.empty_like(z, memory_format=torch.contiguous_format)
+        block_r, block_g, warps = row_tile(ctx.group_size)
+        programs = row_programs(rows, block_r, x.device)
+        dw = torch.empty((programs, dim), device=x.device, dtype=torch.float32)
+        _gated_rms_norm_bwd[(programs, groups)](
+            dy, x, z, rstd, weight, dx, dz, dw, rows, dim, ctx.group_size,
+            dy.stride(0), x.stride(0), z.stride(0), NORM_BEFORE_GATE=ctx.norm_before_gate,
+            BLOCK_R=block_r, BLOCK_G=block_g, num_warps=warps,
+        )  # fmt: skip
+        grad_w = dw.sum(0).to(weight.dtype) if ctx.needs_input_grad[2] else None
+        shape = grad_y.shape
+        return dx.view(shape), dz.view(shape), grad_w, None, None, None
+
+
+def gated_rms_norm(
+    x: torch.Tensor,
+    z: torch.Tensor,
+    weight: torch.Tensor,
+    group_size: int,
+    eps: float = 1e-5,
+    norm_before_gate: bool = False,
+) -> torch.Tensor:
+    """Triton implementation of :func:`mambaverse.kernels.gated_rms_norm` (see there); shapes
+    are checked by the public function. y is contiguous."""
+    check_device(OP, {"x": x, "z": z, "weight": weight})
+    check_float(OP, {"x": x, "z": z, "weight": weight})
+    if group_size > MAX_GROUP:
+        raise ValueError(
+            f"{OP} (triton): groups of {group_size} channels; the kernel holds a group in one "
+            f"tile, up to {MAX_GROUP}; use impl='reference' for wider groups"
+        )
+    args = (x, z, weight, int(group_size), float(eps), bool(norm_before_gate))
+    if records_gradient(x, z, weight):
+        return _GatedRmsNormFn.apply(*args)
+    y, _ = _forward(*args, store_rstd=False)
+    return y.view(x.shape)  # no gradient recorded: no autograd node, no 1/rms
