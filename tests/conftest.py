@@ -24,9 +24,11 @@ def _import_installed_kernels_package() -> None:
     transformers >= 5 imports the Hub's ``kernels`` package at import time and then fails on
     ours. Imported first from the other sys.path entries, the real one is what it finds.
     """
+    if "kernels" in sys.modules:
+        return
     elsewhere = [p for p in sys.path if Path(p or ".").resolve() != ROOT]
     spec = importlib.machinery.PathFinder.find_spec("kernels", elsewhere)
-    if spec is None or spec.loader is None or "kernels" in sys.modules:
+    if spec is None or spec.loader is None:
         return
     module = importlib.util.module_from_spec(spec)
     sys.modules["kernels"] = module

@@ -26,7 +26,9 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype == self.weight.dtype:
             return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
-        return _rms(x, self.eps, group_size=x.shape[-1]) * self.weight
+        # the norm in float32 at least, rounded to x's dtype, then the weight's product
+        wide = x.to(torch.promote_types(x.dtype, torch.float32))
+        return F.rms_norm(wide, (x.shape[-1],), eps=self.eps).to(x.dtype) * self.weight
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, eps={self.eps}"
@@ -64,16 +66,6 @@ class GatedRMSNorm(nn.Module):
             f"{self.weight.shape[0]}, group_size={self.group_size}, eps={self.eps}, "
             f"norm_before_gate={self.norm_before_gate}"
         )
-
-
-def _rms(x: torch.Tensor, eps: float, group_size: int) -> torch.Tensor:
-    """x / sqrt(mean over each group of ``group_size`` last-dim channels of x² + eps), in x's
-    dtype, computed in float32 at least: ``torch.rms_norm`` over the groups (one fused kernel on
-    CUDA, forward and backward, instead of five; a decoding step runs it once per layer)."""
-    dtype = x.dtype
-    x = x.to(torch.promote_types(dtype, torch.float32))
-    groups = x.unflatten(-1, (-1, group_size))  # (..., ngroups, group_size)
-    return F.rms_norm(groups, (group_size,), eps=eps).flatten(-2).to(dtype)
 
 
 def add_and_norm(
