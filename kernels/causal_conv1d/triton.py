@@ -12,8 +12,10 @@ Backward, with g_t = ∂L/∂p_t = ∂L/∂y_t · silu'(p_t):
 
 One program per (batch, block of channels, block of time steps) holds a (time, channel) tile; the
 w shifted windows of x are w loads of overlapping tiles, served by the cache, so x is read from
-memory about once. The backward recomputes p at the w shifts it needs instead of storing it, and
-writes its share of ∂L/∂weight and ∂L/∂bias per program (summed afterwards: deterministic).
+memory about once. The backward recomputes p instead of storing it, once per step: its time
+tiles overlap by a halo of w − 1 steps (rounded up to 8), so that g at the w − 1 steps after each
+written one is in the tile and reaches it by a shift in registers. It writes its share of
+∂L/∂weight and ∂L/∂bias per program (summed afterwards: deterministic).
 
 The decoding step (``causal_conv1d_update``) is one program per (batch, block of channels): it
 loads the rolling window shifted by one with the new input appended, writes it back in place and
@@ -51,6 +53,17 @@ def _tiles(x: torch.Tensor) -> tuple[int, int]:
     if interpreting():
         return 4, 4
     return (64, 64) if x.stride(1) == 1 else (128, 16)
+
+
+def _backward_tiles(x: torch.Tensor, width: int) -> tuple[int, int, int]:
+    """(BLOCK_L, BLOCK_D, HALO) of the backward: the forward's tiles, overlapping by HALO ≥ w − 1
+    steps (a multiple of 8, so that each program's first step stays 16-byte aligned); on the
+    interpreter tiles of 16 steps, so that the tiny tests have several."""
+    halo = 8 * triton.cdiv(max(width - 1, 1), 8)
+    block_l, block_d = _tiles(x)
+    if interpreting():
+        block_l = 16
+    return max(block_l, 2 * halo), block_d, halo
 
 
 @triton.jit
@@ -96,52 +109,65 @@ def _causal_conv_bwd(
     dim, seqlen,
     s_x_b, s_x_d, s_x_l, s_w_d, s_w_k, s_dy_b, s_dy_d, s_dy_l, s_dx_b, s_dx_d, s_dx_l,
     HAS_BIAS: tl.constexpr, SILU: tl.constexpr, W: tl.constexpr, W_PAD: tl.constexpr,
-    BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
+    HALO: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
+    """dx in x's layout; this program's ∂L/∂weight, ∂L/∂bias in row (b, time tile) of dw
+    (rows, d, W_PAD) and dbias (rows, d). Time tiles overlap by HALO ≥ w − 1 steps: a program's
+    tile holds steps [t0, t0 + BLOCK_L), t0 = pid · (BLOCK_L − HALO), and writes ∂L/∂x at the
+    first BLOCK_L − HALO of them, each needing g up to w − 1 steps later: g is computed once per
+    step of the tile and shifted in registers by ``tl.gather`` (instead of p recomputed at w
+    shifts from w loads each)."""
     pid_t = tl.program_id(0)
     pid_b = tl.program_id(2).to(tl.int64)
-    offs_t = pid_t * BLOCK_L + tl.arange(0, BLOCK_L)
+    steps = tl.arange(0, BLOCK_L)
+    offs_t = pid_t * (BLOCK_L - HALO) + steps
     offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     offs_k = tl.arange(0, W_PAD)
     mask_d = offs_d < dim
+    in_seq = (offs_t < seqlen)[:, None] & mask_d[None, :]
+    owned = (steps < BLOCK_L - HALO)[:, None] & in_seq
     bias = tl.zeros((BLOCK_D,), dtype=tl.float32)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
     x_p = x_ptr + pid_b * s_x_b + offs_d[None, :] * s_x_d
     w_p = w_ptr + offs_d * s_w_d
-    dy_p = dy_ptr + pid_b * s_dy_b + offs_d[None, :] * s_dy_d
 
+    # g = ∂L/∂p at every step of the tile (zero past the end)
+    dy_p = dy_ptr + pid_b * s_dy_b + offs_d[None, :] * s_dy_d + offs_t[:, None] * s_dy_l
+    g = tl.load(dy_p, mask=in_seq, other=0.0).to(tl.float32)
+    if SILU:
+        p = _preactivation(x_p, w_p, bias, offs_t, 0, mask_d, seqlen, s_x_l, s_w_k,
+                           W, BLOCK_L, BLOCK_D)  # fmt: skip
+        _, dsilu = silu_and_grad(p)
+        g = g * dsilu
+
+    # ∂L/∂x_t = Σ_q weight[q] · g_{t + w - 1 - q}
     dx = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
-    dw = tl.zeros((BLOCK_D, W_PAD), dtype=tl.float32)
-    dbias = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    # g at steps t + shift feeds ∂L/∂x_t through weight[w-1-shift]; shift 0 also feeds ∂L/∂weight.
-    for shift in tl.static_range(W):
-        t = offs_t + shift
-        mask = (t < seqlen)[:, None] & mask_d[None, :]
-        g = tl.load(dy_p + t[:, None] * s_dy_l, mask=mask, other=0.0).to(tl.float32)
-        if SILU:
-            p = _preactivation(x_p, w_p, bias, offs_t, shift, mask_d, seqlen, s_x_l, s_w_k,
-                               W, BLOCK_L, BLOCK_D)  # fmt: skip
-            _, dsilu = silu_and_grad(p)
-            g = g * dsilu
-        w_k = tl.load(w_p + (W - 1 - shift) * s_w_k, mask=mask_d, other=0.0).to(tl.float32)
-        dx += g * w_k[None, :]
-        if shift == 0:
-            dbias = tl.sum(g, axis=0)
-            for k in tl.static_range(W):
-                tk = offs_t - (W - 1) + k
-                mask_k = (tk >= 0)[:, None] & (tk < seqlen)[:, None] & mask_d[None, :]
-                x = tl.load(x_p + tk[:, None] * s_x_l, mask=mask_k, other=0.0).to(tl.float32)
-                dw += tl.where(offs_k[None, :] == k, tl.sum(g * x, axis=0)[:, None], 0.0)
+    for q in tl.static_range(W):
+        ahead = W - 1 - q
+        if ahead == 0:
+            later = g
+        else:
+            index = tl.broadcast_to(tl.minimum(steps + ahead, BLOCK_L - 1)[:, None],
+                                    (BLOCK_L, BLOCK_D))  # fmt: skip
+            later = tl.gather(g, index, 0)  # wrong only in the halo, which is not written
+        w_q = tl.load(w_p + q * s_w_k, mask=mask_d, other=0.0).to(tl.float32)
+        dx += later * w_q[None, :]
     dx_p = dx_ptr + pid_b * s_dx_b + offs_d[None, :] * s_dx_d + offs_t[:, None] * s_dx_l
-    tl.store(
-        dx_p, dx.to(dx_ptr.dtype.element_ty), mask=(offs_t < seqlen)[:, None] & mask_d[None, :]
-    )
-    # This program's share of ∂L/∂weight and ∂L/∂bias: row (b, time block) of (rows, d, w_pad).
+    tl.store(dx_p, dx.to(dx_ptr.dtype.element_ty), mask=owned)
+
+    # This program's share of ∂L/∂weight and ∂L/∂bias, over the steps it owns.
+    g = tl.where(owned, g, 0.0)
+    dw = tl.zeros((BLOCK_D, W_PAD), dtype=tl.float32)
+    for k in tl.static_range(W):
+        tk = offs_t - (W - 1) + k
+        mask_k = (tk >= 0)[:, None] & (tk < seqlen)[:, None] & mask_d[None, :]
+        x = tl.load(x_p + tk[:, None] * s_x_l, mask=mask_k, other=0.0).to(tl.float32)
+        dw += tl.where(offs_k[None, :] == k, tl.sum(g * x, axis=0)[:, None], 0.0)
     row = pid_b * tl.num_programs(0) + pid_t
     mask_dw = mask_d[:, None] & (offs_k < W)[None, :]
     tl.store(dw_ptr + (row * dim + offs_d[:, None]) * W_PAD + offs_k[None, :], dw, mask=mask_dw)
-    tl.store(dbias_ptr + row * dim + offs_d, dbias, mask=mask_d)
+    tl.store(dbias_ptr + row * dim + offs_d, tl.sum(g, axis=0), mask=mask_d)
 
 
 @triton.jit
@@ -205,8 +231,10 @@ class _CausalConv1dFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         x, weight, bias = ctx.saved_tensors
-        dim, width = weight.shape
-        grid, block_l, block_d = _grid(x)
+        batch, dim, seqlen = x.shape
+        width = weight.shape[1]
+        block_l, block_d, halo = _backward_tiles(x, width)
+        grid = (triton.cdiv(seqlen, block_l - halo), triton.cdiv(dim, block_d), batch)
         w_pad = next_pow2(width)
         rows = grid[0] * grid[2]
         dx = empty_like_sequence(x)
@@ -215,9 +243,9 @@ class _CausalConv1dFn(torch.autograd.Function):
         dbias = torch.empty((rows, dim), **f32)
         _causal_conv_bwd[grid](
             x, weight, bias if bias is not None else weight, dy, dx, dw, dbias,
-            dim, x.shape[2],
+            dim, seqlen,
             *x.stride(), *weight.stride(), *dy.stride(), *dx.stride(),
-            HAS_BIAS=bias is not None, SILU=ctx.silu, W=width, W_PAD=w_pad,
+            HAS_BIAS=bias is not None, SILU=ctx.silu, W=width, W_PAD=w_pad, HALO=halo,
             BLOCK_L=block_l, BLOCK_D=block_d, num_warps=4,
         )  # fmt: skip
         dweight = dw.sum(0)[:, :width].to(weight.dtype)

@@ -116,7 +116,8 @@ def test_interpreted():
 @pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels innermost"])
 @pytest.mark.parametrize("activation", ["silu", None])
 def test_matches_reference(channels_last, activation):
-    # 11 steps in tiles of 4 and 6 channels in tiles of 4: ragged tiles on both axes.
+    # 11 steps in tiles of 4 (the backward's: 16 overlapping by 8) and 6 channels in tiles of 4:
+    # ragged tiles on both axes.
     check(2, 6, 11, 4, torch.float32, activation=activation, channels_last=channels_last,
           label=f"cpu conv {activation} channels_last={channels_last}")  # fmt: skip
 
@@ -125,6 +126,16 @@ def test_matches_reference(channels_last, activation):
 def test_odd_width_without_bias_and_shorter_than_the_filter():
     check(1, 5, 9, 3, torch.float32, bias=False, label="cpu conv width 3, no bias")
     check(2, 3, 2, 4, torch.float32, label="cpu conv 2 steps, width 4")
+
+
+@tiny
+@pytest.mark.parametrize("width", [4, 9, 10])
+def test_backward_across_overlapping_time_tiles(width):
+    """The backward's time tiles (16 steps on the interpreter) overlap by a halo of w − 1 steps
+    rounded up to 8: 29 steps make four of them (three at width 10, whose halo of 16 doubles the
+    tile), the last ragged; width 9 fills the halo exactly."""
+    check(2, 5, 29, width, torch.float32, channels_last=True, seed=width,
+          label=f"cpu conv 29 steps, width {width}")  # fmt: skip
 
 
 @tiny
