@@ -421,43 +421,105 @@ def _dB(
     BLOCK_S: tl.constexpr, P_PAD: tl.constexpr, N_PAD: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):  # fmt: skip
-    """∂L/∂B of BLOCK_S rows, summed over this program's share of the group's heads."""
+    """∂L/∂B of BLOCK_S rows, summed over this program's share of the group's heads.
+
+    The in-chunk part sums the heads' weights WT[s, t] before its one matmul with C per row
+    block, so the (S, T) x (T, N) product is paid once per block, not once per head."""
     c, s0, b, group, split, chunk_len, offs_s, offs_p, offs_n, mask_p, mask_n, mask_s, t_s = (
         _group_rows(seqlen, headdim, dstate, chunk_size, ngroups, BLOCK_S, P_PAD, N_PAD)
     )
-    C_base = C_ptr + b * s_C_b + group * s_C_g
+    head0 = group * heads_per_group + split * heads_per_split
+    x_base = x_ptr + b * s_x_b + t_s[:, None] * s_x_l + offs_p[None, :] * s_x_p
+    mask_sp = mask_s[:, None] & mask_p[None, :]
 
     acc = tl.zeros((BLOCK_S, N_PAD), dtype=tl.float32)
-    for i in range(heads_per_split):
-        head = group * heads_per_group + split * heads_per_split + i
+    for i in range(heads_per_split):  # through the carried state: δ_s exp(cs_last − cs_s) x_s G
+        head = head0 + i
         row0 = ((b * nheads + head) * n_chunks + c) * chunk_size
         cs_s, dt_s, _ = _chunk_rows(cs_ptr, dtb_ptr, row0, offs_s, chunk_len)
         cs_last = tl.load(cs_ptr + row0 + chunk_size - 1)
-        xs = tl.load(x_ptr + b * s_x_b + t_s[:, None] * s_x_l + head * s_x_h + offs_p[None, :] * s_x_p,
-                     mask=mask_s[:, None] & mask_p[None, :], other=0.0)  # fmt: skip
+        xs = tl.load(x_base + head * s_x_h, mask=mask_sp, other=0.0)
         g_off = ((b * n_chunks + c) * nheads + head) * headdim * dstate
         G = tl.load(g_ptr + g_off + offs_p[:, None] * dstate + offs_n[None, :],
                     mask=mask_p[:, None] & mask_n[None, :], other=0.0)  # fmt: skip
         from_state = tl.dot(xs, G.to(xs.dtype), input_precision=DOT_PRECISION)
         acc += from_state * (dt_s * _exp(cs_last - cs_s))[:, None]
-        dy_base = dy_ptr + b * s_y_b + head * s_y_h
-        for t0 in range(s0, chunk_len, BLOCK_S):
-            offs_t = t0 + tl.arange(0, BLOCK_S)
-            mask_t = offs_t < chunk_len
+
+    C_base = C_ptr + b * s_C_b + group * s_C_g
+    for t0 in range(s0, chunk_len, BLOCK_S):  # within the chunk: Σ_{t ≥ s} WT[s, t] C_t
+        offs_t = t0 + tl.arange(0, BLOCK_S)
+        mask_t = offs_t < chunk_len
+        t = c * chunk_size + offs_t
+        causal = (offs_t[None, :] >= offs_s[:, None]) & mask_t[None, :]
+        WT = tl.zeros((BLOCK_S, BLOCK_S), dtype=tl.float32)  # Σ_h (dy_t · x_s) L[t, s] δ_s
+        for i in range(heads_per_split):
+            head = head0 + i
+            row0 = ((b * nheads + head) * n_chunks + c) * chunk_size
+            cs_s, dt_s, _ = _chunk_rows(cs_ptr, dtb_ptr, row0, offs_s, chunk_len)
             cs_t = tl.load(cs_ptr + row0 + offs_t, mask=mask_t, other=0.0)
-            t = c * chunk_size + offs_t
-            dytT = tl.load(dy_base + t[None, :] * s_y_l + offs_p[:, None] * s_y_p,
+            xs = tl.load(x_base + head * s_x_h, mask=mask_sp, other=0.0)
+            dytT = tl.load(dy_ptr + b * s_y_b + t[None, :] * s_y_l + head * s_y_h + offs_p[:, None] * s_y_p,
                            mask=mask_p[:, None] & mask_t[None, :], other=0.0)  # fmt: skip
             xdy = tl.dot(xs, dytT.to(xs.dtype), input_precision=DOT_PRECISION)  # (S, T)
-            causal = (offs_t[None, :] >= offs_s[:, None]) & mask_t[None, :]
             decay = _exp(tl.minimum(cs_t[None, :] - cs_s[:, None], 0.0))
-            WT = tl.where(causal, xdy * decay * dt_s[:, None], 0.0)
-            Ct = tl.load(C_base + t[:, None] * s_C_l + offs_n[None, :] * s_C_n,
-                         mask=mask_t[:, None] & mask_n[None, :], other=0.0)  # fmt: skip
-            acc += tl.dot(WT.to(Ct.dtype), Ct, input_precision=DOT_PRECISION)
+            WT += tl.where(causal, xdy * decay * dt_s[:, None], 0.0)
+        Ct = tl.load(C_base + t[:, None] * s_C_l + offs_n[None, :] * s_C_n,
+                     mask=mask_t[:, None] & mask_n[None, :], other=0.0)  # fmt: skip
+        acc += tl.dot(WT.to(Ct.dtype), Ct, input_precision=DOT_PRECISION)
     batch = tl.num_programs(1) // ngroups
     off = (((split * batch + b) * seqlen + t_s[:, None]) * ngroups + group) * dstate
-    tl.store(dB_ptr + off + offs_n[None, :], acc, mask=mask_s[:, None] & mask_n[None, :])
+    tl.store(dB_ptr + off + offs_n[None, :], acc.to(dB_ptr.dtype.element_ty),
+             mask=mask_s[:, None] & mask_n[None, :])  # fmt: skip
+
+
+@triton.jit
+def _dC_block_pair(
+    x_base, B_base, dy_base, cs_ptr, dtb_ptr, q_ptr, Ct, head0, heads_per_split, b, c, t0, s0,
+    nheads, chunk_size, n_chunks, chunk_len, offs_t, offs_p, offs_n, mask_t, mask_p, mask_n,
+    s_x_l, s_x_h, s_B_l, s_B_n, s_y_h,
+    BLOCK_T: tl.constexpr, DIAGONAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):  # fmt: skip
+    """Rows t of block τ (at t0) against the columns s of block j (at s0 ≤ t0): the (T, N) term
+    Σ_s W[t, s] B_s of ∂L/∂C, with W summed over the heads first, and each head's part of Q."""
+    offs_s = s0 + tl.arange(0, BLOCK_T)
+    mask_s = offs_s < chunk_len
+    s = c * chunk_size + offs_s
+    Bs = tl.load(B_base + s[:, None] * s_B_l + offs_n[None, :] * s_B_n,
+                 mask=mask_s[:, None] & mask_n[None, :], other=0.0)  # fmt: skip
+    CB = tl.dot(Ct, tl.trans(Bs), input_precision=DOT_PRECISION)  # (T, S): C_t · B_s
+    causal = (offs_t[:, None] >= offs_s[None, :]) & mask_s[None, :]
+    W = tl.zeros((BLOCK_T, BLOCK_T), dtype=tl.float32)  # Σ_h (dy_t · x_s) L[t, s] δ_s
+    for i in range(heads_per_split):
+        head = head0 + i
+        row0 = ((b * nheads + head) * n_chunks + c) * chunk_size
+        cs_t = tl.load(cs_ptr + row0 + offs_t, mask=mask_t, other=0.0)
+        cs_s, dt_s, _ = _chunk_rows(cs_ptr, dtb_ptr, row0, offs_s, chunk_len)
+        dyt = tl.load(dy_base + head * s_y_h, mask=mask_t[:, None] & mask_p[None, :], other=0.0)
+        xsT = tl.load(x_base + s[None, :] * s_x_l + head * s_x_h,
+                      mask=mask_p[:, None] & mask_s[None, :], other=0.0)  # fmt: skip
+        dyx = tl.dot(dyt, xsT.to(dyt.dtype), input_precision=DOT_PRECISION)  # (T, S)
+        decay = _exp(tl.minimum(cs_t[:, None] - cs_s[None, :], 0.0))
+        W_head = tl.where(causal, dyx * decay * dt_s[None, :], 0.0)
+        W += W_head
+        W_full = W_head * CB
+        if DIAGONAL:  # r in this block too: Σ_{t ≥ r} Σ_{s < r}
+            below = tl.cumsum(W_full, 1) - W_full  # Σ_{s' < s} W_full[t, s']
+            spans = tl.where(offs_t[:, None] >= offs_s[None, :], below, 0.0)
+            tl.atomic_add(q_ptr + row0 + offs_s, tl.sum(spans, 0), mask=mask_s)
+        else:
+            cols = tl.sum(W_full, 0)  # r in block j
+            tl.atomic_add(q_ptr + row0 + offs_s, tl.cumsum(cols, 0) - cols, mask=mask_s)
+            rows = tl.sum(W_full, 1)  # r in block τ
+            # where() makes a fresh array: Triton 3.8's interpreter hands an atomic the buffer
+            # under a reversed cumsum's view, not its values.
+            suffix = tl.where(mask_t, tl.cumsum(rows, 0, reverse=True), 0.0)
+            tl.atomic_add(q_ptr + row0 + offs_t, suffix, mask=mask_t)
+            total = tl.sum(rows, 0)  # r in the blocks between
+            for k0 in range(s0 + BLOCK_T, t0, BLOCK_T):
+                offs_k = k0 + tl.arange(0, BLOCK_T)
+                tl.atomic_add(q_ptr + row0 + offs_k, tl.zeros((BLOCK_T,), tl.float32) + total,
+                              mask=offs_k < chunk_len)  # fmt: skip
+    return tl.dot(W.to(Bs.dtype), Bs, input_precision=DOT_PRECISION)
 
 
 @triton.jit
@@ -470,54 +532,48 @@ def _dC(
     BLOCK_T: tl.constexpr, P_PAD: tl.constexpr, N_PAD: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):  # fmt: skip
-    """∂L/∂C of BLOCK_T rows over a share of the group's heads, and per head the two terms of
-    ∂L/∂a that these rows own: U_t (through the carried state) and this block's part of Q_r."""
+    """∂L/∂C of BLOCK_T rows over a share of the group's heads, and per head the terms of ∂L/∂a
+    that these rows produce: U_t (through the carried state) and their share of every Q_r.
+
+    Q_r = Σ_{s < r ≤ t} W_full[t, s] with W_full = (C_t · B_s) W. Rows t of block τ meet columns
+    s of block j ≤ τ; by the block k of r the triples split into four kinds, each summed directly:
+      j = k = τ:   in-block, Σ_{t ≥ r} Σ_{s < r}                    (a 2-D prefix sum)
+      j = k < τ:   Σ_{s < r} of the column sums                      (exclusive prefix sum)
+      j < k = τ:   Σ_{t ≥ r} of the row sums                         (reverse prefix sum)
+      j < k < τ:   the block's total, for every r of the blocks between."""
     c, t0, b, group, split, chunk_len, offs_t, offs_p, offs_n, mask_p, mask_n, mask_t, t = (
         _group_rows(seqlen, headdim, dstate, chunk_size, ngroups, BLOCK_T, P_PAD, N_PAD)
     )
-    B_base = B_ptr + b * s_B_b + group * s_B_g
+    head0 = group * heads_per_group + split * heads_per_split
     Ct = tl.load(C_ptr + b * s_C_b + t[:, None] * s_C_l + group * s_C_g + offs_n[None, :] * s_C_n,
                  mask=mask_t[:, None] & mask_n[None, :], other=0.0)  # fmt: skip
+    dy_base = dy_ptr + b * s_y_b + t[:, None] * s_y_l + offs_p[None, :] * s_y_p
 
     acc = tl.zeros((BLOCK_T, N_PAD), dtype=tl.float32)
-    for i in range(heads_per_split):
-        head = group * heads_per_group + split * heads_per_split + i
+    for i in range(heads_per_split):  # through the carried state: exp(cs_t) dy_t S_prev
+        head = head0 + i
         row0 = ((b * nheads + head) * n_chunks + c) * chunk_size
         cs_t = tl.load(cs_ptr + row0 + offs_t, mask=mask_t, other=0.0)
-        dyt = tl.load(dy_ptr + b * s_y_b + t[:, None] * s_y_l + head * s_y_h + offs_p[None, :] * s_y_p,
-                      mask=mask_t[:, None] & mask_p[None, :], other=0.0)  # fmt: skip
+        dyt = tl.load(dy_base + head * s_y_h, mask=mask_t[:, None] & mask_p[None, :], other=0.0)
         sprev_off = ((b * n_chunks + c) * nheads + head) * headdim * dstate
         Sp = tl.load(sprev_ptr + sprev_off + offs_p[:, None] * dstate + offs_n[None, :],
                      mask=mask_p[:, None] & mask_n[None, :], other=0.0)  # fmt: skip
-        acc_h = tl.dot(dyt, Sp.to(dyt.dtype), input_precision=DOT_PRECISION)
-        acc_h = acc_h * _exp(cs_t)[:, None]
-        tl.store(u_ptr + row0 + offs_t, tl.sum(acc_h * Ct.to(tl.float32), 1), mask=mask_t)
-        x_base = x_ptr + b * s_x_b + head * s_x_h
-        before = tl.zeros((BLOCK_T,), dtype=tl.float32)  # Σ_{s < block} W[t, s]
-        for s0 in range(0, tl.minimum(t0 + BLOCK_T, chunk_len), BLOCK_T):
-            offs_s = s0 + tl.arange(0, BLOCK_T)
-            cs_s, dt_s, mask_s = _chunk_rows(cs_ptr, dtb_ptr, row0, offs_s, chunk_len)
-            s = c * chunk_size + offs_s
-            xsT = tl.load(x_base + s[None, :] * s_x_l + offs_p[:, None] * s_x_p,
-                          mask=mask_p[:, None] & mask_s[None, :], other=0.0)  # fmt: skip
-            dyx = tl.dot(dyt, xsT.to(dyt.dtype), input_precision=DOT_PRECISION)  # (T, S)
-            causal = (offs_t[:, None] >= offs_s[None, :]) & mask_s[None, :]
-            decay = _exp(tl.minimum(cs_t[:, None] - cs_s[None, :], 0.0))
-            W = tl.where(causal, dyx * decay * dt_s[None, :], 0.0)
-            Bs = tl.load(B_base + s[:, None] * s_B_l + offs_n[None, :] * s_B_n,
-                         mask=mask_s[:, None] & mask_n[None, :], other=0.0)  # fmt: skip
-            acc_h += tl.dot(W.to(Bs.dtype), Bs, input_precision=DOT_PRECISION)
-            # Q_r = Σ_{t ≥ r} Σ_{s < r} W_full[t, s], W_full = (C_t · B_s) W: the pairs whose
-            # decay exp(cs_t − cs_s) spans step r, summed directly (not as a difference).
-            W = W * tl.dot(Ct, tl.trans(Bs), input_precision=DOT_PRECISION)
-            below = before[:, None] + tl.cumsum(W, 1) - W  # Σ_{s' < s} W_full[t, s']
-            before += tl.sum(W, 1)
-            spans = tl.where(offs_t[:, None] >= offs_s[None, :], below, 0.0)
-            tl.atomic_add(q_ptr + row0 + offs_s, tl.sum(spans, 0), mask=mask_s)
-        acc += acc_h
+        from_state = tl.dot(dyt, Sp.to(dyt.dtype), input_precision=DOT_PRECISION)
+        from_state = from_state * _exp(cs_t)[:, None]
+        tl.store(u_ptr + row0 + offs_t, tl.sum(from_state * Ct.to(tl.float32), 1), mask=mask_t)
+        acc += from_state
+
+    pair = (x_ptr + b * s_x_b + offs_p[:, None] * s_x_p, B_ptr + b * s_B_b + group * s_B_g,
+            dy_base, cs_ptr, dtb_ptr, q_ptr, Ct, head0, heads_per_split, b, c, t0)  # fmt: skip
+    shape = (nheads, chunk_size, n_chunks, chunk_len, offs_t, offs_p, offs_n, mask_t, mask_p,
+             mask_n, s_x_l, s_x_h, s_B_l, s_B_n, s_y_h)  # fmt: skip
+    for s0 in range(0, tl.minimum(t0, chunk_len), BLOCK_T):  # the blocks j < τ
+        acc += _dC_block_pair(*pair, s0, *shape, BLOCK_T, False, DOT_PRECISION)
+    acc += _dC_block_pair(*pair, t0, *shape, BLOCK_T, True, DOT_PRECISION)
     batch = tl.num_programs(1) // ngroups
     off = (((split * batch + b) * seqlen + t[:, None]) * ngroups + group) * dstate
-    tl.store(dC_ptr + off + offs_n[None, :], acc, mask=mask_t[:, None] & mask_n[None, :])
+    tl.store(dC_ptr + off + offs_n[None, :], acc.to(dC_ptr.dtype.element_ty),
+             mask=mask_t[:, None] & mask_n[None, :])  # fmt: skip
 
 
 @triton.jit
@@ -734,8 +790,10 @@ def _backward(dout, dfinal, x, dt, A, B, C, chunk_size, D, z, dt_bias, softplus_
         for s in range(1, min(config.head_splits, heads_per_group) + 1)
         if heads_per_group % s == 0
     )
-    dB = torch.empty((splits, batch, seqlen, ngroups, dstate), **f32)
-    dC = torch.empty_like(dB)
+    # One split stores the gradients in their own dtype; several store fp32 parts to sum.
+    partial = {"device": dev, "dtype": torch.float32 if splits > 1 else B.dtype}
+    dB = torch.empty((splits, batch, seqlen, ngroups, dstate), **partial)
+    dC = torch.empty_like(dB, dtype=torch.float32 if splits > 1 else C.dtype)
     grid = (n_chunks * blocks_per_chunk, batch * ngroups, splits)
     common = (seqlen, nheads, heads_per_group, heads_per_group // splits, headdim, dstate,
               chunk_size, n_chunks, ngroups)  # fmt: skip
@@ -762,8 +820,8 @@ def _backward(dout, dfinal, x, dt, A, B, C, chunk_size, D, z, dt_bias, softplus_
         "x": dx,
         "dt": ddt,
         "A": dA.sum((0, 2)),
-        "B": dB.sum(0),
-        "C": dC.sum(0),
+        "B": dB.sum(0) if splits > 1 else dB[0],
+        "C": dC.sum(0) if splits > 1 else dC[0],
         "D": dD,
         "z": dz,
         "dt_bias": dbias.sum((0, 2)),

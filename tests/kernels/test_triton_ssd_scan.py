@@ -94,8 +94,19 @@ def test_matches_reference_with_every_input():
 
 
 @tiny
+def test_chunks_of_several_row_blocks():
+    # Chunks of 64 steps are 4 row blocks of the interpreted kernels (the block pairs below, on
+    # and between the diagonal, carry different terms of ∂L/∂a); the last chunk is 45 steps, so
+    # its last block is ragged; each head-split program loops over two heads of the group.
+    inputs = make_inputs(1, 173, 4, 6, 5, groups=1)
+    check(inputs, torch.float32, chunk_size=64, label="cpu multi-block")
+
+
+@tiny
 def test_per_channel_D_no_gate_no_initial_state():
-    inputs = make_inputs(1, 21, 2, 4, 4, groups=1, D_per_channel=True, gate=False, initial=False)
+    # Three heads in one group: the ∂L/∂B, ∂L/∂C kernels take them in one split (stored in
+    # the inputs' dtype, no partial sums).
+    inputs = make_inputs(1, 21, 3, 4, 4, groups=1, D_per_channel=True, gate=False, initial=False)
     check(inputs, torch.float32, chunk_size=8, label="cpu plain")
 
 
