@@ -475,7 +475,7 @@ def _dB(
 @triton.jit
 def _dC_block_pair(
     x_base, B_base, dy_base, cs_ptr, dtb_ptr, q_ptr, Ct, head0, heads_per_split, b, c, t0, s0,
-    nheads, chunk_size, n_chunks, chunk_len, offs_t, offs_p, offs_n, mask_t, mask_p, mask_n,
+    nheads, chunk_size, n_chunks, chunk_len, offs_t, offs_n, mask_t, mask_p, mask_n,
     s_x_l, s_x_h, s_B_l, s_B_n, s_y_h,
     BLOCK_T: tl.constexpr, DIAGONAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):  # fmt: skip
@@ -565,8 +565,8 @@ def _dC(
 
     pair = (x_ptr + b * s_x_b + offs_p[:, None] * s_x_p, B_ptr + b * s_B_b + group * s_B_g,
             dy_base, cs_ptr, dtb_ptr, q_ptr, Ct, head0, heads_per_split, b, c, t0)  # fmt: skip
-    shape = (nheads, chunk_size, n_chunks, chunk_len, offs_t, offs_p, offs_n, mask_t, mask_p,
-             mask_n, s_x_l, s_x_h, s_B_l, s_B_n, s_y_h)  # fmt: skip
+    shape = (nheads, chunk_size, n_chunks, chunk_len, offs_t, offs_n, mask_t, mask_p, mask_n,
+             s_x_l, s_x_h, s_B_l, s_B_n, s_y_h)  # fmt: skip
     for s0 in range(0, tl.minimum(t0, chunk_len), BLOCK_T):  # the blocks j < τ
         acc += _dC_block_pair(*pair, s0, *shape, BLOCK_T, False, DOT_PRECISION)
     acc += _dC_block_pair(*pair, t0, *shape, BLOCK_T, True, DOT_PRECISION)
