@@ -67,12 +67,12 @@ def _backward_tiles(x: torch.Tensor, width: int) -> tuple[int, int, int]:
 
 
 @triton.jit
-def _preactivation(x_p, w_p, bias, offs_t, shift, mask_d, seqlen, s_x_l, s_w_k,
+def _preactivation(x_p, w_p, bias, offs_t, mask_d, seqlen, s_x_l, s_w_k,
                    W: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr):  # fmt: skip
-    """p at steps offs_t + shift, (BLOCK_L, BLOCK_D) in fp32; zero-padded on the left."""
+    """p at steps offs_t, (BLOCK_L, BLOCK_D) in fp32; zero-padded on the left."""
     p = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32) + bias[None, :]
     for k in tl.static_range(W):
-        t = offs_t + shift - (W - 1) + k
+        t = offs_t - (W - 1) + k
         mask = (t >= 0)[:, None] & (t < seqlen)[:, None] & mask_d[None, :]
         x = tl.load(x_p + t[:, None] * s_x_l, mask=mask, other=0.0).to(tl.float32)
         p += x * tl.load(w_p + k * s_w_k, mask=mask_d, other=0.0).to(tl.float32)[None, :]
@@ -95,7 +95,7 @@ def _causal_conv_fwd(
     if HAS_BIAS:
         bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
     x_p = x_ptr + pid_b * s_x_b + offs_d[None, :] * s_x_d
-    p = _preactivation(x_p, w_ptr + offs_d * s_w_d, bias, offs_t, 0, mask_d, seqlen, s_x_l, s_w_k,
+    p = _preactivation(x_p, w_ptr + offs_d * s_w_d, bias, offs_t, mask_d, seqlen, s_x_l, s_w_k,
                        W, BLOCK_L, BLOCK_D)  # fmt: skip
     if SILU:
         p, _ = silu_and_grad(p)
@@ -136,7 +136,7 @@ def _causal_conv_bwd(
     dy_p = dy_ptr + pid_b * s_dy_b + offs_d[None, :] * s_dy_d + offs_t[:, None] * s_dy_l
     g = tl.load(dy_p, mask=in_seq, other=0.0).to(tl.float32)
     if SILU:
-        p = _preactivation(x_p, w_p, bias, offs_t, 0, mask_d, seqlen, s_x_l, s_w_k,
+        p = _preactivation(x_p, w_p, bias, offs_t, mask_d, seqlen, s_x_l, s_w_k,
                            W, BLOCK_L, BLOCK_D)  # fmt: skip
         _, dsilu = silu_and_grad(p)
         g = g * dsilu
