@@ -144,10 +144,42 @@ def empty_like_sequence(x: torch.Tensor, dtype: torch.dtype | None = None) -> to
     return torch.empty((batch, dim, seqlen), device=x.device, dtype=dtype)
 
 
+def stride_alignment(*strides: int) -> int:
+    """The largest power of two up to 16 that divides every stride: what a kernel may declare
+    the offsets along that axis a multiple of (`strided`). Triton specialises an integer
+    argument only as divisible by 16 or not, so a row stride such as Mamba-2's in_proj width,
+    3352 = 8 · 419, would otherwise cost the vectorised loads (16 bytes: 8 bf16) and keep a
+    pointer per element in registers."""
+    align = 16
+    while align > 1 and any(stride % align for stride in strides):
+        align //= 2
+    return align
+
+
 def dot_width(n: int) -> int:
     """A tile side for tl.dot: a power of 2 of at least 16 (the tensor cores' minimum); the
     kernels mask the padding, so any size works."""
     return max(16, next_pow2(n))
+
+
+@triton.jit
+def strided(index, stride, ALIGN: tl.constexpr, AXIS: tl.constexpr):
+    """index · stride, declared a multiple of ALIGN (checked by the host: `stride_alignment`):
+    a scalar for a scalar index, else a 2-D column (AXIS 0) or row (AXIS 1) of a tile. The
+    product is made here because Triton drops a hint put on a function's argument."""
+    if len(index.shape) == 0:
+        offsets = index * stride
+        if ALIGN > 1:
+            offsets = tl.multiple_of(offsets, ALIGN)
+    elif AXIS == 0:
+        offsets = index[:, None] * stride
+        if ALIGN > 1:
+            offsets = tl.multiple_of(offsets, [ALIGN, 1])
+    else:
+        offsets = index[None, :] * stride
+        if ALIGN > 1:
+            offsets = tl.multiple_of(offsets, [1, ALIGN])
+    return offsets
 
 
 @triton.jit

@@ -41,6 +41,8 @@ from mambaverse.kernels.triton_support import (
     interpreting,
     next_pow2,
     silu_and_grad,
+    stride_alignment,
+    strided,
 )
 
 OP = "causal_conv1d"
@@ -67,14 +69,15 @@ def _backward_tiles(x: torch.Tensor, width: int) -> tuple[int, int, int]:
 
 
 @triton.jit
-def _preactivation(x_p, w_p, bias, offs_t, mask_d, seqlen, s_x_l, s_w_k,
-                   W: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr):  # fmt: skip
+def _preactivation(x_p, w_p, bias, offs_t, mask_d, seqlen, s_x_l, s_w_k, W: tl.constexpr,
+                   ALIGN_L: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr):  # fmt: skip
     """p at steps offs_t, (BLOCK_L, BLOCK_D) in fp32; zero-padded on the left."""
     p = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32) + bias[None, :]
     for k in tl.static_range(W):
         t = offs_t - (W - 1) + k
         mask = (t >= 0)[:, None] & (t < seqlen)[:, None] & mask_d[None, :]
-        x = tl.load(x_p + t[:, None] * s_x_l, mask=mask, other=0.0).to(tl.float32)
+        x = tl.load(x_p + strided(t, s_x_l, ALIGN_L, 0), mask=mask, other=0.0)
+        x = x.to(tl.float32)
         p += x * tl.load(w_p + k * s_w_k, mask=mask_d, other=0.0).to(tl.float32)[None, :]
     return p
 
@@ -85,8 +88,11 @@ def _causal_conv_fwd(
     dim, seqlen,
     s_x_b, s_x_d, s_x_l, s_w_d, s_w_k, s_y_b, s_y_d, s_y_l,
     HAS_BIAS: tl.constexpr, SILU: tl.constexpr, W: tl.constexpr,
+    ALIGN_B: tl.constexpr, ALIGN_D: tl.constexpr, ALIGN_L: tl.constexpr,
     BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
+    """y in the layout of y_ptr; the ALIGN_* declare what every (b, d, l) stride of x and y is
+    a multiple of, per axis (`stride_alignment`), so that rows load as 16-byte vectors."""
     pid_b = tl.program_id(2).to(tl.int64)
     offs_t = tl.program_id(0) * BLOCK_L + tl.arange(0, BLOCK_L)
     offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -94,12 +100,13 @@ def _causal_conv_fwd(
     bias = tl.zeros((BLOCK_D,), dtype=tl.float32)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    x_p = x_ptr + pid_b * s_x_b + offs_d[None, :] * s_x_d
+    x_p = x_ptr + strided(pid_b, s_x_b, ALIGN_B, 0) + strided(offs_d, s_x_d, ALIGN_D, 1)
     p = _preactivation(x_p, w_ptr + offs_d * s_w_d, bias, offs_t, mask_d, seqlen, s_x_l, s_w_k,
-                       W, BLOCK_L, BLOCK_D)  # fmt: skip
+                       W, ALIGN_L, BLOCK_L, BLOCK_D)  # fmt: skip
     if SILU:
         p, _ = silu_and_grad(p)
-    y_p = y_ptr + pid_b * s_y_b + offs_d[None, :] * s_y_d + offs_t[:, None] * s_y_l
+    y_p = (y_ptr + strided(pid_b, s_y_b, ALIGN_B, 0) + strided(offs_d, s_y_d, ALIGN_D, 1)
+           + strided(offs_t, s_y_l, ALIGN_L, 0))  # fmt: skip
     tl.store(y_p, p.to(y_ptr.dtype.element_ty), mask=(offs_t < seqlen)[:, None] & mask_d[None, :])
 
 
@@ -109,6 +116,7 @@ def _causal_conv_bwd(
     dim, seqlen,
     s_x_b, s_x_d, s_x_l, s_w_d, s_w_k, s_dy_b, s_dy_d, s_dy_l, s_dx_b, s_dx_d, s_dx_l,
     HAS_BIAS: tl.constexpr, SILU: tl.constexpr, W: tl.constexpr, W_PAD: tl.constexpr,
+    ALIGN_B: tl.constexpr, ALIGN_D: tl.constexpr, ALIGN_L: tl.constexpr,
     HALO: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
     """dx in x's layout; this program's ∂L/∂weight, ∂L/∂bias in row (b, time tile) of dw
@@ -116,7 +124,7 @@ def _causal_conv_bwd(
     tile holds steps [t0, t0 + BLOCK_L), t0 = pid · (BLOCK_L − HALO), and writes ∂L/∂x at the
     first BLOCK_L − HALO of them, each needing g up to w − 1 steps later: g is computed once per
     step of the tile and shifted in registers by ``tl.gather`` (instead of p recomputed at w
-    shifts from w loads each)."""
+    shifts from w loads each). The ALIGN_* as in the forward, over x, dy and dx."""
     pid_t = tl.program_id(0)
     pid_b = tl.program_id(2).to(tl.int64)
     steps = tl.arange(0, BLOCK_L)
@@ -129,15 +137,17 @@ def _causal_conv_bwd(
     bias = tl.zeros((BLOCK_D,), dtype=tl.float32)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    x_p = x_ptr + pid_b * s_x_b + offs_d[None, :] * s_x_d
+    x_p = x_ptr + strided(pid_b, s_x_b, ALIGN_B, 0) + strided(offs_d, s_x_d, ALIGN_D, 1)
     w_p = w_ptr + offs_d * s_w_d
 
     # g = ∂L/∂p at every step of the tile (zero past the end)
-    dy_p = dy_ptr + pid_b * s_dy_b + offs_d[None, :] * s_dy_d + offs_t[:, None] * s_dy_l
+    dy_p = (dy_ptr + strided(pid_b, s_dy_b, ALIGN_B, 0)
+            + strided(offs_d, s_dy_d, ALIGN_D, 1)
+            + strided(offs_t, s_dy_l, ALIGN_L, 0))  # fmt: skip
     g = tl.load(dy_p, mask=in_seq, other=0.0).to(tl.float32)
     if SILU:
         p = _preactivation(x_p, w_p, bias, offs_t, mask_d, seqlen, s_x_l, s_w_k,
-                           W, BLOCK_L, BLOCK_D)  # fmt: skip
+                           W, ALIGN_L, BLOCK_L, BLOCK_D)  # fmt: skip
         _, dsilu = silu_and_grad(p)
         g = g * dsilu
 
@@ -153,7 +163,9 @@ def _causal_conv_bwd(
             later = tl.gather(g, index, 0)  # wrong only in the halo, which is not written
         w_q = tl.load(w_p + q * s_w_k, mask=mask_d, other=0.0).to(tl.float32)
         dx += later * w_q[None, :]
-    dx_p = dx_ptr + pid_b * s_dx_b + offs_d[None, :] * s_dx_d + offs_t[:, None] * s_dx_l
+    dx_p = (dx_ptr + strided(pid_b, s_dx_b, ALIGN_B, 0)
+            + strided(offs_d, s_dx_d, ALIGN_D, 1)
+            + strided(offs_t, s_dx_l, ALIGN_L, 0))  # fmt: skip
     tl.store(dx_p, dx.to(dx_ptr.dtype.element_ty), mask=owned)
 
     # This program's share of ∂L/∂weight and ∂L/∂bias, over the steps it owns.
@@ -162,7 +174,8 @@ def _causal_conv_bwd(
     for k in tl.static_range(W):
         tk = offs_t - (W - 1) + k
         mask_k = (tk >= 0)[:, None] & (tk < seqlen)[:, None] & mask_d[None, :]
-        x = tl.load(x_p + tk[:, None] * s_x_l, mask=mask_k, other=0.0).to(tl.float32)
+        x = tl.load(x_p + strided(tk, s_x_l, ALIGN_L, 0), mask=mask_k, other=0.0)
+        x = x.to(tl.float32)
         dw += tl.where(offs_k[None, :] == k, tl.sum(g * x, axis=0)[:, None], 0.0)
     row = pid_b * tl.num_programs(0) + pid_t
     mask_dw = mask_d[:, None] & (offs_k < W)[None, :]
@@ -205,6 +218,14 @@ def _causal_conv_update(
     tl.store(y_ptr + pid_b * s_y_b + offs_d * s_y_d, p.to(y_ptr.dtype.element_ty), mask=mask_d)
 
 
+def _alignments(*tensors: torch.Tensor) -> dict[str, int]:
+    """ALIGN_B, ALIGN_D, ALIGN_L: per axis, what every (b, d, l) tensor's stride is a multiple of."""
+    return {
+        f"ALIGN_{axis}": stride_alignment(*(t.stride(i) for t in tensors))
+        for i, axis in enumerate("BDL")
+    }
+
+
 def _grid(x: torch.Tensor) -> tuple[tuple[int, int, int], int, int]:
     batch, dim, seqlen = x.shape
     block_l, block_d = _tiles(x)
@@ -221,8 +242,8 @@ class _CausalConv1dFn(torch.autograd.Function):
             x, weight, bias if bias is not None else weight, y,
             dim, x.shape[2],
             *x.stride(), *weight.stride(), *y.stride(),
-            HAS_BIAS=bias is not None, SILU=silu, W=width, BLOCK_L=block_l, BLOCK_D=block_d,
-            num_warps=4,
+            HAS_BIAS=bias is not None, SILU=silu, W=width, **_alignments(x, y),
+            BLOCK_L=block_l, BLOCK_D=block_d, num_warps=4,
         )  # fmt: skip
         ctx.save_for_backward(x, weight, bias)
         ctx.silu = silu
@@ -245,7 +266,8 @@ class _CausalConv1dFn(torch.autograd.Function):
             x, weight, bias if bias is not None else weight, dy, dx, dw, dbias,
             dim, seqlen,
             *x.stride(), *weight.stride(), *dy.stride(), *dx.stride(),
-            HAS_BIAS=bias is not None, SILU=ctx.silu, W=width, W_PAD=w_pad, HALO=halo,
+            HAS_BIAS=bias is not None, SILU=ctx.silu, W=width, W_PAD=w_pad,
+            **_alignments(x, dy, dx), HALO=halo,
             BLOCK_L=block_l, BLOCK_D=block_d, num_warps=4,
         )  # fmt: skip
         dweight = dw.sum(0)[:, :width].to(weight.dtype)

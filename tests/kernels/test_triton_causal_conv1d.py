@@ -30,8 +30,10 @@ TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 5e-3}
 
 
 def check(batch, dim, length, width, dtype, bias=True, activation="silu", channels_last=False,
-          seed=0, label=""):  # fmt: skip
-    """Triton in ``dtype`` against the float64 reference on the same rounded inputs."""
+          row_width=None, seed=0, label=""):  # fmt: skip
+    """Triton in ``dtype`` against the float64 reference on the same rounded inputs; with
+    ``row_width``, x is the first ``dim`` channels of a (b, l, row_width) projection (as
+    Mamba-2's xBC is of in_proj's output)."""
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, dim, length, generator=gen).to(dtype)
     weight = (torch.randn(dim, width, generator=gen) / width**0.5).to(dtype)
@@ -39,6 +41,11 @@ def check(batch, dim, length, width, dtype, bias=True, activation="silu", channe
     if channels_last:  # as the Mamba block passes x: a transposed (b, l, d) slice
         x = x.transpose(1, 2).contiguous().transpose(1, 2)
     ours = [t.to(DEVICE).requires_grad_() if t is not None else None for t in (x, weight, b)]
+    if row_width is not None:  # a leaf cannot be a view: detach keeps the strides
+        wide = torch.zeros(batch, length, row_width, dtype=dtype, device=DEVICE)
+        wide[..., :dim] = ours[0].detach().transpose(1, 2)
+        ours[0] = wide[..., :dim].transpose(1, 2).detach().requires_grad_()
+        assert ours[0].stride() == (length * row_width, 1, row_width)
     ref = [
         t.to(DEVICE).double().requires_grad_() if t is not None else None for t in (x, weight, b)
     ]
@@ -224,6 +231,16 @@ def test_update_refuses_to_record_a_gradient():
 def test_gpu_matches_reference(shape, channels_last, dtype):
     check(*shape, dtype, channels_last=channels_last, seed=sum(shape),
           label=f"gpu causal_conv1d {shape} channels_last={channels_last} {dtype}")  # fmt: skip
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gpu_slice_of_a_projection_with_rows_8_times_odd_apart(dtype):
+    # Mamba-2-130m's xBC: 1792 channels of in_proj's 3352-wide rows (8 · 419): the kernels are
+    # told the stride is a multiple of 8, which Triton cannot see (a wrong hint misaligns loads)
+    check(2, 1792, 2048, 4, dtype, row_width=3352, seed=3352,
+          label=f"gpu causal_conv1d xBC slice of rows 3352 apart {dtype}")  # fmt: skip
 
 
 @pytest.mark.gpu
