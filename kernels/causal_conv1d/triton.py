@@ -22,6 +22,10 @@ loads the rolling window shifted by one with the new input appended, writes it b
 returns the convolution over it, one launch instead of the reference's cat, copy, product, sum,
 bias and silu.
 
+The forward declares what the strides are multiples of (``stride_alignment``): Mamba-2's x is a
+slice of rows 3352 = 8 · 419 elements apart, which Triton's own specialisation (divisible by 16
+or not) would load 2 bytes at a time.
+
 Unlike ``F.conv1d`` (the reference), the kernel reads x in any layout, computes in fp32 and writes
 y in x's dtype and layout: the Mamba block's x is a channels-innermost slice of its input
 projection, and no copy, cast or padding pass is made around the convolution.
@@ -116,7 +120,6 @@ def _causal_conv_bwd(
     dim, seqlen,
     s_x_b, s_x_d, s_x_l, s_w_d, s_w_k, s_dy_b, s_dy_d, s_dy_l, s_dx_b, s_dx_d, s_dx_l,
     HAS_BIAS: tl.constexpr, SILU: tl.constexpr, W: tl.constexpr, W_PAD: tl.constexpr,
-    ALIGN_B: tl.constexpr, ALIGN_D: tl.constexpr, ALIGN_L: tl.constexpr,
     HALO: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
     """dx in x's layout; this program's ∂L/∂weight, ∂L/∂bias in row (b, time tile) of dw
@@ -124,7 +127,7 @@ def _causal_conv_bwd(
     tile holds steps [t0, t0 + BLOCK_L), t0 = pid · (BLOCK_L − HALO), and writes ∂L/∂x at the
     first BLOCK_L − HALO of them, each needing g up to w − 1 steps later: g is computed once per
     step of the tile and shifted in registers by ``tl.gather`` (instead of p recomputed at w
-    shifts from w loads each). The ALIGN_* as in the forward, over x, dy and dx."""
+    shifts from w loads each)."""
     pid_t = tl.program_id(0)
     pid_b = tl.program_id(2).to(tl.int64)
     steps = tl.arange(0, BLOCK_L)
@@ -137,17 +140,17 @@ def _causal_conv_bwd(
     bias = tl.zeros((BLOCK_D,), dtype=tl.float32)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    x_p = x_ptr + strided(pid_b, s_x_b, ALIGN_B, 0) + strided(offs_d, s_x_d, ALIGN_D, 1)
+    x_p = x_ptr + pid_b * s_x_b + offs_d[None, :] * s_x_d
     w_p = w_ptr + offs_d * s_w_d
 
     # g = ∂L/∂p at every step of the tile (zero past the end)
-    dy_p = (dy_ptr + strided(pid_b, s_dy_b, ALIGN_B, 0)
-            + strided(offs_d, s_dy_d, ALIGN_D, 1)
-            + strided(offs_t, s_dy_l, ALIGN_L, 0))  # fmt: skip
+    dy_p = dy_ptr + pid_b * s_dy_b + offs_d[None, :] * s_dy_d + offs_t[:, None] * s_dy_l
     g = tl.load(dy_p, mask=in_seq, other=0.0).to(tl.float32)
     if SILU:
+        # No alignment hints here: vectorised, this kernel measured slower on the H100
+        # (docs/kernels_notes.md, v13).
         p = _preactivation(x_p, w_p, bias, offs_t, mask_d, seqlen, s_x_l, s_w_k,
-                           W, ALIGN_L, BLOCK_L, BLOCK_D)  # fmt: skip
+                           W, 1, BLOCK_L, BLOCK_D)  # fmt: skip
         _, dsilu = silu_and_grad(p)
         g = g * dsilu
 
@@ -163,9 +166,7 @@ def _causal_conv_bwd(
             later = tl.gather(g, index, 0)  # wrong only in the halo, which is not written
         w_q = tl.load(w_p + q * s_w_k, mask=mask_d, other=0.0).to(tl.float32)
         dx += later * w_q[None, :]
-    dx_p = (dx_ptr + strided(pid_b, s_dx_b, ALIGN_B, 0)
-            + strided(offs_d, s_dx_d, ALIGN_D, 1)
-            + strided(offs_t, s_dx_l, ALIGN_L, 0))  # fmt: skip
+    dx_p = dx_ptr + pid_b * s_dx_b + offs_d[None, :] * s_dx_d + offs_t[:, None] * s_dx_l
     tl.store(dx_p, dx.to(dx_ptr.dtype.element_ty), mask=owned)
 
     # This program's share of ∂L/∂weight and ∂L/∂bias, over the steps it owns.
@@ -174,8 +175,7 @@ def _causal_conv_bwd(
     for k in tl.static_range(W):
         tk = offs_t - (W - 1) + k
         mask_k = (tk >= 0)[:, None] & (tk < seqlen)[:, None] & mask_d[None, :]
-        x = tl.load(x_p + strided(tk, s_x_l, ALIGN_L, 0), mask=mask_k, other=0.0)
-        x = x.to(tl.float32)
+        x = tl.load(x_p + tk[:, None] * s_x_l, mask=mask_k, other=0.0).to(tl.float32)
         dw += tl.where(offs_k[None, :] == k, tl.sum(g * x, axis=0)[:, None], 0.0)
     row = pid_b * tl.num_programs(0) + pid_t
     mask_dw = mask_d[:, None] & (offs_k < W)[None, :]
@@ -266,8 +266,7 @@ class _CausalConv1dFn(torch.autograd.Function):
             x, weight, bias if bias is not None else weight, dy, dx, dw, dbias,
             dim, seqlen,
             *x.stride(), *weight.stride(), *dy.stride(), *dx.stride(),
-            HAS_BIAS=bias is not None, SILU=ctx.silu, W=width, W_PAD=w_pad,
-            **_alignments(x, dy, dx), HALO=halo,
+            HAS_BIAS=bias is not None, SILU=ctx.silu, W=width, W_PAD=w_pad, HALO=halo,
             BLOCK_L=block_l, BLOCK_D=block_d, num_warps=4,
         )  # fmt: skip
         dweight = dw.sum(0)[:, :width].to(weight.dtype)

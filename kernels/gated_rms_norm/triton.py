@@ -34,8 +34,6 @@ from mambaverse.kernels.triton_support import (
     row_programs,
     row_tile,
     silu_and_grad,
-    stride_alignment,
-    strided,
 )
 
 OP = "gated_rms_norm"
@@ -45,19 +43,16 @@ MAX_GROUP = 65536  # one group of a row per tile: Triton tiles hold at most 2**2
 @triton.jit
 def _gated_rms_norm_fwd(x_p, z_p, w_p, y_p, rstd_p, rows, dim, group_size, eps, s_x, s_z,
                         NORM_BEFORE_GATE: tl.constexpr, STORE_RSTD: tl.constexpr,
-                        ALIGN: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_G: tl.constexpr):  # fmt: skip
-    """y (rows, dim) contiguous, with STORE_RSTD rstd (rows, groups); grid (row tiles, groups).
-    ALIGN: what the row strides (and dim) are multiples of, so that rows load as vectors when
-    z is a slice of Mamba-2's in_proj output (rows 3352 = 8 · 419 elements apart)."""
+                        BLOCK_R: tl.constexpr, BLOCK_G: tl.constexpr):  # fmt: skip
+    """y (rows, dim) contiguous, with STORE_RSTD rstd (rows, groups); grid (row tiles, groups)."""
     row = (tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)).to(tl.int64)
     group = tl.program_id(1)
     within = tl.arange(0, BLOCK_G)
     col = group * group_size + within
     mask_c = within < group_size
     mask = (row < rows)[:, None] & mask_c[None, :]
-    x = tl.load(x_p + strided(row, s_x, ALIGN, 0) + col[None, :], mask=mask, other=0.0)
-    z = tl.load(z_p + strided(row, s_z, ALIGN, 0) + col[None, :], mask=mask, other=0.0)
-    x, z = x.to(tl.float32), z.to(tl.float32)
+    x = tl.load(x_p + row[:, None] * s_x + col[None, :], mask=mask, other=0.0).to(tl.float32)
+    z = tl.load(z_p + row[:, None] * s_z + col[None, :], mask=mask, other=0.0).to(tl.float32)
     gate, _ = silu_and_grad(z)
     v = x if NORM_BEFORE_GATE else x * gate
     rstd = tl.rsqrt(tl.sum(v * v, axis=1) / group_size + eps)  # (BLOCK_R,)
@@ -65,19 +60,18 @@ def _gated_rms_norm_fwd(x_p, z_p, w_p, y_p, rstd_p, rows, dim, group_size, eps, 
     y = v * rstd[:, None] * w[None, :]
     if NORM_BEFORE_GATE:
         y = y * gate
-    y_p += strided(row, dim, ALIGN, 0) + col[None, :]
-    tl.store(y_p, y.to(y_p.dtype.element_ty), mask=mask)
+    tl.store(y_p + row[:, None] * dim + col[None, :], y.to(y_p.dtype.element_ty), mask=mask)
     if STORE_RSTD:
         tl.store(rstd_p + row * tl.num_programs(1) + group, rstd, mask=row < rows)
 
 
 @triton.jit
 def _gated_rms_norm_bwd(dy_p, x_p, z_p, rstd_p, w_p, dx_p, dz_p, dw_p, rows, dim, group_size,
-                        s_dy, s_x, s_z, NORM_BEFORE_GATE: tl.constexpr, ALIGN: tl.constexpr,
+                        s_dy, s_x, s_z, NORM_BEFORE_GATE: tl.constexpr,
                         BLOCK_R: tl.constexpr, BLOCK_G: tl.constexpr):  # fmt: skip
     """dx, dz (rows, dim) contiguous; this program's ∂L/∂w over its group's channels in row pid
     of dw (programs, dim) fp32; grid (programs, groups), program pid walking row tiles pid,
-    pid + programs, ...; ALIGN as in the forward."""
+    pid + programs, ..."""
     pid = tl.program_id(0)
     group = tl.program_id(1)
     within = tl.arange(0, BLOCK_G)
@@ -88,10 +82,10 @@ def _gated_rms_norm_bwd(dy_p, x_p, z_p, rstd_p, w_p, dx_p, dz_p, dw_p, rows, dim
     for start in range(pid * BLOCK_R, rows, tl.num_programs(0) * BLOCK_R):
         row = (start + tl.arange(0, BLOCK_R)).to(tl.int64)
         mask = (row < rows)[:, None] & mask_c[None, :]
-        x = tl.load(x_p + strided(row, s_x, ALIGN, 0) + col[None, :], mask=mask, other=0.0)
-        z = tl.load(z_p + strided(row, s_z, ALIGN, 0) + col[None, :], mask=mask, other=0.0)
-        dy = tl.load(dy_p + strided(row, s_dy, ALIGN, 0) + col[None, :], mask=mask, other=0.0)
-        x, z, dy = x.to(tl.float32), z.to(tl.float32), dy.to(tl.float32)
+        x = tl.load(x_p + row[:, None] * s_x + col[None, :], mask=mask, other=0.0).to(tl.float32)
+        z = tl.load(z_p + row[:, None] * s_z + col[None, :], mask=mask, other=0.0).to(tl.float32)
+        dy = tl.load(dy_p + row[:, None] * s_dy + col[None, :], mask=mask, other=0.0)
+        dy = dy.to(tl.float32)
         rstd = tl.load(rstd_p + row * tl.num_programs(1) + group, mask=row < rows, other=0.0)
         gate, dgate = silu_and_grad(z)
         if NORM_BEFORE_GATE:
@@ -109,7 +103,7 @@ def _gated_rms_norm_bwd(dy_p, x_p, z_p, rstd_p, w_p, dx_p, dz_p, dw_p, rows, dim
             dx = dv * gate
             dz = dv * x * dgate
             dw += dy * v_hat
-        out = strided(row, dim, ALIGN, 0) + col[None, :]
+        out = row[:, None] * dim + col[None, :]
         tl.store(dx_p + out, dx.to(dx_p.dtype.element_ty), mask=mask)
         tl.store(dz_p + out, dz.to(dz_p.dtype.element_ty), mask=mask)
     tl.store(dw_p + pid * dim + col, tl.sum(dw, axis=0), mask=mask_c)
@@ -134,8 +128,7 @@ def _forward(
     _gated_rms_norm_fwd[(triton.cdiv(rows, block_r), groups)](
         x2, z2, weight, y, rstd if store_rstd else y, rows, dim, group_size, eps,
         x2.stride(0), z2.stride(0), NORM_BEFORE_GATE=norm_before_gate, STORE_RSTD=store_rstd,
-        ALIGN=stride_alignment(x2.stride(0), z2.stride(0), dim), BLOCK_R=block_r,
-        BLOCK_G=block_g, num_warps=warps,
+        BLOCK_R=block_r, BLOCK_G=block_g, num_warps=warps,
     )  # fmt: skip
     return y, rstd
 
@@ -163,7 +156,6 @@ class _GatedRmsNormFn(torch.autograd.Function):
         _gated_rms_norm_bwd[(programs, groups)](
             dy, x, z, rstd, weight, dx, dz, dw, rows, dim, ctx.group_size,
             dy.stride(0), x.stride(0), z.stride(0), NORM_BEFORE_GATE=ctx.norm_before_gate,
-            ALIGN=stride_alignment(dy.stride(0), x.stride(0), z.stride(0), dim),
             BLOCK_R=block_r, BLOCK_G=block_g, num_warps=warps,
         )  # fmt: skip
         grad_w = dw.sum(0).to(weight.dtype) if ctx.needs_input_grad[2] else None
