@@ -246,7 +246,7 @@ def test_gpu_matches_reference(shape, channels_last, dtype):
 @gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_gpu_slice_of_a_projection_with_rows_8_times_odd_apart(dtype):
-    # Mamba-2-130m's xBC: 1792 channels of in_proj's 3352-wide rows (8 · 419): the kernels are
+    # Mamba-2-130m's xBC: 1792 channels of in_proj's 3352-wide rows (8 · 419): the forward is
     # told the stride is a multiple of 8, which Triton cannot see (a wrong hint misaligns loads)
     check(2, 1792, 2048, 4, dtype, row_width=3352, seed=3352,
           label=f"gpu causal_conv1d xBC slice of rows 3352 apart {dtype}")  # fmt: skip
