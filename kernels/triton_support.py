@@ -165,20 +165,15 @@ def dot_width(n: int) -> int:
 @triton.jit
 def strided(index, stride, ALIGN: tl.constexpr, AXIS: tl.constexpr):
     """index · stride, declared a multiple of ALIGN (checked by the host: `stride_alignment`):
-    a scalar for a scalar index, else a 2-D column (AXIS 0) or row (AXIS 1) of a tile. The
-    product is made here because Triton drops a hint put on a function's argument."""
-    if len(index.shape) == 0:
-        offsets = index * stride
-        if ALIGN > 1:
-            offsets = tl.multiple_of(offsets, ALIGN)
-    elif AXIS == 0:
-        offsets = index[:, None] * stride
-        if ALIGN > 1:
-            offsets = tl.multiple_of(offsets, [ALIGN, 1])
-    else:
-        offsets = index[None, :] * stride
-        if ALIGN > 1:
-            offsets = tl.multiple_of(offsets, [1, ALIGN])
+    a scalar for a scalar index, else a 2-D column (AXIS 0) or row (AXIS 1) of a tile. The hint
+    goes on the 1-D product, before it is made 2-D: Triton drops a hint put on a function's
+    argument, and Triton 3.6 reads a 2-D hint ``[ALIGN, 1]`` on an (n, 1) column as
+    divisibility 1 along the size-1 axis, which then vectorises nothing along the channels."""
+    offsets = index * stride
+    if ALIGN > 1:
+        offsets = tl.multiple_of(offsets, ALIGN)
+    if len(index.shape) > 0:
+        offsets = offsets[:, None] if AXIS == 0 else offsets[None, :]
     return offsets
 
 
