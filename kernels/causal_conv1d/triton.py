@@ -10,39 +10,57 @@ Backward, with g_t = ∂L/∂p_t = ∂L/∂y_t · silu'(p_t):
     ∂L/∂x_t = Σ_{k<w} weight[d, k] · g_{t+(w-1)-k}      ∂L/∂weight[d, k] = Σ_{b,t} g_t x_{t-(w-1)+k}
     ∂L/∂bias[d] = Σ_{b,t} g_t
 
-One program per (batch, block of channels, block of time steps) holds a (time, channel) tile; the
-w shifted windows of x are w loads of overlapping tiles, served by the cache, so x is read from
-memory about once. The backward recomputes p instead of storing it, once per step: its time
-tiles overlap by a halo of w − 1 steps (rounded up to 8), so that g at the w − 1 steps after each
-written one is in the tile and reaches it by a shift in registers. It writes its share of
-∂L/∂weight and ∂L/∂bias per program (summed afterwards: deterministic).
+The forward: one program per (batch, block of channels, block of time steps) holds a (time,
+channel) tile; the w shifted windows of x are w loads of overlapping tiles, served by the cache,
+so x is read from memory about once.
+
+The backward, when channels are innermost (as the Mamba blocks pass x: a slice of the input
+projection), is a walk over time (``_causal_conv_bwd_walk``): each program holds ROWS stretches
+of steps (a warp each) of BLOCK_D channels and walks every stretch backwards, R steps per
+iteration, each step a separate (ROWS, BLOCK_D) tile. Time never crosses threads: a thread keeps
+the last w − 1 inputs and gradients g of its channels in registers (loop-carried tuples), so each
+x and ∂L/∂y element is loaded once and g computed once per step; only a stretch's last steps,
+walked first, recompute g at the w − 1 steps after it. ∂L/∂weight and ∂L/∂bias accumulate per
+thread over the stretch and are summed across the warps once per program. (A (time, channel)
+tile instead needs its neighbouring steps from other threads: reloads or shuffles, and five
+cross-warp sums per tile; that kernel held 195 registers and ran 2.9× slower on an H100.)
+With time innermost, a step's channels are far apart and the walk's loads would be 2-byte
+gathers; there ``_causal_conv_bwd`` recomputes p over (time, channel) tiles that overlap by a
+halo of w − 1 steps (rounded up to 8), shifting g in registers with ``tl.gather``. Both write
+their share of ∂L/∂weight and ∂L/∂bias per program (summed afterwards: deterministic).
 
 The decoding step (``causal_conv1d_update``) is one program per (batch, block of channels): it
 loads the rolling window shifted by one with the new input appended, writes it back in place and
 returns the convolution over it, one launch instead of the reference's cat, copy, product, sum,
 bias and silu.
 
-The forward declares what the strides are multiples of (``stride_alignment``): Mamba-2's x is a
-slice of rows 3352 = 8 · 419 elements apart, which Triton's own specialisation (divisible by 16
-or not) would load 2 bytes at a time.
+The forward and the walk declare what the strides are multiples of (``stride_alignment``):
+Mamba-2's x is a slice of rows 3352 = 8 · 419 elements apart, which Triton's own specialisation
+(divisible by 16 or not) would load 2 bytes at a time.
 
 Unlike ``F.conv1d`` (the reference), the kernel reads x in any layout, computes in fp32 and writes
 y in x's dtype and layout: the Mamba block's x is a channels-innermost slice of its input
 projection, and no copy, cast or padding pass is made around the convolution.
 """
 
+# Triton's JIT builds tuples by concatenation only (no starred unpacking in its Python subset).
+# ruff: noqa: RUF005
+
 from __future__ import annotations
 
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import libdevice
 
+from mambaverse.kernels.shared_grad import grad_slot
 from mambaverse.kernels.triton_support import (
     check_device,
     check_float,
     check_step_inputs,
     empty_like_sequence,
     interpreting,
+    multiprocessors,
     next_pow2,
     silu_and_grad,
     stride_alignment,
@@ -61,10 +79,10 @@ def _tiles(x: torch.Tensor) -> tuple[int, int]:
     return (64, 64) if x.stride(1) == 1 else (128, 16)
 
 
-def _backward_tiles(x: torch.Tensor, width: int) -> tuple[int, int, int]:
-    """(BLOCK_L, BLOCK_D, HALO) of the backward: the forward's tiles, overlapping by HALO ≥ w − 1
-    steps (a multiple of 8, so that each program's first step stays 16-byte aligned); on the
-    interpreter tiles of 16 steps, so that the tiny tests have several."""
+def _backward_tiles_shape(x: torch.Tensor, width: int) -> tuple[int, int, int]:
+    """(BLOCK_L, BLOCK_D, HALO) of the halo-tile backward: the forward's tiles, overlapping by
+    HALO ≥ w − 1 steps (a multiple of 8, so that each program's first step stays 16-byte
+    aligned); on the interpreter tiles of 16 steps, so that the tiny tests have several."""
     halo = 8 * triton.cdiv(max(width - 1, 1), 8)
     block_l, block_d = _tiles(x)
     if interpreting():
@@ -184,6 +202,121 @@ def _causal_conv_bwd(
 
 
 @triton.jit
+def _step_tile(base_p, t, mask_d, seqlen, s_l, ALIGN_L: tl.constexpr):
+    """The (ROWS, BLOCK_D) tile at step t (ROWS,) of each row, zero outside [0, seqlen), in the
+    tensor's dtype; base_p is the (1, BLOCK_D) row of pointers at step 0."""
+    mask = ((t >= 0) & (t < seqlen))[:, None] & mask_d[None, :]
+    return tl.load(base_p + strided(t, s_l, ALIGN_L, 0), mask=mask, other=0.0)
+
+
+@triton.jit
+def _grad_p(xs, first: tl.constexpr, dy, ws, bias, SILU: tl.constexpr, W: tl.constexpr,
+            FAST: tl.constexpr):  # fmt: skip
+    """g = ∂L/∂p at one step, from ∂L/∂y there and x at the w steps ending there (xs[first],
+    ..., xs[first + w − 1], oldest first). FAST (compiled only: the interpreter has no
+    libdevice): silu'(p) = σ(p) · (1 + p · (1 − σ(p))) with σ from the approximate exp and
+    reciprocal (~2 ulp), without the range fix-ups of `tl.sigmoid` (a quarter of the walk's
+    instructions)."""
+    g = dy.to(tl.float32)
+    if SILU:
+        p = bias
+        for k in tl.static_range(W):
+            p = p + ws[k] * xs[first + k]
+        if FAST:
+            sig = libdevice.fast_dividef(1.0, 1.0 + libdevice.fast_expf(-p))
+            g = g * sig * (1.0 + p * (1.0 - sig))
+        else:
+            _, dsilu = silu_and_grad(p)
+            g = g * dsilu
+    return g
+
+
+@triton.jit
+def _causal_conv_bwd_walk(
+    x_ptr, w_ptr, bias_ptr, dy_ptr, dx_ptr, dw_ptr, dbias_ptr,
+    dim, seqlen,
+    s_x_b, s_x_d, s_x_l, s_w_d, s_w_k, s_dy_b, s_dy_d, s_dy_l, s_dx_b, s_dx_d, s_dx_l,
+    HAS_BIAS: tl.constexpr, SILU: tl.constexpr, W: tl.constexpr,
+    ALIGN_B: tl.constexpr, ALIGN_D: tl.constexpr, ALIGN_L: tl.constexpr,
+    R: tl.constexpr, CHUNKS: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
+    FAST: tl.constexpr,
+):  # fmt: skip
+    """dx in dx_ptr's layout; this program's ∂L/∂weight in row pid of dw (programs, d, W) and
+    ∂L/∂bias in row pid of dbias (programs, d), pid = (b, time block). Row j of the tile owns
+    the R · CHUNKS steps before end_j = (pid_t · ROWS + j + 1) · R · CHUNKS and walks them
+    backwards, R steps per iteration. ALIGN_*: what the (b, d, l) strides of x, ∂L/∂y and dx are
+    multiples of, per axis (`stride_alignment`)."""
+    pid_t = tl.program_id(0)
+    pid_b = tl.program_id(2).to(tl.int64)
+    offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_d = offs_d < dim
+    end = (pid_t * ROWS + tl.arange(0, ROWS) + 1) * (R * CHUNKS)  # (ROWS,)
+    x_p = x_ptr + strided(pid_b, s_x_b, ALIGN_B, 0) + strided(offs_d, s_x_d, ALIGN_D, 1)
+    dy_p = dy_ptr + strided(pid_b, s_dy_b, ALIGN_B, 0) + strided(offs_d, s_dy_d, ALIGN_D, 1)
+    dx_p = dx_ptr + strided(pid_b, s_dx_b, ALIGN_B, 0) + strided(offs_d, s_dx_d, ALIGN_D, 1)
+
+    # Per-channel constants as (1, BLOCK_D) rows, broadcast over the tile's rows.
+    ws = ()
+    for k in tl.static_range(W):
+        w_k = tl.load(w_ptr + offs_d * s_w_d + k * s_w_k, mask=mask_d, other=0.0)
+        ws = ws + (w_k.to(tl.float32)[None, :],)
+    bias = tl.zeros((1, BLOCK_D), dtype=tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)[None, :]
+
+    # The windows carried into each row's last step: x at [end − (w − 1), end), and g at
+    # [end, end + w − 1), the next row's first steps, recomputed here from x at
+    # [end − (w − 1), end + w − 1); past the sequence ∂L/∂y loads as 0, so g is 0 there.
+    x_end = ()
+    for m in tl.static_range(2 * W - 2):
+        x_m = _step_tile(x_p, end - (W - 1) + m, mask_d, seqlen, s_x_l, ALIGN_L)
+        x_end = x_end + (x_m.to(tl.float32),)
+    x_win = ()
+    g_win = ()
+    for m in tl.static_range(W - 1):
+        x_win = x_win + (x_end[m],)
+        dy_end = _step_tile(dy_p, end + m, mask_d, seqlen, s_dy_l, ALIGN_L)
+        g_win = g_win + (_grad_p(x_end, m, dy_end, ws, bias, SILU, W, FAST),)
+
+    dws = ()
+    for _ in tl.static_range(W):
+        dws = dws + (tl.zeros((ROWS, BLOCK_D), dtype=tl.float32),)
+    dbias = tl.zeros((ROWS, BLOCK_D), dtype=tl.float32)
+    for i in tl.range(0, CHUNKS, num_stages=1):  # the R unrolled steps' loads are independent
+        # Before step t, x_win holds x at [t − w + 2, t] and g_win g at [t + 1, t + w − 1],
+        # oldest first: step t loads x_{t−w+1} and ∂L/∂y_t, and drops the newest of each.
+        c = end - (i + 1) * R
+        for j in tl.static_range(R):
+            t = c + (R - 1 - j)
+            x_new = _step_tile(x_p, t - (W - 1), mask_d, seqlen, s_x_l, ALIGN_L).to(tl.float32)
+            xs = (x_new,) + x_win
+            dy = _step_tile(dy_p, t, mask_d, seqlen, s_dy_l, ALIGN_L)
+            gs = (_grad_p(xs, 0, dy, ws, bias, SILU, W, FAST),) + g_win
+            # ∂L/∂x_t = Σ_k weight[k] · g_{t+(w−1)−k}
+            dx = ws[0] * gs[W - 1]
+            for k in tl.static_range(1, W):
+                dx += ws[k] * gs[W - 1 - k]
+            tl.store(dx_p + strided(t, s_dx_l, ALIGN_L, 0), dx.to(dx_ptr.dtype.element_ty),
+                     mask=(t < seqlen)[:, None] & mask_d[None, :])  # fmt: skip
+            # ∂L/∂weight[k] += g_t · x_{t−(w−1)+k}
+            grown = ()
+            for k in tl.static_range(W):
+                grown = grown + (dws[k] + gs[0] * xs[k],)
+            dws = grown
+            dbias += gs[0]
+            x_win = ()
+            g_win = ()
+            for m in tl.static_range(W - 1):
+                x_win = x_win + (xs[m],)
+                g_win = g_win + (gs[m],)
+
+    row = pid_b * tl.num_programs(0) + pid_t
+    for k in tl.static_range(W):
+        tl.store(dw_ptr + (row * dim + offs_d) * W + k, tl.sum(dws[k], axis=0), mask=mask_d)
+    tl.store(dbias_ptr + row * dim + offs_d, tl.sum(dbias, axis=0), mask=mask_d)
+
+
+@triton.jit
 def _causal_conv_update(
     state_ptr, x_ptr, w_ptr, bias_ptr, y_ptr,
     dim,
@@ -252,26 +385,77 @@ class _CausalConv1dFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         x, weight, bias = ctx.saved_tensors
-        batch, dim, seqlen = x.shape
-        width = weight.shape[1]
-        block_l, block_d, halo = _backward_tiles(x, width)
-        grid = (triton.cdiv(seqlen, block_l - halo), triton.cdiv(dim, block_d), batch)
-        w_pad = next_pow2(width)
-        rows = grid[0] * grid[2]
-        dx = empty_like_sequence(x)
-        f32 = {"device": x.device, "dtype": torch.float32}
-        dw = torch.empty((rows, dim, w_pad), **f32)
-        dbias = torch.empty((rows, dim), **f32)
-        _causal_conv_bwd[grid](
-            x, weight, bias if bias is not None else weight, dy, dx, dw, dbias,
-            dim, seqlen,
-            *x.stride(), *weight.stride(), *dy.stride(), *dx.stride(),
-            HAS_BIAS=bias is not None, SILU=ctx.silu, W=width, W_PAD=w_pad, HALO=halo,
-            BLOCK_L=block_l, BLOCK_D=block_d, num_warps=4,
-        )  # fmt: skip
-        dweight = dw.sum(0)[:, :width].to(weight.dtype)
+        dx = grad_slot(x)  # in Mamba-2, x's slot of in_proj's gradient
+        if dx is None:
+            dx = empty_like_sequence(x)
+        if x.stride(1) == 1 and dy.stride(1) == 1:
+            dw, dbias = _backward_walk(x, weight, bias, dy, dx, ctx.silu)
+        else:
+            dw, dbias = _backward_tiles(x, weight, bias, dy, dx, ctx.silu)
+        dweight = dw.sum(0)[:, : weight.shape[1]].to(weight.dtype)
         dbias_out = dbias.sum(0).to(bias.dtype) if bias is not None else None
         return dx, dweight, dbias_out, None
+
+
+def _walk_tiles(x: torch.Tensor) -> dict[str, int]:
+    """The walk's tiles: ROWS stretches of R · CHUNKS steps of BLOCK_D channels per program.
+
+    GPU: 4 rows × 128 channels over 4 warps (a warp per row: 4 channels, 8 bytes of bf16, per
+    thread and load), 4 steps per iteration (126 registers in a local Triton 3.6 compile: four
+    programs per SM). Each row walks 128, 64, 32 or 16 steps: the longest that still gives ≥ 8
+    programs per SM (Mamba-2-130m at b=8, l=2048: 32), since a row's w − 1 recomputed steps are
+    ~10 % of a 32-step stretch at w = 4. The interpreter: tiny tiles, several of everything."""
+    if interpreting():
+        return {"R": 2, "CHUNKS": 2, "ROWS": 2, "BLOCK_D": 4, "FAST": False, "num_warps": 1}
+    batch, dim, seqlen = x.shape
+    rows, block_d, steps = 4, 128, 4
+    blocks = batch * triton.cdiv(dim, block_d)
+    target = 8 * multiprocessors(x.device)
+    stretch = 128
+    while stretch > 16 and blocks * triton.cdiv(seqlen, rows * stretch) < target:
+        stretch //= 2
+    return {"R": steps, "CHUNKS": stretch // steps, "ROWS": rows, "BLOCK_D": block_d,
+            "FAST": True, "num_warps": 4}  # fmt: skip
+
+
+def _backward_walk(x, weight, bias, dy, dx, silu: bool, tiles: dict[str, int] | None = None):
+    """The walk (channels innermost); (dw, dbias) partial sums per program, fp32."""
+    tiles = tiles or _walk_tiles(x)
+    batch, dim, seqlen = x.shape
+    width = weight.shape[1]
+    steps_per_program = tiles["ROWS"] * tiles["R"] * tiles["CHUNKS"]
+    grid = (triton.cdiv(seqlen, steps_per_program), triton.cdiv(dim, tiles["BLOCK_D"]), batch)
+    f32 = {"device": x.device, "dtype": torch.float32}
+    dw = torch.empty((grid[0] * batch, dim, width), **f32)
+    dbias = torch.empty((grid[0] * batch, dim), **f32)
+    _causal_conv_bwd_walk[grid](
+        x, weight, bias if bias is not None else weight, dy, dx, dw, dbias,
+        dim, seqlen,
+        *x.stride(), *weight.stride(), *dy.stride(), *dx.stride(),
+        HAS_BIAS=bias is not None, SILU=silu, W=width, **_alignments(x, dy, dx), **tiles,
+    )  # fmt: skip
+    return dw, dbias
+
+
+def _backward_tiles(x, weight, bias, dy, dx, silu: bool):
+    """The halo tiles (time innermost); (dw, dbias) partial sums per program, fp32."""
+    batch, dim, seqlen = x.shape
+    width = weight.shape[1]
+    block_l, block_d, halo = _backward_tiles_shape(x, width)
+    grid = (triton.cdiv(seqlen, block_l - halo), triton.cdiv(dim, block_d), batch)
+    w_pad = next_pow2(width)
+    rows = grid[0] * grid[2]
+    f32 = {"device": x.device, "dtype": torch.float32}
+    dw = torch.empty((rows, dim, w_pad), **f32)
+    dbias = torch.empty((rows, dim), **f32)
+    _causal_conv_bwd[grid](
+        x, weight, bias if bias is not None else weight, dy, dx, dw, dbias,
+        dim, seqlen,
+        *x.stride(), *weight.stride(), *dy.stride(), *dx.stride(),
+        HAS_BIAS=bias is not None, SILU=silu, W=width, W_PAD=w_pad, HALO=halo,
+        BLOCK_L=block_l, BLOCK_D=block_d, num_warps=4,
+    )  # fmt: skip
+    return dw, dbias
 
 
 def causal_conv1d(

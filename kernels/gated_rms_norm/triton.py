@@ -26,6 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
+from mambaverse.kernels.shared_grad import grad_slot
 from mambaverse.kernels.triton_support import (
     as_rows,
     check_device,
@@ -67,11 +68,11 @@ def _gated_rms_norm_fwd(x_p, z_p, w_p, y_p, rstd_p, rows, dim, group_size, eps, 
 
 @triton.jit
 def _gated_rms_norm_bwd(dy_p, x_p, z_p, rstd_p, w_p, dx_p, dz_p, dw_p, rows, dim, group_size,
-                        s_dy, s_x, s_z, NORM_BEFORE_GATE: tl.constexpr,
+                        s_dy, s_x, s_z, s_dx, s_dz, NORM_BEFORE_GATE: tl.constexpr,
                         BLOCK_R: tl.constexpr, BLOCK_G: tl.constexpr):  # fmt: skip
-    """dx, dz (rows, dim) contiguous; this program's ∂L/∂w over its group's channels in row pid
-    of dw (programs, dim) fp32; grid (programs, groups), program pid walking row tiles pid,
-    pid + programs, ..."""
+    """dx, dz (rows, dim) with row strides s_dx, s_dz (dz may be z's slot of a shared-gradient
+    split); this program's ∂L/∂w over its group's channels in row pid of dw (programs, dim) fp32;
+    grid (programs, groups), program pid walking row tiles pid, pid + programs, ..."""
     pid = tl.program_id(0)
     group = tl.program_id(1)
     within = tl.arange(0, BLOCK_G)
@@ -103,9 +104,9 @@ def _gated_rms_norm_bwd(dy_p, x_p, z_p, rstd_p, w_p, dx_p, dz_p, dw_p, rows, dim
             dx = dv * gate
             dz = dv * x * dgate
             dw += dy * v_hat
-        out = row[:, None] * dim + col[None, :]
-        tl.store(dx_p + out, dx.to(dx_p.dtype.element_ty), mask=mask)
-        tl.store(dz_p + out, dz.to(dz_p.dtype.element_ty), mask=mask)
+        dx_at, dz_at = dx_p + row[:, None] * s_dx, dz_p + row[:, None] * s_dz
+        tl.store(dx_at + col[None, :], dx.to(dx_p.dtype.element_ty), mask=mask)
+        tl.store(dz_at + col[None, :], dz.to(dz_p.dtype.element_ty), mask=mask)
     tl.store(dw_p + pid * dim + col, tl.sum(dw, axis=0), mask=mask_c)
 
 
@@ -136,31 +137,45 @@ def _forward(
 class _GatedRmsNormFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, z, weight, group_size, eps, norm_before_gate):
-        x2, z2 = as_rows(x), as_rows(z)
-        y, rstd = _forward(x2, z2, weight, group_size, eps, norm_before_gate, store_rstd=True)
-        ctx.save_for_backward(x2, z2, rstd, weight)
+        y, rstd = _forward(x, z, weight, group_size, eps, norm_before_gate, store_rstd=True)
+        # x and z themselves, not their row views: their autograd history leads grad_slot to z's
+        # place in Mamba-2's in_proj gradient.
+        ctx.save_for_backward(x, z, rstd, weight)
         ctx.group_size, ctx.norm_before_gate = group_size, norm_before_gate
         return y.view(x.shape)
 
     @staticmethod
     def backward(ctx, grad_y):
         x, z, rstd, weight = ctx.saved_tensors
-        rows, dim = x.shape
+        x2, z2, dy = as_rows(x), as_rows(z), as_rows(grad_y)
+        rows, dim = x2.shape
         groups = dim // ctx.group_size
-        dy = as_rows(grad_y)
-        dx = torch.empty_like(x, memory_format=torch.contiguous_format)
-        dz = torch.empty_like(z, memory_format=torch.contiguous_format)
+        dx, dz = _rows_or_dense(grad_slot(x), x2), _rows_or_dense(grad_slot(z), z2)
         block_r, block_g, warps = row_tile(ctx.group_size)
         programs = row_programs(rows, block_r, x.device)
         dw = torch.empty((programs, dim), device=x.device, dtype=torch.float32)
         _gated_rms_norm_bwd[(programs, groups)](
-            dy, x, z, rstd, weight, dx, dz, dw, rows, dim, ctx.group_size,
-            dy.stride(0), x.stride(0), z.stride(0), NORM_BEFORE_GATE=ctx.norm_before_gate,
-            BLOCK_R=block_r, BLOCK_G=block_g, num_warps=warps,
+            dy, x2, z2, rstd, weight, dx, dz, dw, rows, dim, ctx.group_size,
+            dy.stride(0), x2.stride(0), z2.stride(0), dx.stride(0), dz.stride(0),
+            NORM_BEFORE_GATE=ctx.norm_before_gate, BLOCK_R=block_r, BLOCK_G=block_g,
+            num_warps=warps,
         )  # fmt: skip
         grad_w = dw.sum(0).to(weight.dtype) if ctx.needs_input_grad[2] else None
         shape = grad_y.shape
         return dx.view(shape), dz.view(shape), grad_w, None, None, None
+
+
+def _rows_or_dense(slot: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor:
+    """Where to write a (rows, d) gradient: the rows of its slot when they are a view with unit
+    channel stride (a shared-gradient split's piece), else a dense tensor."""
+    if slot is not None:
+        try:
+            slot_rows = slot.view(rows.shape)
+        except RuntimeError:  # the slot's rows are not one stride apart: write densely instead
+            slot_rows = None
+        if slot_rows is not None and slot_rows.stride(-1) == 1:
+            return slot_rows
+    return torch.empty_like(rows, memory_format=torch.contiguous_format)
 
 
 def gated_rms_norm(

@@ -42,6 +42,7 @@ import torch
 import triton
 import triton.language as tl
 
+from mambaverse.kernels.shared_grad import grad_slot, place_grad
 from mambaverse.kernels.triton_support import (
     LOG2E,
     check_device,
@@ -322,12 +323,13 @@ def _dx(
     dx_ptr, ddt_ptr, v_ptr, dD_ptr,
     seqlen, nheads, heads_per_group, headdim, dstate, chunk_size, n_chunks,
     s_x_b, s_x_l, s_x_h, s_x_p, s_B_b, s_B_l, s_B_g, s_B_n, s_C_b, s_C_l, s_C_g, s_C_n,
-    s_y_b, s_y_l, s_y_h, s_y_p,
+    s_y_b, s_y_l, s_y_h, s_y_p, s_dx_b, s_dx_l, s_dx_h, s_dx_p,
     HAS_D: tl.constexpr, D_PER_P: tl.constexpr,
     BLOCK_S: tl.constexpr, P_PAD: tl.constexpr, N_PAD: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):  # fmt: skip
-    """∂L/∂x of BLOCK_S rows, the direct part of ∂L/∂δ, and V_s (the chunk-state term of ∂L/∂a)."""
+    """∂L/∂x of BLOCK_S rows (in dx's layout: its slot of a shared-gradient split, or dense), the
+    direct part of ∂L/∂δ, and V_s (the chunk-state term of ∂L/∂a)."""
     s_blocks = tl.cdiv(chunk_size, BLOCK_S)
     c = tl.program_id(0) // s_blocks
     s0 = (tl.program_id(0) % s_blocks) * BLOCK_S
@@ -389,7 +391,7 @@ def _dx(
         else:
             dx += tl.load(D_ptr + head).to(tl.float32) * dys
             tl.atomic_add(dD_ptr + head, tl.sum(tl.sum(dys * xs, 1), 0))
-    out_off = ((b * seqlen + t_s[:, None]) * nheads + head) * headdim + offs_p[None, :]
+    out_off = b * s_dx_b + t_s[:, None] * s_dx_l + head * s_dx_h + offs_p[None, :] * s_dx_p
     tl.store(dx_ptr + out_off, dx.to(dx_ptr.dtype.element_ty), mask=mask_sp)
     tl.store(ddt_ptr + row0 + offs_s, ddt, mask=mask_s)
     tl.store(v_ptr + row0 + offs_s, dt_s * ddt_state, mask=mask_s)  # V_s: the chunk-state term
@@ -772,7 +774,9 @@ def _backward(dout, dfinal, x, dt, A, B, C, chunk_size, D, z, dt_bias, softplus_
         num_warps=4,
     )  # fmt: skip
 
-    dx = torch.empty((batch, seqlen, nheads, headdim), device=dev, dtype=x.dtype)
+    dx = grad_slot(x)
+    if dx is None:
+        dx = torch.empty((batch, seqlen, nheads, headdim), device=dev, dtype=x.dtype)
     # Per (b, h, chunk, step), fp32: the direct ∂L/∂δ, and the three parts of ∂L/∂a (_ddt).
     ddt_direct = torch.zeros((batch, nheads, n_chunks, chunk_size), **f32)
     v_terms, u_terms, q_terms = (torch.zeros_like(ddt_direct) for _ in range(3))
@@ -780,7 +784,7 @@ def _backward(dout, dfinal, x, dt, A, B, C, chunk_size, D, z, dt_bias, softplus_
     _dx[(n_chunks * blocks_per_chunk, batch * nheads)](
         x, B, C, _or(D, x), dy, cs, dtb, g, dx, ddt_direct, v_terms, _or(dD, dlast),
         seqlen, nheads, heads_per_group, headdim, dstate, chunk_size, n_chunks,
-        *x.stride(), *B.stride(), *C.stride(), *dy.stride(),
+        *x.stride(), *B.stride(), *C.stride(), *dy.stride(), *dx.stride(),
         HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2,
         BLOCK_S=block, P_PAD=p_pad, N_PAD=n_pad, DOT_PRECISION=precision, **launch,
     )  # fmt: skip
@@ -856,7 +860,7 @@ class _SSDScanFn(torch.autograd.Function):
         names = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_states")
         inputs = (x, dt, A, B, C, D, z, dt_bias, initial_states)
         out = [
-            grads[name].to(t.dtype) if needed and t is not None else None
+            place_grad(t, grads[name]) if needed and t is not None else None
             for name, t, needed in zip(names, inputs, ctx.needs_input_grad[:9])
         ]
         return (*out, None, None, None)

@@ -22,6 +22,7 @@ from torch import nn
 
 from mambaverse.errors import ConfigError
 from mambaverse.kernels import causal_conv1d, causal_conv1d_update, ssd_scan, ssd_state_update
+from mambaverse.kernels.shared_grad import split_sharing_grad
 
 from .base import TokenMixer
 from .mamba import DecayRates, init_dt_bias
@@ -109,14 +110,19 @@ class Mamba2(DecayRates, TokenMixer):
 
     def mix(self, u: torch.Tensor, state: SSMState | None) -> torch.Tensor:
         length = u.shape[1]
-        z, xBC, dt = self.in_proj(u).split([self.d_inner, self.conv_dim, self.nheads], dim=-1)
+        # Pieces whose gradients the kernels write into one buffer (no cat in the backward).
+        z, xBC, dt = split_sharing_grad(
+            self.in_proj(u), [self.d_inner, self.conv_dim, self.nheads], dim=-1
+        )
         xBC = xBC.transpose(1, 2)  # (B, conv_dim, L)
         if state is not None:
             # The last d_conv inputs (zero-padded on the left when the prompt is shorter).
             state.conv.copy_(F.pad(xBC, (self.d_conv - length, 0)))
         xBC = causal_conv1d(xBC, self.conv1d.weight.squeeze(1), self.conv1d.bias, activation="silu")
-        x, B, C = xBC.transpose(1, 2).split(
-            [self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1
+        x, B, C = split_sharing_grad(
+            xBC.transpose(1, 2),
+            [self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state],
+            dim=-1,
         )
         dt, dt_options = self._time_step(dt)  # (B, L, nheads)
         y = ssd_scan(

@@ -60,6 +60,9 @@ def check(batch, dim, length, width, dtype, bias=True, activation="silu", channe
 
     gen_w = torch.Generator().manual_seed(seed + 1)
     upstream = torch.randn(y.shape, generator=gen_w, dtype=torch.float64).to(DEVICE)
+    # ∂L/∂y in y's layout, as the Mamba block's arrives: channels innermost x and ∂L/∂y take the
+    # walk backward, time innermost the halo tiles
+    upstream = torch.empty_like(y, dtype=torch.float64).copy_(upstream)
     conv = lambda impl: lambda *a: impl.causal_conv1d(*a, activation=activation)  # noqa: E731
     g = grads(conv(kernels), ours, [upstream])
     g_ref = grads(conv(reference), ref, [upstream])
@@ -140,11 +143,44 @@ def test_odd_width_without_bias_and_shorter_than_the_filter():
 @tiny
 @pytest.mark.parametrize("width", [4, 9, 10])
 def test_backward_across_overlapping_time_tiles(width):
-    """The backward's time tiles (16 steps on the interpreter) overlap by a halo of w − 1 steps
-    rounded up to 8: 29 steps make four of them (three at width 10, whose halo of 16 doubles the
-    tile), the last ragged; width 9 fills the halo exactly."""
-    check(2, 5, 29, width, torch.float32, channels_last=True, seed=width,
-          label=f"cpu conv 29 steps, width {width}")  # fmt: skip
+    """The time-innermost backward's tiles (16 steps on the interpreter) overlap by a halo of
+    w − 1 steps rounded up to 8: 29 steps make four of them (three at width 10, whose halo of 16
+    doubles the tile), the last ragged; width 9 fills the halo exactly."""
+    check(2, 5, 29, width, torch.float32, seed=width, label=f"cpu conv 29 steps, width {width}")
+
+
+WALK_TILES = {  # rows of R · CHUNKS steps; R = 3 is no power of two and below w − 1 at w = 5, 9
+    "small": {"R": 2, "CHUNKS": 2, "ROWS": 2, "BLOCK_D": 4, "FAST": False, "num_warps": 1},
+    "odd": {"R": 3, "CHUNKS": 2, "ROWS": 4, "BLOCK_D": 8, "FAST": False, "num_warps": 1},
+}
+
+
+@tiny
+@pytest.mark.parametrize("tiles", WALK_TILES)
+@pytest.mark.parametrize("width, bias, silu", [(2, True, True), (3, False, True), (4, True, False),
+                                               (5, True, True), (9, False, True)])  # fmt: skip
+def test_walk_across_rows_chunks_and_programs(tiles, width, bias, silu):
+    """The channels-innermost backward walks each row's steps backwards carrying the last w − 1
+    inputs and gradients between its chunks, and recomputes the next row's first w − 1 gradients
+    at each row's end: 45 steps over programs of 8 or 24 steps (the last partly, one row wholly,
+    past the end), 11 channels in blocks of 4 or 8, x a slice of rows 13 wide."""
+    gen = torch.Generator().manual_seed(width)
+    batch, dim, length = 2, 11, 45
+    wide = torch.randn(batch, length, dim + 2, generator=gen, dtype=torch.float64)
+    x = wide[..., 1 : 1 + dim].transpose(1, 2)
+    weight = torch.randn(dim, width, generator=gen, dtype=torch.float64) / width**0.5
+    b = torch.randn(dim, generator=gen, dtype=torch.float64) if bias else None
+    dy = torch.randn(batch, length, dim, generator=gen, dtype=torch.float64).transpose(1, 2)
+    ours = [t.float().to(DEVICE) if t is not None else None for t in (x, weight, b, dy)]
+    ours[0] = wide.float().to(DEVICE)[..., 1 : 1 + dim].transpose(1, 2)  # keep the slice
+    dx = torch.empty_like(ours[3])
+    dw, dbias = kernels._backward_walk(*ours, dx, silu, tiles=WALK_TILES[tiles])
+    ref = [t.to(DEVICE).requires_grad_() if t is not None else None for t in (x, weight, b)]
+    y = reference.causal_conv1d(*ref, activation="silu" if silu else None)
+    expected = torch.autograd.grad(y, [t for t in ref if t is not None], dy.to(DEVICE))
+    found = [dx, dw.sum(0), dbias.sum(0)][: len(expected)]
+    errors = {n: rel_err(a, r) for n, a, r in zip(("dx", "dweight", "dbias"), found, expected)}
+    report(f"cpu conv walk {tiles} w{width} bias={bias} silu={silu}", errors, TOL[torch.float32])
 
 
 @tiny

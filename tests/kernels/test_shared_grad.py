@@ -1,0 +1,124 @@
+"""split_sharing_grad: its gradients are torch.split's, and a consumer's slot is used in place.
+
+The yardstick is the same computation through ``torch.split`` (whose backward concatenates), on
+fresh random inputs; the consumers below write their gradient where ``grad_slot`` says, the way
+the Triton kernels' backwards do.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mambaverse.kernels.shared_grad import grad_slot, place_grad, split_sharing_grad
+
+SIZES = [3, 5, 2]
+WRITTEN: list[tuple[int, bool]] = []  # SlotScale's backward: (where it wrote, whether a slot)
+
+
+class SlotScale(torch.autograd.Function):
+    """y = 3x; its backward writes ∂L/∂x into x's slot when there is one (and records where)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return 3 * x
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        (x,) = ctx.saved_tensors
+        slot = grad_slot(x)
+        dx = slot if slot is not None else torch.empty_like(x)
+        torch.mul(grad_y, 3, out=dx)
+        WRITTEN.append((dx.data_ptr(), slot is not None))
+        return dx
+
+
+class CastingScale(SlotScale):
+    """y = 3x, its gradient computed in float64 and placed (cast) with ``place_grad``."""
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        (x,) = ctx.saved_tensors
+        return place_grad(x, 3 * grad_y.double())
+
+
+def consume(pieces, weights):
+    """A loss using the pieces in every way the split must handle: through views into a slot
+    writer, twice (two gradients autograd sums), cast, and not at all."""
+    a, b, c = pieces
+    loss = (SlotScale.apply(a.transpose(0, 1)).transpose(0, 1) * weights[0]).sum()
+    loss = loss + (SlotScale.apply(b.unflatten(-1, (1, 5))).flatten(-2) * weights[1]).sum()
+    loss = loss + (b.sin() * weights[1]).sum()  # b's second use: its gradient is summed
+    return loss + 0 * c.sum() if c is not None else loss
+
+
+def split_grad(split, t, weights):
+    t = t.detach().requires_grad_()
+    (grad,) = torch.autograd.grad(consume(split(t * 1), weights), t)
+    return grad
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_gradients_are_torch_splits(seed):
+    gen = torch.Generator().manual_seed(seed)
+    t = torch.randn(4, 6, sum(SIZES), generator=gen)
+    weights = [torch.randn(4, 6, n, generator=gen) for n in SIZES]
+    shared = split_grad(lambda u: split_sharing_grad(u, SIZES, -1), t, weights)
+    plain = split_grad(lambda u: u.split(SIZES, -1), t, weights)
+    torch.testing.assert_close(shared, plain, rtol=0, atol=1e-6)
+
+
+def test_a_slot_writer_writes_into_the_gradient_itself(monkeypatch):
+    t = torch.randn(2, 7, sum(SIZES), requires_grad=True) * 1  # not a leaf: its hook sees ∂L/∂t
+    a, b, c = split_sharing_grad(t, SIZES, -1)
+    loss = SlotScale.apply(a.transpose(1, 2)).sum() + (c * 2).sum()
+    seen = {}
+    t.register_hook(lambda g: seen.__setitem__("grad", g))
+    WRITTEN.clear()
+    empty = torch.empty_strided  # uninitialised memory, made visible: every buffer starts as NaN
+    monkeypatch.setattr(torch, "empty_strided", lambda *a, **k: empty(*a, **k).fill_(float("nan")))
+    loss.backward()
+    (where, had_slot), grad = WRITTEN[0], seen["grad"]
+    assert had_slot
+    assert where == grad.data_ptr(), "a's slot is the start of the gradient buffer: no copy"
+    expected = torch.cat([torch.full_like(a, 3), torch.zeros_like(b), torch.full_like(c, 2)], -1)
+    assert torch.equal(grad, expected)  # b unused: zeros, not the buffer's garbage
+
+
+def test_each_slot_is_handed_out_once_per_backward_pass():
+    t = torch.randn(3, sum(SIZES), requires_grad=True)
+    a, _, _ = split_sharing_grad(t * 1, SIZES, -1)
+    loss = SlotScale.apply(a).sum() + 2 * SlotScale.apply(a.view(3, 3)).sum()
+    WRITTEN.clear()
+    loss.backward()
+    assert sorted(had for _, had in WRITTEN) == [False, True]
+    assert torch.equal(t.grad[:, :3], torch.full((3, 3), 9.0))
+
+
+def test_a_second_backward_gets_a_fresh_buffer():
+    t = torch.randn(3, sum(SIZES), requires_grad=True)
+    a, b, c = split_sharing_grad(t * 1, SIZES, -1)
+    loss = SlotScale.apply(a).sum() + (b * c.sum()).sum()
+    first = torch.autograd.grad(loss, t, retain_graph=True)[0]
+    second = torch.autograd.grad(loss, t)[0]
+    assert first.data_ptr() != second.data_ptr()
+    assert torch.equal(first, second)
+
+
+def test_place_grad_casts_into_the_slot():
+    t = torch.randn(2, sum(SIZES), dtype=torch.float32, requires_grad=True)
+    a, b, _ = split_sharing_grad(t * 1, SIZES, -1)
+    (CastingScale.apply(a).sum() + b.sum()).backward()
+    assert t.grad.dtype == torch.float32
+    assert torch.equal(
+        t.grad, torch.cat([torch.full((2, 3), 3.0), torch.ones(2, 5), torch.zeros(2, 2)], -1)
+    )
+
+
+def test_without_gradients_it_is_a_plain_split():
+    t = torch.randn(2, sum(SIZES))
+    pieces = split_sharing_grad(t, SIZES, -1)
+    assert all(p.grad_fn is None for p in pieces)
+    assert [p.shape[-1] for p in pieces] == SIZES
+    assert grad_slot(pieces[0]) is None
