@@ -9,7 +9,9 @@ kernels that consume its pieces ask where to write their gradient:
     z, xBC, dt = split_sharing_grad(in_proj(u), [d_inner, conv_dim, nheads], dim=-1)
     ...
     # in a consumer's backward, x being (a view of) one of the pieces:
-    dx = grad_slot(x) or torch.empty_like(x)      # write ∂L/∂x here
+    dx = grad_slot(x)                             # write ∂L/∂x here, or
+    if dx is None:
+        dx = torch.empty_like(x)                  # where it would have gone anyway
     return place_grad(x, dx)
 
 ``grad_slot(x)`` follows x's autograd history back through view operations (transpose, view,
@@ -22,13 +24,14 @@ so the result is always the concatenation, with or without the consumers' help.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 # Autograd nodes of operations that only reinterpret their input's memory; grad_slot follows them.
 VIEW_NODES = frozenset(
     {
         "AliasBackward0",
-        "AsStridedBackward0",
         "PermuteBackward0",
         "ReshapeAliasBackward0",
         "SqueezeBackward0",
@@ -47,7 +50,8 @@ class _Slots:
     """The split input's layout and, during a backward pass, the buffer its gradient goes in."""
 
     def __init__(self, t: torch.Tensor, pieces: tuple[torch.Tensor, ...]) -> None:
-        self.shape, self.stride, self.offset = t.shape, t.stride(), t.storage_offset()
+        self.shape, self.offset = t.shape, t.storage_offset()  # t is contiguous
+        self.storage = t.untyped_storage().data_ptr()
         self.dtype, self.device = t.dtype, t.device
         # Each piece's place in the buffer: (storage offset relative to t's, shape, strides).
         self.pieces = [(p.storage_offset() - self.offset, p.shape, p.stride()) for p in pieces]
@@ -60,12 +64,15 @@ class _Slots:
         return self.buffer.as_strided(shape, stride, self.buffer.storage_offset() + offset)
 
     def take_buffer(self) -> torch.Tensor:
-        """The buffer of this backward pass (made on first use), laid out as the split input."""
+        """The buffer of this backward pass (made on first use), laid out as the split input;
+        forgotten when the pass ends, even one that never reaches the split's own backward."""
         if self.buffer is None:
-            self.buffer = torch.empty_strided(
-                self.shape, self.stride, dtype=self.dtype, device=self.device
-            )
+            self.buffer = torch.empty(self.shape, dtype=self.dtype, device=self.device)
+            torch.autograd.Variable._execution_engine.queue_callback(self.reset)
         return self.buffer
+
+    def reset(self) -> None:
+        self.buffer, self.handed_out = None, [False] * len(self.handed_out)
 
 
 class _SplitSharingGrad(torch.autograd.Function):
@@ -84,11 +91,30 @@ class _SplitSharingGrad(torch.autograd.Function):
             place = slots.piece_view(index)
             if grad is None:
                 place.zero_()
-            elif grad.data_ptr() != place.data_ptr() or grad.stride() != place.stride():
+            elif grad.data_ptr() != place.data_ptr() or _covers(grad) != _covers(place):
                 place.copy_(grad)
-        # The next backward pass (retain_graph) gets a fresh buffer: this one is the gradient now.
-        slots.buffer, slots.handed_out = None, [False] * len(slots.handed_out)
+        slots.reset()  # the next pass (retain_graph) gets a fresh buffer: this one is the gradient
         return buffer, None, None
+
+
+def _footprint(offset: int, shape: Sequence[int], stride: Sequence[int]) -> tuple | None:
+    """Which elements of a storage a view covers, as (offset, ((stride, size), ...)) with size-1
+    dimensions dropped and contiguous ones merged; None if it revisits an element (a stride 0 or
+    two dimensions with one stride)."""
+    dims = sorted((st, size) for st, size in zip(stride, shape) if size != 1)
+    merged: list[tuple[int, int]] = []
+    for st, size in dims:
+        if st == 0 or (merged and merged[-1][0] == st):
+            return None
+        if merged and merged[-1][0] * merged[-1][1] == st:
+            merged[-1] = (merged[-1][0], merged[-1][1] * size)
+        else:
+            merged.append((st, size))
+    return offset, tuple(merged)
+
+
+def _covers(t: torch.Tensor) -> tuple | None:
+    return _footprint(t.storage_offset(), t.shape, t.stride())
 
 
 def split_sharing_grad(
@@ -97,7 +123,11 @@ def split_sharing_grad(
     """``t.split(sizes, dim)`` (views of t) whose backward writes the pieces' gradients into one
     buffer laid out as t, where consumers calling :func:`grad_slot` have already written theirs,
     instead of concatenating them. Without gradients, or while compiling, a plain split."""
-    if not (torch.is_grad_enabled() and t.requires_grad) or torch.compiler.is_compiling():
+    if (
+        not (torch.is_grad_enabled() and t.requires_grad)
+        or torch.compiler.is_compiling()
+        or not t.is_contiguous()  # (the buffer is laid out as t; Mamba-2's inputs are contiguous)
+    ):
         return t.split(list(sizes), dim)
     return _SplitSharingGrad.apply(t, tuple(sizes), dim)
 
@@ -127,14 +157,19 @@ def grad_slot(x: torch.Tensor) -> torch.Tensor | None:
     if found is None:
         return None
     slots, index = found
-    shape = slots.pieces[index][1]
-    if slots.handed_out[index] or x.dtype != slots.dtype or x.numel() != shape.numel():
+    offset = x.storage_offset() - slots.offset  # in the split input's layout
+    piece = _footprint(*slots.pieces[index])
+    if (
+        slots.handed_out[index]
+        or x.dtype != slots.dtype
+        or x.untyped_storage().data_ptr() != slots.storage  # e.g. a saved-tensor hook's copy
+        or piece is None
+        or _footprint(offset, x.shape, x.stride()) != piece  # exactly its piece's elements
+    ):
         return None
     slots.handed_out[index] = True
     buffer = slots.take_buffer()
-    return buffer.as_strided(
-        x.shape, x.stride(), buffer.storage_offset() + x.storage_offset() - slots.offset
-    )
+    return buffer.as_strided(x.shape, x.stride(), offset)
 
 
 def place_grad(x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:

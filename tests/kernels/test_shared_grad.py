@@ -13,7 +13,7 @@ import torch
 from mambaverse.kernels.shared_grad import grad_slot, place_grad, split_sharing_grad
 
 SIZES = [3, 5, 2]
-WRITTEN: list[tuple[int, bool]] = []  # SlotScale's backward: (where it wrote, whether a slot)
+writes: list[tuple[int, bool]] = []  # SlotScale's backward: (where it wrote, whether a slot)
 
 
 class SlotScale(torch.autograd.Function):
@@ -30,7 +30,7 @@ class SlotScale(torch.autograd.Function):
         slot = grad_slot(x)
         dx = slot if slot is not None else torch.empty_like(x)
         torch.mul(grad_y, 3, out=dx)
-        WRITTEN.append((dx.data_ptr(), slot is not None))
+        writes.append((dx.data_ptr(), slot is not None))
         return dx
 
 
@@ -40,12 +40,14 @@ class CastingScale(SlotScale):
     @staticmethod
     def backward(ctx, grad_y):
         (x,) = ctx.saved_tensors
-        return place_grad(x, 3 * grad_y.double())
+        dx = place_grad(x, 3 * grad_y.double())
+        writes.append((dx.data_ptr(), dx.dtype == x.dtype))
+        return dx
 
 
 def consume(pieces, weights):
-    """A loss using the pieces in every way the split must handle: through views into a slot
-    writer, twice (two gradients autograd sums), cast, and not at all."""
+    """A loss using the pieces through views into a slot writer, and twice (two gradients
+    autograd sums into a fresh tensor, which the split copies in)."""
     a, b, c = pieces
     loss = (SlotScale.apply(a.transpose(0, 1)).transpose(0, 1) * weights[0]).sum()
     loss = loss + (SlotScale.apply(b.unflatten(-1, (1, 5))).flatten(-2) * weights[1]).sum()
@@ -75,11 +77,11 @@ def test_a_slot_writer_writes_into_the_gradient_itself(monkeypatch):
     loss = SlotScale.apply(a.transpose(1, 2)).sum() + (c * 2).sum()
     seen = {}
     t.register_hook(lambda g: seen.__setitem__("grad", g))
-    WRITTEN.clear()
+    writes.clear()
     empty = torch.empty_strided  # uninitialised memory, made visible: every buffer starts as NaN
     monkeypatch.setattr(torch, "empty_strided", lambda *a, **k: empty(*a, **k).fill_(float("nan")))
     loss.backward()
-    (where, had_slot), grad = WRITTEN[0], seen["grad"]
+    (where, had_slot), grad = writes[0], seen["grad"]
     assert had_slot
     assert where == grad.data_ptr(), "a's slot is the start of the gradient buffer: no copy"
     expected = torch.cat([torch.full_like(a, 3), torch.zeros_like(b), torch.full_like(c, 2)], -1)
@@ -90,9 +92,9 @@ def test_each_slot_is_handed_out_once_per_backward_pass():
     t = torch.randn(3, sum(SIZES), requires_grad=True)
     a, _, _ = split_sharing_grad(t * 1, SIZES, -1)
     loss = SlotScale.apply(a).sum() + 2 * SlotScale.apply(a.view(3, 3)).sum()
-    WRITTEN.clear()
+    writes.clear()
     loss.backward()
-    assert sorted(had for _, had in WRITTEN) == [False, True]
+    assert sorted(had for _, had in writes) == [False, True]
     assert torch.equal(t.grad[:, :3], torch.full((3, 3), 9.0))
 
 
@@ -108,8 +110,14 @@ def test_a_second_backward_gets_a_fresh_buffer():
 
 def test_place_grad_casts_into_the_slot():
     t = torch.randn(2, sum(SIZES), dtype=torch.float32, requires_grad=True)
-    a, b, _ = split_sharing_grad(t * 1, SIZES, -1)
+    u = t * 1
+    a, b, _ = split_sharing_grad(u, SIZES, -1)
+    seen = {}
+    u.register_hook(lambda g: seen.__setitem__("grad", g))
+    writes.clear()
     (CastingScale.apply(a).sum() + b.sum()).backward()
+    in_place = [(seen["grad"].data_ptr(), True)]
+    assert writes == in_place, "cast into a's slot, not a new tensor"
     assert t.grad.dtype == torch.float32
     assert torch.equal(
         t.grad, torch.cat([torch.full((2, 3), 3.0), torch.ones(2, 5), torch.zeros(2, 2)], -1)
@@ -122,3 +130,28 @@ def test_without_gradients_it_is_a_plain_split():
     assert all(p.grad_fn is None for p in pieces)
     assert [p.shape[-1] for p in pieces] == SIZES
     assert grad_slot(pieces[0]) is None
+
+
+def test_a_saved_copy_gets_no_slot():
+    # A saved-tensor hook (offloading, say) hands the backward a copy: its layout says nothing
+    # about the split's buffer, so it must get no slot, and the gradient must still be right.
+    gen = torch.Generator().manual_seed(2)
+    t = torch.randn(4, 6, sum(SIZES), generator=gen)
+    weights = [torch.randn(4, 6, n, generator=gen) for n in SIZES]
+    plain = split_grad(lambda u: u.split(SIZES, -1), t, weights)
+    writes.clear()
+    with torch.autograd.graph.saved_tensors_hooks(lambda x: x.clone(), lambda x: x):
+        shared = split_grad(lambda u: split_sharing_grad(u, SIZES, -1), t, weights)
+    assert not any(had for _, had in writes)
+    torch.testing.assert_close(shared, plain, rtol=0, atol=1e-6)
+
+
+def test_a_pass_that_stops_before_the_split_leaves_nothing_behind():
+    t = torch.randn(3, sum(SIZES), requires_grad=True)
+    a, b, _ = split_sharing_grad(t * 1, SIZES, -1)
+    loss = SlotScale.apply(a).sum() + (b * 2).sum()
+    (first,) = torch.autograd.grad(loss, a, retain_graph=True)  # never reaches the split
+    kept = first.clone()
+    loss.backward()
+    assert torch.equal(first, kept), "the next pass must not write into a returned gradient"
+    assert torch.equal(t.grad[:, :3], torch.full((3, 3), 3.0))

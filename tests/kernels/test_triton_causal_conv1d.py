@@ -144,7 +144,7 @@ def test_odd_width_without_bias_and_shorter_than_the_filter():
 @pytest.mark.parametrize("width", [4, 9, 10])
 def test_backward_across_overlapping_time_tiles(width):
     """The time-innermost backward's tiles (16 steps on the interpreter) overlap by a halo of
-    w − 1 steps rounded up to 8: 29 steps make four of them (three at width 10, whose halo of 16
+    w − 1 steps rounded up to 8: 29 steps make four of them (two at width 10, whose halo of 16
     doubles the tile), the last ragged; width 9 fills the halo exactly."""
     check(2, 5, 29, width, torch.float32, seed=width, label=f"cpu conv 29 steps, width {width}")
 
@@ -162,10 +162,10 @@ WALK_TILES = {  # rows of R · CHUNKS steps; R = 3 is no power of two and below 
 def test_walk_across_rows_chunks_and_programs(tiles, width, bias, silu):
     """The channels-innermost backward walks each row's steps backwards carrying the last w − 1
     inputs and gradients between its chunks, and recomputes the next row's first w − 1 gradients
-    at each row's end: 45 steps over programs of 8 or 24 steps (the last partly, one row wholly,
-    past the end), 11 channels in blocks of 4 or 8, x a slice of rows 13 wide."""
+    at each row's end: 41 steps over programs of 8 or 24 steps (the last partly past the end,
+    with one row wholly past it), 11 channels in blocks of 4 or 8, x a slice of rows 13 wide."""
     gen = torch.Generator().manual_seed(width)
-    batch, dim, length = 2, 11, 45
+    batch, dim, length = 2, 11, 41
     wide = torch.randn(batch, length, dim + 2, generator=gen, dtype=torch.float64)
     x = wide[..., 1 : 1 + dim].transpose(1, 2)
     weight = torch.randn(dim, width, generator=gen, dtype=torch.float64) / width**0.5
