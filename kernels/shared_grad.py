@@ -122,11 +122,13 @@ def split_sharing_grad(
 ) -> tuple[torch.Tensor, ...]:
     """``t.split(sizes, dim)`` (views of t) whose backward writes the pieces' gradients into one
     buffer laid out as t, where consumers calling :func:`grad_slot` have already written theirs,
-    instead of concatenating them. Without gradients, or while compiling, a plain split."""
+    instead of concatenating them. Without gradients, while compiling, inside a ``torch.func``
+    transform or for a non-contiguous t, a plain split."""
     if (
         not (torch.is_grad_enabled() and t.requires_grad)
         or torch.compiler.is_compiling()
         or not t.is_contiguous()  # (the buffer is laid out as t; Mamba-2's inputs are contiguous)
+        or torch._C._functorch.is_functorch_wrapped_tensor(t)  # torch.func's grad, vmap, ...
     ):
         return t.split(list(sizes), dim)
     return _SplitSharingGrad.apply(t, tuple(sizes), dim)

@@ -155,3 +155,13 @@ def test_a_pass_that_stops_before_the_split_leaves_nothing_behind():
     loss.backward()
     assert torch.equal(first, kept), "the next pass must not write into a returned gradient"
     assert torch.equal(t.grad[:, :3], torch.full((3, 3), 3.0))
+
+
+def test_torch_func_transforms_get_a_plain_split():
+    def loss(t):
+        a, b, c = split_sharing_grad(t * 1, SIZES, -1)
+        return a.sin().sum() + (b**2).sum() + 0 * c.sum()
+
+    t = torch.randn(3, sum(SIZES))
+    expected = torch.cat([t[:, :3].cos(), 2 * t[:, 3:8], torch.zeros(3, 2)], -1)
+    torch.testing.assert_close(torch.func.grad(loss)(t), expected)
