@@ -91,15 +91,20 @@ def _backward_tiles_shape(x: torch.Tensor, width: int) -> tuple[int, int, int]:
 
 
 @triton.jit
+def _step_tile(base_p, t, mask_d, seqlen, s_l, ALIGN_L: tl.constexpr):
+    """The tile at step t of each row ((n,) steps, a (n, BLOCK_D) tile), zero outside
+    [0, seqlen), in the tensor's dtype; base_p is the (1, BLOCK_D) row of pointers at step 0."""
+    mask = ((t >= 0) & (t < seqlen))[:, None] & mask_d[None, :]
+    return tl.load(base_p + strided(t, s_l, ALIGN_L, 0), mask=mask, other=0.0)
+
+
+@triton.jit
 def _preactivation(x_p, w_p, bias, offs_t, mask_d, seqlen, s_x_l, s_w_k, W: tl.constexpr,
                    ALIGN_L: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr):  # fmt: skip
     """p at steps offs_t, (BLOCK_L, BLOCK_D) in fp32; zero-padded on the left."""
     p = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32) + bias[None, :]
     for k in tl.static_range(W):
-        t = offs_t - (W - 1) + k
-        mask = (t >= 0)[:, None] & (t < seqlen)[:, None] & mask_d[None, :]
-        x = tl.load(x_p + strided(t, s_x_l, ALIGN_L, 0), mask=mask, other=0.0)
-        x = x.to(tl.float32)
+        x = _step_tile(x_p, offs_t - (W - 1) + k, mask_d, seqlen, s_x_l, ALIGN_L).to(tl.float32)
         p += x * tl.load(w_p + k * s_w_k, mask=mask_d, other=0.0).to(tl.float32)[None, :]
     return p
 
@@ -165,8 +170,8 @@ def _causal_conv_bwd(
     dy_p = dy_ptr + pid_b * s_dy_b + offs_d[None, :] * s_dy_d + offs_t[:, None] * s_dy_l
     g = tl.load(dy_p, mask=in_seq, other=0.0).to(tl.float32)
     if SILU:
-        # No alignment hints here: vectorised, this kernel measured slower on the H100
-        # (docs/kernels_notes.md, v13).
+        # No alignment hint: this kernel serves only x or ∂L/∂y with time innermost (the walk
+        # takes the Mamba blocks' channels-innermost layout, where the hint matters).
         p = _preactivation(x_p, w_p, bias, offs_t, mask_d, seqlen, s_x_l, s_w_k,
                            W, 1, BLOCK_L, BLOCK_D)  # fmt: skip
         _, dsilu = silu_and_grad(p)
@@ -199,14 +204,6 @@ def _causal_conv_bwd(
     mask_dw = mask_d[:, None] & (offs_k < W)[None, :]
     tl.store(dw_ptr + (row * dim + offs_d[:, None]) * W_PAD + offs_k[None, :], dw, mask=mask_dw)
     tl.store(dbias_ptr + row * dim + offs_d, tl.sum(g, axis=0), mask=mask_d)
-
-
-@triton.jit
-def _step_tile(base_p, t, mask_d, seqlen, s_l, ALIGN_L: tl.constexpr):
-    """The (ROWS, BLOCK_D) tile at step t (ROWS,) of each row, zero outside [0, seqlen), in the
-    tensor's dtype; base_p is the (1, BLOCK_D) row of pointers at step 0."""
-    mask = ((t >= 0) & (t < seqlen))[:, None] & mask_d[None, :]
-    return tl.load(base_p + strided(t, s_l, ALIGN_L, 0), mask=mask, other=0.0)
 
 
 @triton.jit
