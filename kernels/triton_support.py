@@ -118,13 +118,14 @@ def as_rows(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
-def row_programs(rows: int, block_r: int, device: torch.device) -> int:
-    """Programs for a row kernel's backward: enough to fill the GPU a few times over, each
-    walking row tiles pid, pid + programs, ... and summing its share of the weight's gradient."""
+def row_programs(rows: int, block_r: int, device: torch.device, per_sm: int = 8) -> int:
+    """Programs for a row kernel's backward, ``per_sm`` per multiprocessor (at most one per
+    tile), each walking row tiles pid, pid + programs, ... and summing its share of the
+    weight's gradient."""
     tiles = triton.cdiv(rows, block_r)
     if device.type != "cuda":
         return min(tiles, 2)  # the interpreter: two programs, each walking several tiles
-    return min(tiles, 8 * multiprocessors(device))
+    return min(tiles, per_sm * multiprocessors(device))
 
 
 def channels_innermost(x: torch.Tensor) -> bool:

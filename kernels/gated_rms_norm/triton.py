@@ -16,8 +16,9 @@ of the (rows, d) activations; here the forward reads x and z once and writes y a
 per row and group), and the backward reads x, z and ∂L/∂y once and writes ∂L/∂x and ∂L/∂z. Each
 program handles one group of a tile of rows (grid axis 1: the group), so z may be a strided
 slice of a wider projection (Mamba-2's in_proj output) and is never copied. The backward's
-programs each walk several row tiles of one group, keeping their share of ∂L/∂w in registers
-(summed over programs afterwards: deterministic).
+programs each walk several row tiles of one group, loading the next tile while computing this
+one and keeping their share of ∂L/∂w in registers (summed over programs afterwards:
+deterministic).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from mambaverse.kernels.triton_support import (
     as_rows,
     check_device,
     check_float,
+    interpreting,
     records_gradient,
     row_programs,
     row_tile,
@@ -74,6 +76,18 @@ def _gated_rms_norm_fwd(x_p, z_p, w_p, y_p, rstd_p, rows, dim, group_size, eps, 
 
 
 @triton.jit
+def _bwd_tile_loads(dy_p, x_p, z_p, rstd_p, row, col, mask_c, rows, s_dy, s_x, s_z, groups, group,
+                    ALIGN: tl.constexpr):  # fmt: skip
+    """∂L/∂y, x, z (in their dtypes) and 1/rms of one tile of rows (zeros past the last row)."""
+    mask = (row < rows)[:, None] & mask_c[None, :]
+    dy = tl.load(dy_p + strided(row, s_dy, ALIGN, 0) + col[None, :], mask=mask, other=0.0)
+    x = tl.load(x_p + strided(row, s_x, ALIGN, 0) + col[None, :], mask=mask, other=0.0)
+    z = tl.load(z_p + strided(row, s_z, ALIGN, 0) + col[None, :], mask=mask, other=0.0)
+    rstd = tl.load(rstd_p + row * groups + group, mask=row < rows, other=0.0)
+    return dy, x, z, rstd
+
+
+@triton.jit
 def _gated_rms_norm_bwd(dy_p, x_p, z_p, rstd_p, w_p, dx_p, dz_p, dw_p, rows, dim, group_size,
                         s_dy, s_x, s_z, s_dx, s_dz, NORM_BEFORE_GATE: tl.constexpr,
                         ALIGN: tl.constexpr, BLOCK_R: tl.constexpr,
@@ -88,14 +102,19 @@ def _gated_rms_norm_bwd(dy_p, x_p, z_p, rstd_p, w_p, dx_p, dz_p, dw_p, rows, dim
     mask_c = within < group_size
     w = tl.load(w_p + col, mask=mask_c, other=0.0).to(tl.float32)
     dw = tl.zeros((BLOCK_R, BLOCK_G), dtype=tl.float32)
-    for start in range(pid * BLOCK_R, rows, tl.num_programs(0) * BLOCK_R):
+    step = tl.num_programs(0) * BLOCK_R
+    # The next tile's loads are issued before this tile's arithmetic, so that they are in flight
+    # while it computes (a few programs per SM do not hide the latency otherwise).
+    row = (pid * BLOCK_R + tl.arange(0, BLOCK_R)).to(tl.int64)
+    tile = _bwd_tile_loads(dy_p, x_p, z_p, rstd_p, row, col, mask_c, rows, s_dy, s_x, s_z,
+                           tl.num_programs(1), group, ALIGN)  # fmt: skip
+    for start in range(pid * BLOCK_R, rows, step):
         row = (start + tl.arange(0, BLOCK_R)).to(tl.int64)
+        dy, x, z, rstd = tile
+        tile = _bwd_tile_loads(dy_p, x_p, z_p, rstd_p, row + step, col, mask_c, rows, s_dy, s_x,
+                               s_z, tl.num_programs(1), group, ALIGN)  # fmt: skip
         mask = (row < rows)[:, None] & mask_c[None, :]
-        x = tl.load(x_p + strided(row, s_x, ALIGN, 0) + col[None, :], mask=mask, other=0.0)
-        z = tl.load(z_p + strided(row, s_z, ALIGN, 0) + col[None, :], mask=mask, other=0.0)
-        dy = tl.load(dy_p + strided(row, s_dy, ALIGN, 0) + col[None, :], mask=mask, other=0.0)
         x, z, dy = x.to(tl.float32), z.to(tl.float32), dy.to(tl.float32)
-        rstd = tl.load(rstd_p + row * tl.num_programs(1) + group, mask=row < rows, other=0.0)
         gate, dgate = silu_and_grad(z)
         if NORM_BEFORE_GATE:
             v_hat = x * rstd[:, None]
@@ -162,7 +181,12 @@ class _GatedRmsNormFn(torch.autograd.Function):
         groups = dim // ctx.group_size
         dx, dz = _rows_or_dense(grad_slot(x), x2), _rows_or_dense(grad_slot(z), z2)
         block_r, block_g, warps = row_tile(ctx.group_size)
-        programs = row_programs(rows, block_r, x.device)
+        if not interpreting():
+            # The loop holds two tiles' loads (this one's and the next's): with half the forward's
+            # rows two programs fit on an SM (Mamba-2's 1536 channels: 125 registers at 8 warps,
+            # 176 with 2 rows and no prefetch), and more programs would only queue behind them.
+            block_r = max(1, block_r // 2)
+        programs = row_programs(rows, block_r, x.device, per_sm=2)
         dw = torch.empty((programs, dim), device=x.device, dtype=torch.float32)
         _gated_rms_norm_bwd[(programs, groups)](
             dy, x2, z2, rstd, weight, dx, dz, dw, rows, dim, ctx.group_size,
