@@ -789,8 +789,11 @@ def _backward(dout, dfinal, x, dt, A, B, C, chunk_size, D, z, dt_bias, softplus_
     if dx is None:
         dx = torch.empty((batch, seqlen, nheads, headdim), device=dev, dtype=x.dtype)
     # Per (b, h, chunk, step), fp32: the direct ∂L/∂δ, and the three parts of ∂L/∂a (_ddt).
-    ddt_direct = torch.zeros((batch, nheads, n_chunks, chunk_size), **f32)
-    v_terms, u_terms, q_terms = (torch.zeros_like(ddt_direct) for _ in range(3))
+    # Q is summed by atomics; the others are written wherever `_ddt` reads them (steps < chunk_len),
+    # so they need no zero fill (checked: NaN-filled, the interpreted tests still pass).
+    ddt_direct = torch.empty((batch, nheads, n_chunks, chunk_size), **f32)
+    v_terms, u_terms = torch.empty_like(ddt_direct), torch.empty_like(ddt_direct)
+    q_terms = torch.zeros_like(ddt_direct)
     dD = torch.zeros(D.shape, **f32) if D is not None else None
     _dx[(n_chunks * blocks_per_chunk, batch * nheads)](
         x, B, C, _or(D, x), dy, cs, dtb, g, dx, ddt_direct, v_terms, _or(dD, dlast),
