@@ -88,8 +88,16 @@ def check_rank(op: str, name: str, t: torch.Tensor, ranks: Sequence[int], layout
         raise ValueError(f"{op} (triton): {name} has shape {tuple(t.shape)}; expected {layout}")
 
 
+# Host-side integer helpers in plain Python: triton.cdiv and triton.next_power_of_2 are constexpr
+# functions, about 2 µs a call from Python, and a training step makes hundreds of these calls.
+def cdiv(a: int, b: int) -> int:
+    """⌈a / b⌉ for positive b."""
+    return -(-a // b)
+
+
 def next_pow2(n: int) -> int:
-    return triton.next_power_of_2(max(int(n), 1))
+    """The smallest power of 2 ≥ n (1 for n ≤ 1)."""
+    return 1 << (max(int(n), 1) - 1).bit_length()
 
 
 def multiprocessors(device: torch.device) -> int:
@@ -122,7 +130,7 @@ def row_programs(rows: int, block_r: int, device: torch.device, per_sm: int = 8)
     """Programs for a row kernel's backward, ``per_sm`` per multiprocessor (at most one per
     tile), each walking row tiles pid, pid + programs, ... and summing its share of the
     weight's gradient."""
-    tiles = triton.cdiv(rows, block_r)
+    tiles = cdiv(rows, block_r)
     if device.type != "cuda":
         return min(tiles, 2)  # the interpreter: two programs, each walking several tiles
     return min(tiles, per_sm * multiprocessors(device))

@@ -25,6 +25,7 @@ import triton.language as tl
 
 from mambaverse.kernels.triton_support import (
     as_rows,
+    cdiv,
     check_device,
     check_float,
     records_gradient,
@@ -107,7 +108,7 @@ def _forward(
     s = torch.empty((rows, dim), device=x.device, dtype=residual_dtype)
     rstd = torch.empty((rows,), device=x.device, dtype=torch.float32) if store_rstd else None
     block_r, block_d, warps = row_tile(dim)
-    _add_rms_norm_fwd[(triton.cdiv(rows, block_r),)](
+    _add_rms_norm_fwd[(cdiv(rows, block_r),)](
         x2, r2, weight, y, s, rstd if store_rstd else y, rows, dim, eps, x2.stride(0), r2.stride(0),
         HAS_RESIDUAL=residual is not None, STORE_RSTD=store_rstd, BLOCK_R=block_r,
         BLOCK_D=block_d, num_warps=warps,

@@ -32,6 +32,7 @@ import triton.language as tl
 
 from mambaverse.kernels.triton_support import (
     LOG2E,
+    cdiv,
     check_device,
     check_float,
     check_rank,
@@ -368,7 +369,7 @@ def _forward(q, k, v, causal: bool, scale: float):
     cfg = _pick(FORWARD, max(head_dim, v_dim), q.dtype)
     o = torch.empty((batch, nheads, lq, v_dim), device=q.device, dtype=q.dtype)
     lse = torch.empty((batch, nheads, lq), device=q.device, dtype=torch.float32)
-    grid = (triton.cdiv(lq, cfg.block_m), batch * nheads)
+    grid = (cdiv(lq, cfg.block_m), batch * nheads)
     _attn_fwd[grid](
         q, k, v, o, lse, nheads, nheads // kv_heads, lq, lk, head_dim, v_dim, lk - lq,
         scale * LOG2E.value, *_head_strides(q), *_head_strides(k), *_head_strides(v),
@@ -387,13 +388,13 @@ def _backward(do, q, k, v, o, lse, causal: bool, scale: float):
     widest = max(head_dim, v_dim)
     delta = torch.empty_like(lse)
     block = 16 if interpreting() else 64
-    _bwd_delta[(triton.cdiv(lq, block), batch * nheads)](
+    _bwd_delta[(cdiv(lq, block), batch * nheads)](
         o, do, delta, lq, v_dim, *_head_strides(do), nheads, BLOCK_M=block, E_PAD=pads["E_PAD"]
     )
     dk = torch.empty((batch, kv_heads, lk, head_dim), device=q.device, dtype=k.dtype)
     dv = torch.empty((batch, kv_heads, lk, v_dim), device=q.device, dtype=v.dtype)
     cfg = _pick(BACKWARD_KV, widest, q.dtype)
-    _attn_bwd_kv[(triton.cdiv(lk, cfg.block_n), batch * kv_heads)](
+    _attn_bwd_kv[(cdiv(lk, cfg.block_n), batch * kv_heads)](
         q, k, v, do, lse, delta, dk, dv,
         nheads, kv_heads, nheads // kv_heads, lq, lk, head_dim, v_dim, lk - lq, scale * LOG2E.value,
         scale, *_head_strides(q), *_head_strides(k), *_head_strides(v), *_head_strides(do),
@@ -402,7 +403,7 @@ def _backward(do, q, k, v, o, lse, causal: bool, scale: float):
     )  # fmt: skip
     dq = torch.empty((batch, nheads, lq, head_dim), device=q.device, dtype=q.dtype)
     cfg = _pick(BACKWARD_Q, widest, q.dtype)
-    _attn_bwd_q[(triton.cdiv(lq, cfg.block_m), batch * nheads)](
+    _attn_bwd_q[(cdiv(lq, cfg.block_m), batch * nheads)](
         q, k, v, do, lse, delta, dq,
         nheads, nheads // kv_heads, lq, lk, head_dim, v_dim, lk - lq, scale * LOG2E.value, scale,
         *_head_strides(q), *_head_strides(k), *_head_strides(v), *_head_strides(do),

@@ -55,6 +55,7 @@ from triton.language.extra.cuda import libdevice
 
 from mambaverse.kernels.shared_grad import grad_slot
 from mambaverse.kernels.triton_support import (
+    cdiv,
     check_device,
     check_float,
     check_step_inputs,
@@ -83,7 +84,7 @@ def _backward_tiles_shape(x: torch.Tensor, width: int) -> tuple[int, int, int]:
     """(BLOCK_L, BLOCK_D, HALO) of the halo-tile backward: the forward's tiles, overlapping by
     HALO ≥ w − 1 steps (a multiple of 8, so that each program's first step stays 16-byte
     aligned); on the interpreter tiles of 16 steps, so that the tiny tests have several."""
-    halo = 8 * triton.cdiv(max(width - 1, 1), 8)
+    halo = 8 * cdiv(max(width - 1, 1), 8)
     block_l, block_d = _tiles(x)
     if interpreting():
         block_l = 16
@@ -359,7 +360,7 @@ def _alignments(*tensors: torch.Tensor) -> dict[str, int]:
 def _grid(x: torch.Tensor) -> tuple[tuple[int, int, int], int, int]:
     batch, dim, seqlen = x.shape
     block_l, block_d = _tiles(x)
-    return (triton.cdiv(seqlen, block_l), triton.cdiv(dim, block_d), batch), block_l, block_d
+    return (cdiv(seqlen, block_l), cdiv(dim, block_d), batch), block_l, block_d
 
 
 class _CausalConv1dFn(torch.autograd.Function):
@@ -406,10 +407,10 @@ def _walk_tiles(x: torch.Tensor) -> dict[str, int]:
         return {"R": 2, "CHUNKS": 2, "ROWS": 2, "BLOCK_D": 4, "FAST": False, "num_warps": 1}
     batch, dim, seqlen = x.shape
     rows, block_d, steps = 4, 128, 4
-    blocks = batch * triton.cdiv(dim, block_d)
+    blocks = batch * cdiv(dim, block_d)
     target = 8 * multiprocessors(x.device)
     stretch = 128
-    while stretch > 16 and blocks * triton.cdiv(seqlen, rows * stretch) < target:
+    while stretch > 16 and blocks * cdiv(seqlen, rows * stretch) < target:
         stretch //= 2
     return {"R": steps, "CHUNKS": stretch // steps, "ROWS": rows, "BLOCK_D": block_d,
             "FAST": True, "num_warps": 4}  # fmt: skip
@@ -421,7 +422,7 @@ def _backward_walk(x, weight, bias, dy, dx, silu: bool, tiles: dict[str, int] | 
     batch, dim, seqlen = x.shape
     width = weight.shape[1]
     steps_per_program = tiles["ROWS"] * tiles["R"] * tiles["CHUNKS"]
-    grid = (triton.cdiv(seqlen, steps_per_program), triton.cdiv(dim, tiles["BLOCK_D"]), batch)
+    grid = (cdiv(seqlen, steps_per_program), cdiv(dim, tiles["BLOCK_D"]), batch)
     f32 = {"device": x.device, "dtype": torch.float32}
     dw = torch.empty((grid[0] * batch, dim, width), **f32)
     dbias = torch.empty((grid[0] * batch, dim), **f32)
@@ -439,7 +440,7 @@ def _backward_tiles(x, weight, bias, dy, dx, silu: bool):
     batch, dim, seqlen = x.shape
     width = weight.shape[1]
     block_l, block_d, halo = _backward_tiles_shape(x, width)
-    grid = (triton.cdiv(seqlen, block_l - halo), triton.cdiv(dim, block_d), batch)
+    grid = (cdiv(seqlen, block_l - halo), cdiv(dim, block_d), batch)
     w_pad = next_pow2(width)
     rows = grid[0] * grid[2]
     f32 = {"device": x.device, "dtype": torch.float32}
@@ -491,7 +492,7 @@ def causal_conv1d_update(
     width = weight.shape[1]
     y = torch.empty((batch, dim), device=x.device, dtype=x.dtype)
     block_d = 4 if interpreting() else 128
-    _causal_conv_update[(triton.cdiv(dim, block_d), batch)](
+    _causal_conv_update[(cdiv(dim, block_d), batch)](
         conv_state, x, weight, bias if bias is not None else weight, y,
         dim,
         *conv_state.stride(), *x.stride(), *weight.stride(), *y.stride(),

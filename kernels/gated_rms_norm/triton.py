@@ -30,6 +30,7 @@ import triton.language as tl
 from mambaverse.kernels.shared_grad import grad_slot
 from mambaverse.kernels.triton_support import (
     as_rows,
+    cdiv,
     check_device,
     check_float,
     interpreting,
@@ -154,7 +155,7 @@ def _forward(
     y = torch.empty((rows, dim), device=x.device, dtype=x.dtype)
     rstd = torch.empty((rows, groups), device=x.device, dtype=torch.float32) if store_rstd else None
     block_r, block_g, warps = row_tile(group_size)
-    _gated_rms_norm_fwd[(triton.cdiv(rows, block_r), groups)](
+    _gated_rms_norm_fwd[(cdiv(rows, block_r), groups)](
         x2, z2, weight, y, rstd if store_rstd else y, rows, dim, group_size, eps,
         x2.stride(0), z2.stride(0), NORM_BEFORE_GATE=norm_before_gate, STORE_RSTD=store_rstd,
         ALIGN=stride_alignment(x2.stride(0), z2.stride(0), dim), BLOCK_R=block_r,

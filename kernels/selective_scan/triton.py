@@ -59,6 +59,7 @@ import triton.language as tl
 
 from mambaverse.kernels.triton_support import (
     LOG2E,
+    cdiv,
     channels_innermost,
     check_device,
     check_float,
@@ -760,10 +761,10 @@ def _segments(config: LaunchConfig, programs: int, n_chunks: int) -> tuple[int, 
     chunks long, none empty."""
     if programs >= config.segment_below or n_chunks == 0:
         return 1, n_chunks
-    wanted = triton.cdiv(config.target_programs, programs)
+    wanted = cdiv(config.target_programs, programs)
     n_segs = max(1, min(wanted, n_chunks // config.min_segment_chunks))
-    seg_chunks = triton.cdiv(n_chunks, n_segs)
-    return triton.cdiv(n_chunks, seg_chunks), seg_chunks
+    seg_chunks = cdiv(n_chunks, n_segs)
+    return cdiv(n_chunks, seg_chunks), seg_chunks
 
 
 def _register_cap(
@@ -812,14 +813,14 @@ def _launch_forward(
     dstate = A.shape[1]
     B4, C4 = _grouped(B), _grouped(C)
     d_per_group = dim // B4.shape[1]
-    n_chunks = triton.cdiv(seqlen, chunk)
+    n_chunks = cdiv(seqlen, chunk)
     y = empty_like_sequence(u)
     f32 = {"device": u.device, "dtype": torch.float32}
     last = torch.empty((batch, dim, dstate), **f32) if store_last else y
     ckpt = torch.empty((batch, dim, n_chunks, dstate), **f32) if store_ckpt else y
     block_d = _block_d(config, d_per_group)
-    n_segs, seg_chunks = _segments(config, triton.cdiv(dim, block_d) * batch, n_chunks)
-    grid = (triton.cdiv(dim, block_d), batch, n_segs)
+    n_segs, seg_chunks = _segments(config, cdiv(dim, block_d) * batch, n_chunks)
+    grid = (cdiv(dim, block_d), batch, n_segs)
     seg_h, seg_dt = _launch_segments(
         False, u, delta, A, B4, C4, None, delta_bias, None, softplus_, grid, seg_chunks,
         n_chunks, block_d, chunk, config,
@@ -853,7 +854,7 @@ def _launch_inference(
     f32 = {"device": u.device, "dtype": torch.float32}
     last = torch.empty((batch, dim, dstate), **f32) if store_last else y  # every row written
     block_d = _block_d(config, d_per_group)
-    _selective_scan_inference[(triton.cdiv(dim, block_d), batch)](
+    _selective_scan_inference[(cdiv(dim, block_d), batch)](
         u, delta, A, B4, C4, _or(D, u), _or(z, u), _or(delta_bias, u), y, last,
         dim, seqlen, d_per_group,
         *u.stride(), *delta.stride(), *A.stride(), *B4.stride(), *C4.stride(), *_strides(z, 3),
@@ -872,7 +873,7 @@ def _launch_by_channel(
     when the segments' first pass is needed it runs first, over all segments but the last."""
     batch, dim, seqlen = u.shape
     dstate = A.shape[1]
-    n_chunks = triton.cdiv(seqlen, 4)
+    n_chunks = cdiv(seqlen, 4)
     # (b, g, n, l) -> fp32 (b, g, l/4, n, 4), zero-padded: b·n·l values, ~1 % of the inputs
     B4, C4 = (
         F.pad(_grouped(BC), (0, n_chunks * 4 - seqlen))
@@ -884,7 +885,7 @@ def _launch_by_channel(
     )
     d_per_group = dim // B4.shape[1]
     block_d = _block_d(config, d_per_group)
-    blocks = triton.cdiv(dim, block_d)
+    blocks = cdiv(dim, block_d)
     n_segs, seg_chunks = _segments(config, blocks * batch * config.warps, n_chunks)
     y = empty_like_sequence(u)
     f32 = {"device": u.device, "dtype": torch.float32}
@@ -919,8 +920,8 @@ def _launch_backward(
     dz = empty_like_sequence(u, z.dtype) if z is not None else du
     block_d = _block_d(config, d_per_group)
     n_chunks = ckpt.shape[2]
-    n_segs, seg_chunks = _segments(config, triton.cdiv(dim, block_d) * batch, n_chunks)
-    grid = (triton.cdiv(dim, block_d), batch, n_segs)
+    n_segs, seg_chunks = _segments(config, cdiv(dim, block_d) * batch, n_chunks)
+    grid = (cdiv(dim, block_d), batch, n_segs)
     seg_e, seg_dt = _launch_segments(
         True, u, delta, A, B4, C4, z, delta_bias, dout, softplus_, grid, seg_chunks,
         n_chunks, block_d, chunk, config,
@@ -1049,7 +1050,7 @@ def selective_scan(
     # faster of the two on an H100 (docs/kernels_notes.md v9).
     flags = (bool(delta_softplus), bool(return_last_state))
     config = INTERPRETED_BY_CHANNEL if interpreting() else BY_CHANNEL
-    blocks = u.shape[0] * triton.cdiv(u.shape[1], config.block_d)
+    blocks = u.shape[0] * cdiv(u.shape[1], config.block_d)
     if channels_innermost(u) and blocks <= BY_CHANNEL_MAX_BLOCKS:
         y, last = _launch_by_channel(*inputs, *flags, config)
     else:
@@ -1097,7 +1098,7 @@ def selective_state_update(
     D, dt_bias = (t.contiguous() if t is not None else None for t in (D, dt_bias))  # dense reads
     y = torch.empty((batch, dim), device=x.device, dtype=x.dtype)
     block_d = _block_d(LaunchConfig(block_d=16, chunk=1, warps=4), dim // groups)
-    grid = (triton.cdiv(dim, block_d), batch)
+    grid = (cdiv(dim, block_d), batch)
     _selective_state_update[grid](
         state, x, dt, A, B3, C3, _or(D, x), _or(z, x), _or(dt_bias, x), y,
         dim, dstate, dim // groups,

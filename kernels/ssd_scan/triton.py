@@ -48,6 +48,7 @@ import triton.language as tl
 from mambaverse.kernels.shared_grad import grad_slot, place_grad
 from mambaverse.kernels.triton_support import (
     LOG2E,
+    cdiv,
     check_device,
     check_float,
     check_rank,
@@ -702,7 +703,7 @@ def _forward(x, dt, A, B, C, chunk_size, D, z, dt_bias, softplus_, initial_state
              store_final: bool, for_backward: bool, config: LaunchConfig):  # fmt: skip
     batch, seqlen, nheads, headdim = x.shape
     ngroups, dstate = B.shape[2], B.shape[3]
-    n_chunks = triton.cdiv(seqlen, chunk_size)
+    n_chunks = cdiv(seqlen, chunk_size)
     dev = x.device
     f32 = {"device": dev, "dtype": torch.float32}
     cs = torch.empty((batch, nheads, n_chunks, chunk_size), **f32)
@@ -712,7 +713,7 @@ def _forward(x, dt, A, B, C, chunk_size, D, z, dt_bias, softplus_, initial_state
     p_pad, n_pad = dot_width(headdim), dot_width(dstate)
     block_p, block_n = min(p_pad, 64), min(n_pad, 128)
     precision = _precision(x)
-    grid = (batch * nheads, triton.cdiv(headdim, block_p), triton.cdiv(dstate, block_n))
+    grid = (batch * nheads, cdiv(headdim, block_p), cdiv(dstate, block_n))
     _states_fwd[grid](
         x, dt, A, _or(dt_bias, A), B, _or(initial_states, x), cs, dtb, sprev, final,
         seqlen, nheads, nheads // ngroups, headdim, dstate, chunk_size, n_chunks,
@@ -726,9 +727,9 @@ def _forward(x, dt, A, B, C, chunk_size, D, z, dt_bias, softplus_, initial_state
     ypre = torch.empty_like(y) if store_pre else y
     block_m = min(config.block, dot_width(chunk_size))
     grid = (
-        n_chunks * triton.cdiv(chunk_size, block_m),
+        n_chunks * cdiv(chunk_size, block_m),
         batch * nheads,
-        triton.cdiv(headdim, block_p),
+        cdiv(headdim, block_p),
     )
     _chunk_scan_fwd[grid](
         x, B, C, _or(D, x), _or(z, x), cs, dtb, sprev, y, ypre,
@@ -747,13 +748,13 @@ def _backward(dout, dfinal, x, dt, A, B, C, chunk_size, D, z, dt_bias, softplus_
     batch, seqlen, nheads, headdim = x.shape
     ngroups, dstate = B.shape[2], B.shape[3]
     heads_per_group = nheads // ngroups
-    n_chunks = triton.cdiv(seqlen, chunk_size)
+    n_chunks = cdiv(seqlen, chunk_size)
     dev = x.device
     f32 = {"device": dev, "dtype": torch.float32}
     cs, dtb, sprev, ypre = saved["cs"], saved["dtb"], saved["sprev"], saved["ypre"]
     p_pad, n_pad = dot_width(headdim), dot_width(dstate)
     block = min(config.block, dot_width(chunk_size))
-    blocks_per_chunk = triton.cdiv(chunk_size, block)
+    blocks_per_chunk = cdiv(chunk_size, block)
     precision = _precision(x)
     launch = {"num_warps": config.warps, "num_stages": config.stages}
 
@@ -762,7 +763,7 @@ def _backward(dout, dfinal, x, dt, A, B, C, chunk_size, D, z, dt_bias, softplus_
     dz = torch.empty_like(dy) if z is not None else None
     dlocal = torch.empty((batch, n_chunks, nheads, headdim, dstate), **f32)
     block_p = min(p_pad, 64)
-    _dstate_local[(n_chunks, batch * nheads, triton.cdiv(headdim, block_p))](
+    _dstate_local[(n_chunks, batch * nheads, cdiv(headdim, block_p))](
         dout, _or(z, dout), _or(ypre, dout), C, cs, dy, _or(dz, dout), dlocal,
         seqlen, nheads, heads_per_group, headdim, dstate, chunk_size, n_chunks,
         *dout.stride(), *_strides(z, 4), *C.stride(),
@@ -778,7 +779,7 @@ def _backward(dout, dfinal, x, dt, A, B, C, chunk_size, D, z, dt_bias, softplus_
     )
     state_size = headdim * dstate
     block_state = min(1024, next_pow2(state_size))
-    _state_passing_bwd[(batch * nheads, triton.cdiv(state_size, block_state))](
+    _state_passing_bwd[(batch * nheads, cdiv(state_size, block_state))](
         dlocal, sprev, cs, _or(dfinal, dlocal), g, dlast, _or(dinit, dlocal),
         nheads, state_size, chunk_size, n_chunks,
         HAS_DFINAL=dfinal is not None, HAS_INIT=initial_states is not None, BLOCK=block_state,
@@ -980,7 +981,7 @@ def ssd_state_update(
 
     y = torch.empty((batch, nheads, headdim), device=x.device, dtype=x.dtype)
     block_p = min(next_pow2(headdim), 16 if interpreting() else 32)
-    _state_update[(batch * nheads, triton.cdiv(headdim, block_p))](
+    _state_update[(batch * nheads, cdiv(headdim, block_p))](
         state, x, dt, A, B, C, _or(D, x), _or(z, x), _or(dt_bias, A), y,
         nheads, nheads // ngroups, headdim, dstate,
         *state.stride(), *x.stride(), *dt.stride(), *B.stride(), *C.stride(), *_strides(z, 3),

@@ -32,6 +32,7 @@ import triton.language as tl
 
 from mambaverse.kernels.causal_conv1d.triton import causal_conv1d
 from mambaverse.kernels.triton_support import (
+    cdiv,
     check_device,
     check_float,
     interpreting,
@@ -44,7 +45,7 @@ def _programs(rows: int, length: int) -> tuple[int, int, int]:
     """(programs along grid axis 0, BLOCK_R rows, BLOCK_T steps) for ``rows`` rows of ``length``
     steps or tokens; the interpreter gets small ragged tiles."""
     block_r, block_t = (2, 8) if interpreting() else (4, 512)
-    return triton.cdiv(rows, block_r) * triton.cdiv(length, block_t), block_r, block_t
+    return cdiv(rows, block_r) * cdiv(length, block_t), block_r, block_t
 
 
 @triton.jit
@@ -330,10 +331,10 @@ def conv_walks(
     (walks, steps), width = order.shape, weight.shape[1]
     out = torch.empty((batch, walks, channels, steps), device=x.device, dtype=x.dtype)
     rows = batch * channels
-    halo = 8 * triton.cdiv(width - 1, 8)  # w - 1 earlier steps, rounded up to 16 bytes of bf16
+    halo = 8 * cdiv(width - 1, 8)  # w - 1 earlier steps, rounded up to 16 bytes of bf16
     # 8 rows × 256 steps, 4 warps: the best of eight tiles at Vim-Ti's 1024 px shape (H100)
     block_r, block_t = (2, max(16, 2 * halo)) if interpreting() else (8, max(256, 2 * halo))
-    programs = triton.cdiv(rows, block_r) * triton.cdiv(steps, block_t - halo)
+    programs = cdiv(rows, block_r) * cdiv(steps, block_t - halo)
     _conv_walks[(programs, walks)](
         x, order, weight, bias if bias is not None else weight, out,
         rows, channels, tokens, steps, *x.stride(), *order.stride(), *weight.stride(),

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-import pytest
+import math
 
-from mambaverse.kernels.triton_support import stride_alignment
+import pytest
+import triton
+
+from mambaverse.kernels.triton_support import cdiv, next_pow2, stride_alignment
 
 
 @pytest.mark.parametrize(
@@ -24,3 +27,11 @@ def test_stride_alignment_is_the_largest_power_of_two_up_to_16_dividing_every_st
 ):
     assert stride_alignment(*strides) == expected
     assert all(stride % expected == 0 for stride in strides)
+
+
+def test_host_integer_helpers_agree_with_tritons_and_the_definitions():
+    for n in [*range(0, 300), 1023, 1024, 1025, 3352, 2**20 - 1, 2**20, 2**31 + 5]:
+        assert next_pow2(n) == triton.next_power_of_2(max(n, 1))
+        assert next_pow2(n) >= max(n, 1) and next_pow2(n) // 2 < max(n, 1)
+        for d in (1, 3, 16, 64, 256, 4099):
+            assert cdiv(n, d) == triton.cdiv(n, d) == math.ceil(n / d)
