@@ -91,11 +91,13 @@ def _bwd_tile_loads(dy_p, x_p, z_p, rstd_p, row, col, mask_c, rows, s_dy, s_x, s
 @triton.jit
 def _gated_rms_norm_bwd(dy_p, x_p, z_p, rstd_p, w_p, dx_p, dz_p, dw_p, rows, dim, group_size,
                         s_dy, s_x, s_z, s_dx, s_dz, NORM_BEFORE_GATE: tl.constexpr,
-                        ALIGN: tl.constexpr, BLOCK_R: tl.constexpr,
+                        ALIGN: tl.constexpr, PREFETCH: tl.constexpr, BLOCK_R: tl.constexpr,
                         BLOCK_G: tl.constexpr):  # fmt: skip
     """dx, dz (rows, dim) with row strides s_dx, s_dz (dz may be z's slot of a shared-gradient
-    split); ALIGN as in the forward, for every row stride; this program's ∂L/∂w over its group's channels in row pid of dw (programs, dim) fp32;
-    grid (programs, groups), program pid walking row tiles pid, pid + programs, ..."""
+    split); ALIGN as in the forward, for every row stride; this program's ∂L/∂w over its group's
+    channels in row pid of dw (programs, dim) fp32; grid (programs, groups), program pid walking
+    row tiles pid, pid + programs, ... (PREFETCH: loading each next tile before computing this
+    one, see `_backward_tile`)."""
     pid = tl.program_id(0)
     group = tl.program_id(1)
     within = tl.arange(0, BLOCK_G)
@@ -104,16 +106,20 @@ def _gated_rms_norm_bwd(dy_p, x_p, z_p, rstd_p, w_p, dx_p, dz_p, dw_p, rows, dim
     w = tl.load(w_p + col, mask=mask_c, other=0.0).to(tl.float32)
     dw = tl.zeros((BLOCK_R, BLOCK_G), dtype=tl.float32)
     step = tl.num_programs(0) * BLOCK_R
-    # The next tile's loads are issued before this tile's arithmetic, so that they are in flight
-    # while it computes (a few programs per SM do not hide the latency otherwise).
-    row = (pid * BLOCK_R + tl.arange(0, BLOCK_R)).to(tl.int64)
-    tile = _bwd_tile_loads(dy_p, x_p, z_p, rstd_p, row, col, mask_c, rows, s_dy, s_x, s_z,
-                           tl.num_programs(1), group, ALIGN)  # fmt: skip
+    groups = tl.num_programs(1)
+    if PREFETCH:  # the next tile's loads are in flight while this tile computes
+        row = (pid * BLOCK_R + tl.arange(0, BLOCK_R)).to(tl.int64)
+        tile = _bwd_tile_loads(dy_p, x_p, z_p, rstd_p, row, col, mask_c, rows, s_dy, s_x, s_z,
+                               groups, group, ALIGN)  # fmt: skip
     for start in range(pid * BLOCK_R, rows, step):
         row = (start + tl.arange(0, BLOCK_R)).to(tl.int64)
-        dy, x, z, rstd = tile
-        tile = _bwd_tile_loads(dy_p, x_p, z_p, rstd_p, row + step, col, mask_c, rows, s_dy, s_x,
-                               s_z, tl.num_programs(1), group, ALIGN)  # fmt: skip
+        if PREFETCH:
+            dy, x, z, rstd = tile
+            tile = _bwd_tile_loads(dy_p, x_p, z_p, rstd_p, row + step, col, mask_c, rows, s_dy,
+                                   s_x, s_z, groups, group, ALIGN)  # fmt: skip
+        else:
+            dy, x, z, rstd = _bwd_tile_loads(dy_p, x_p, z_p, rstd_p, row, col, mask_c, rows, s_dy,
+                                             s_x, s_z, groups, group, ALIGN)  # fmt: skip
         mask = (row < rows)[:, None] & mask_c[None, :]
         x, z, dy = x.to(tl.float32), z.to(tl.float32), dy.to(tl.float32)
         gate, dgate = silu_and_grad(z)
@@ -181,18 +187,13 @@ class _GatedRmsNormFn(torch.autograd.Function):
         rows, dim = x2.shape
         groups = dim // ctx.group_size
         dx, dz = _rows_or_dense(grad_slot(x), x2), _rows_or_dense(grad_slot(z), z2)
-        block_r, block_g, warps = row_tile(ctx.group_size)
-        if not interpreting():
-            # The loop holds two tiles' loads (this one's and the next's): with half the forward's
-            # rows two programs fit on an SM (Mamba-2's 1536 channels: 125 registers at 8 warps,
-            # 176 with 2 rows and no prefetch), and more programs would only queue behind them.
-            block_r = max(1, block_r // 2)
-        programs = row_programs(rows, block_r, x.device, per_sm=2)
+        block_r, block_g, warps, prefetch = _backward_tile(ctx.group_size)
+        programs = row_programs(rows, block_r, x.device, per_sm=2 if prefetch else 8)
         dw = torch.empty((programs, dim), device=x.device, dtype=torch.float32)
         _gated_rms_norm_bwd[(programs, groups)](
             dy, x2, z2, rstd, weight, dx, dz, dw, rows, dim, ctx.group_size,
             dy.stride(0), x2.stride(0), z2.stride(0), dx.stride(0), dz.stride(0),
-            NORM_BEFORE_GATE=ctx.norm_before_gate,
+            NORM_BEFORE_GATE=ctx.norm_before_gate, PREFETCH=prefetch,
             ALIGN=stride_alignment(dy.stride(0), x2.stride(0), z2.stride(0), dx.stride(0),
                                    dz.stride(0)),
             BLOCK_R=block_r, BLOCK_G=block_g, num_warps=warps,
@@ -200,6 +201,22 @@ class _GatedRmsNormFn(torch.autograd.Function):
         grad_w = dw.sum(0).to(weight.dtype) if ctx.needs_input_grad[2] else None
         shape = grad_y.shape
         return dx.view(shape), dz.view(shape), grad_w, None, None, None
+
+
+def _backward_tile(group_size: int) -> tuple[int, int, int, bool]:
+    """(BLOCK_R, BLOCK_G, warps, prefetch) of the backward. With half the forward's rows (on the
+    GPU) a tile of at most 8 elements per thread prefetches the next tile: at Mamba-2-130m's 1536
+    channels (1 row × 2048, 8 warps) that is 125 registers, two programs per SM, 1.46× the
+    unprefetched (2, 2048) tile (run S16). Wider tiles would spill with a second tile's loads in
+    registers (local sm_90 SASS: 1 × 16384 at 16 warps, 864 → 1816 bytes of stack); they keep
+    the forward's tile, unprefetched."""
+    block_r, block_g, warps = row_tile(group_size)
+    if not interpreting():
+        block_r = max(1, block_r // 2)
+    prefetch = block_r * block_g <= 8 * 32 * warps
+    if not prefetch:
+        block_r, block_g, warps = row_tile(group_size)
+    return block_r, block_g, warps, prefetch
 
 
 def _rows_or_dense(slot: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,16 @@ import torch
 from mambaverse.kernels import gated_rms_norm as public_gated_rms_norm
 from mambaverse.kernels.gated_rms_norm import reference
 from mambaverse.kernels.gated_rms_norm import triton as kernels
-from tests.kernels.triton_helpers import DEVICE, gpu, grads, rel_err, report, run_interpreted, tiny
+from tests.kernels.triton_helpers import (
+    CUDA,
+    DEVICE,
+    gpu,
+    grads,
+    rel_err,
+    report,
+    run_interpreted,
+    tiny,
+)
 
 TOL = {torch.float32: 1e-6, torch.bfloat16: 1e-2, torch.float16: 2e-3}
 
@@ -64,6 +73,16 @@ def test_matches_reference(dtype, norm_before_gate):
     # 3 × 5 rows in tiles of 2 (a ragged last one), 3 groups of 6 channels padded to 8
     check((3, 5, 18), 6, dtype, norm_before_gate,
           label=f"cpu gated_rms_norm {dtype} before={norm_before_gate}")  # fmt: skip
+
+
+@tiny
+def test_groups_too_wide_to_prefetch():
+    # Interpreted, 200 channels padded to 256 make 2-row tiles of 512 elements per thread: the
+    # backward loads each tile as it goes; the other tiny cases take the prefetching path. (On
+    # the GPU this width prefetches; the 16384-wide GPU case does not.)
+    assert kernels._backward_tile(200)[3] == CUDA and kernels._backward_tile(6)[3]
+    assert not kernels._backward_tile(16384)[3]
+    check((2, 5, 400), 200, torch.float32, label="tiny gated_rms_norm, 200-channel groups")
 
 
 @tiny

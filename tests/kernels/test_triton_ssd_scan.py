@@ -103,10 +103,18 @@ def test_chunks_of_several_row_blocks():
 
 
 @tiny
+def test_chunks_not_a_multiple_of_the_row_block():
+    # Chunks of 24 steps against the interpreted kernels' 16-row blocks: every chunk's second
+    # block is ragged inside the chunk, and the last chunk is 2 steps.
+    check(make_inputs(1, 50, 4, 6, 5, groups=2), torch.float32, chunk_size=24, label="cpu chunk 24")
+
+
+@tiny
 def test_per_channel_D_no_gate_no_initial_state():
-    # Three heads in one group: the ∂L/∂B, ∂L/∂C kernels take them in one split (stored in
-    # the inputs' dtype, no partial sums).
-    inputs = make_inputs(1, 21, 3, 4, 4, groups=1, D_per_channel=True, gate=False, initial=False)
+    # Five heads in one group: no number of head splits up to 4 divides 5, so the ∂L/∂B, ∂L/∂C
+    # kernels take them in one split (stored in the inputs' dtype, no partial sums), compiled or
+    # interpreted.
+    inputs = make_inputs(1, 21, 5, 4, 4, groups=1, D_per_channel=True, gate=False, initial=False)
     check(inputs, torch.float32, chunk_size=8, label="cpu plain")
 
 
