@@ -46,6 +46,27 @@ def check_device(op: str, tensors: dict[str, torch.Tensor | None]) -> torch.devi
     return device
 
 
+# The kernels index a batch element's start in 64 bits and offsets within it in 32 (cheaper
+# address arithmetic in every tile): a tensor must span fewer elements than this within one.
+MAX_SPAN = 2**31
+
+
+def check_offsets(op: str, tensors: dict[str, torch.Tensor | None], way_out: str) -> None:
+    """Each tensor's elements within one batch element (dim 0) lie less than 2³¹ apart, so the
+    kernels' 32-bit offsets cannot wrap (e.g. Mamba-2 2.7B's Δ, a slice of 10,576-wide in_proj
+    rows, reaches it at about 203k steps)."""
+    for name, t in tensors.items():
+        if t is None or t.dim() < 2:
+            continue
+        span = sum(max(size - 1, 0) * abs(st) for size, st in zip(t.shape[1:], t.stride()[1:]))
+        if span >= MAX_SPAN:
+            raise ValueError(
+                f"{op} (triton): {name} of shape {tuple(t.shape)} and strides {t.stride()} spans "
+                f"{span:,} elements within one batch element; the kernel's offsets there are 32-bit "
+                f"(under {MAX_SPAN:,}). {way_out}"
+            )
+
+
 def records_gradient(*tensors: torch.Tensor | None) -> bool:
     """Whether autograd records a graph through any of ``tensors`` here: grad mode on and one of
     them requiring a gradient (under ``torch.no_grad()`` ``ctx.needs_input_grad`` still says True,

@@ -58,6 +58,7 @@ from mambaverse.kernels.triton_support import (
     cdiv,
     check_device,
     check_float,
+    check_offsets,
     check_step_inputs,
     empty_like_sequence,
     interpreting,
@@ -466,6 +467,7 @@ def causal_conv1d(
     layout. Shapes are checked by the public function."""
     check_device(OP, {"x": x, "weight": weight, "bias": bias})
     check_float(OP, {"x": x, "weight": weight, "bias": bias})
+    check_offsets(OP, {"x": x}, "Use impl='reference', or convolve the sequence in pieces.")
     if bias is not None:
         bias = bias.contiguous()  # the kernels index it densely; x and weight take any strides
     return _CausalConv1dFn.apply(x, weight, bias, activation in ("silu", "swish"))

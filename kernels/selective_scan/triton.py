@@ -63,6 +63,7 @@ from mambaverse.kernels.triton_support import (
     channels_innermost,
     check_device,
     check_float,
+    check_offsets,
     check_rank,
     check_shape,
     check_step_inputs,
@@ -1003,6 +1004,7 @@ def _check_scan_inputs(u, delta, A, B, C, D, z, delta_bias) -> None:
     tensors["delta_bias"] = delta_bias
     check_device(OP, tensors)
     check_float(OP, tensors)
+    check_offsets(OP, tensors, "Use impl='reference' for sequences this long.")
     check_rank(OP, "u", u, (3,), "(batch, dim, length)")
     batch, dim, seqlen = u.shape
     check_rank(OP, "A", A, (2,), "(dim, dstate)")

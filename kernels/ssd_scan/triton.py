@@ -51,6 +51,7 @@ from mambaverse.kernels.triton_support import (
     cdiv,
     check_device,
     check_float,
+    check_offsets,
     check_rank,
     check_shape,
     check_step_inputs,
@@ -909,6 +910,12 @@ def ssd_scan(
     check_device(OP, tensors)
     check_float(OP, tensors)
     check_rank(OP, "x", x, (4,), "(batch, length, heads, headdim)")
+    check_offsets(
+        OP,
+        {"x": x, "dt": dt, "B": B, "C": C, "z": z},
+        "Scan the sequence in pieces, each from the last one's state (initial_states, "
+        "return_final_states), or use impl='reference'.",
+    )
     batch, seqlen, nheads, headdim = x.shape
     check_rank(OP, "B", B, (4,), "(batch, length, groups, dstate)")
     ngroups, dstate = B.shape[2], B.shape[3]

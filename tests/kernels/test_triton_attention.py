@@ -17,6 +17,7 @@ from tests.kernels.triton_helpers import (
     gpu,
     grads,
     leaves,
+    offsets_limit,
     rel_err,
     report,
     run_interpreted,
@@ -89,12 +90,15 @@ def test_public_op_dispatches_to_triton():
 
 
 @tiny
-def test_errors_name_the_problem():
+def test_errors_name_the_problem(monkeypatch):
     x = make_inputs(1, 3, 2, 8, 8, 16)
     with pytest.raises(ValueError, match="3 heads, not a multiple of k's 2 heads"):
         kernels.attention(x["q"], x["k"], x["v"])
     with pytest.raises(ValueError, match=r"v has shape \(1, 2, 7, 16\); expected \(1, 2, 8, 16\)"):
         kernels.attention(x["q"][:, :2], x["k"], x["v"][:, :, :7])
+    offsets_limit(monkeypatch, 8)
+    with pytest.raises(ValueError, match=r"q of shape .* 32-bit .* impl='sdpa'"):
+        kernels.attention(x["q"][:, :2], x["k"], x["v"])
 
 
 # -- GPU: compiled, realistic and odd shapes ----------------------------------------------------------

@@ -20,6 +20,7 @@ from tests.kernels.triton_helpers import (
     INTERPRETED,
     gpu,
     grads,
+    offsets_limit,
     rel_err,
     report,
     run_interpreted,
@@ -212,6 +213,14 @@ def test_public_op_dispatches_to_triton():
     y = public_causal_conv1d(x, weight, activation="silu", impl="triton")
     y_ref = reference.causal_conv1d(x.double(), weight.double(), activation="silu")
     assert rel_err(y, y_ref) < 1e-6
+
+
+@tiny
+def test_a_sequence_too_long_for_32_bit_offsets_is_refused(monkeypatch):
+    x = torch.randn(1, 4, 7, device=DEVICE)
+    offsets_limit(monkeypatch, 8)
+    with pytest.raises(ValueError, match=r"x of shape .* 32-bit .* impl='reference'"):
+        kernels.causal_conv1d(x, torch.randn(4, 4, device=DEVICE), activation="silu")
 
 
 @tiny

@@ -19,6 +19,7 @@ from tests.kernels.triton_helpers import (
     gpu,
     grads,
     leaves,
+    offsets_limit,
     rel_err,
     report,
     run_interpreted,
@@ -289,13 +290,16 @@ def test_state_update_matches_reference(groups):
 
 
 @tiny
-def test_errors_name_the_problem():
+def test_errors_name_the_problem(monkeypatch):
     x = make_inputs(1, 4, 4, 9)
     args = [x[k] for k in NAMES]
     with pytest.raises(ValueError, match=r"delta has shape \(1, 4, 8\); expected \(1, 4, 9\)"):
         kernels.selective_scan(args[0], args[1][..., :8], *args[2:])
     with pytest.raises(TypeError, match="float64"):
         kernels.selective_scan(args[0].double(), *args[1:])
+    offsets_limit(monkeypatch, 8)
+    with pytest.raises(ValueError, match=r"u of shape .* 32-bit .* impl='reference'"):
+        kernels.selective_scan(*args)
     with pytest.raises(RuntimeError, match="no_grad"):
         state = torch.zeros(1, 4, 4, device=DEVICE)
         kernels.selective_state_update(

@@ -17,6 +17,7 @@ from tests.kernels.triton_helpers import (
     gpu,
     grads,
     leaves,
+    offsets_limit,
     rel_err,
     report,
     run_interpreted,
@@ -156,13 +157,16 @@ def test_state_update_matches_reference(D_per_channel):
 
 
 @tiny
-def test_errors_name_the_problem():
+def test_errors_name_the_problem(monkeypatch):
     x = make_inputs(1, 8, 2, 4, 4, groups=1)
     args = [x[k] for k in ("x", "dt", "A", "B", "C")]
     with pytest.raises(ValueError, match=r"dt has shape \(1, 7, 2\); expected \(1, 8, 2\)"):
         kernels.ssd_scan(args[0], args[1][:, :7], *args[2:], 4)
     with pytest.raises(ValueError, match="groups, which do not divide 2 heads"):
         kernels.ssd_scan(*args[:3], args[3].repeat(1, 1, 3, 1), args[4].repeat(1, 1, 3, 1), 4)
+    offsets_limit(monkeypatch, 8)
+    with pytest.raises(ValueError, match=r"x of shape .* within one batch element.*initial_states"):
+        kernels.ssd_scan(*args, 4)
 
 
 # -- GPU: compiled, realistic and odd shapes ----------------------------------------------------------

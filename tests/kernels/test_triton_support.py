@@ -5,9 +5,16 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
 import triton
 
-from mambaverse.kernels.triton_support import cdiv, next_pow2, stride_alignment
+from mambaverse.kernels.triton_support import (
+    MAX_SPAN,
+    cdiv,
+    check_offsets,
+    next_pow2,
+    stride_alignment,
+)
 
 
 @pytest.mark.parametrize(
@@ -35,3 +42,15 @@ def test_host_integer_helpers_agree_with_tritons_and_the_definitions():
         assert next_pow2(n) >= max(n, 1) and next_pow2(n) // 2 < max(n, 1)
         for d in (1, 3, 16, 64, 256, 4099):
             assert cdiv(n, d) == triton.cdiv(n, d) == math.ceil(n / d)
+
+
+def test_offsets_within_a_batch_element_must_fit_32_bits():
+    # Mamba-2 2.7B's Δ is a slice of 10,576-wide in_proj rows: 203,000 steps fit, 204,000 do not.
+    rows = torch.empty(4, 204_000, 10_576, device="meta")
+    check_offsets("op", {"dt": rows[:, :203_000, -80:], "absent": None}, "way out")
+    with pytest.raises(ValueError, match=r"op \(triton\): dt of shape \(4, 204000, 80\).* way out"):
+        check_offsets("op", {"dt": rows[..., -80:]}, "way out")
+    # the batch dimension is free (64-bit there), a contiguous tensor just under the limit fits
+    check_offsets("op", {"x": torch.empty(1000, MAX_SPAN // 64, 64, device="meta")}, "")
+    with pytest.raises(ValueError):
+        check_offsets("op", {"x": torch.empty(1, MAX_SPAN // 64 + 1, 64, device="meta")}, "")

@@ -41,6 +41,14 @@ def run_interpreted(test_file: str) -> None:
     )
 
 
+def offsets_limit(monkeypatch: pytest.MonkeyPatch, elements: int) -> None:
+    """Lower the kernels' 32-bit offset limit (``check_offsets``) to ``elements``, so that tiny
+    inputs exceed it (the real limit is tested on meta tensors in test_triton_support.py)."""
+    from mambaverse.kernels import triton_support
+
+    monkeypatch.setattr(triton_support, "MAX_SPAN", elements)
+
+
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     """‖out − ref‖ / ‖ref‖ in float64; NaN anywhere makes it infinite."""
     out, ref = out.detach().double(), ref.detach().double()
