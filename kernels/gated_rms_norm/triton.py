@@ -211,12 +211,10 @@ def _backward_tile(group_size: int) -> tuple[int, int, int, bool]:
     registers (local sm_90 SASS: 1 × 16384 at 16 warps, 864 → 1816 bytes of stack); they keep
     the forward's tile, unprefetched."""
     block_r, block_g, warps = row_tile(group_size)
-    if not interpreting():
-        block_r = max(1, block_r // 2)
-    prefetch = block_r * block_g <= 8 * 32 * warps
-    if not prefetch:
-        block_r, block_g, warps = row_tile(group_size)
-    return block_r, block_g, warps, prefetch
+    halved = block_r if interpreting() else max(1, block_r // 2)
+    if halved * block_g <= 8 * 32 * warps:
+        return halved, block_g, warps, True
+    return block_r, block_g, warps, False
 
 
 def _rows_or_dense(slot: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor:
