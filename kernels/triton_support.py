@@ -89,6 +89,21 @@ def check_step_inputs(
     return device
 
 
+def check_interpretable_dot(op: str, tensors: dict[str, torch.Tensor | None]) -> None:
+    """Under TRITON_INTERPRET=1, refuse bfloat16 operands of a kernel's ``tl.dot``: Triton's
+    interpreter keeps bfloat16 as uint16 and multiplies the bit patterns (values near 1e10;
+    triton-lang/triton#11584, in 3.6 and 3.8; float16 and float32 are exact there)."""
+    if not interpreting():
+        return
+    for name, t in tensors.items():
+        if t is not None and t.dtype == torch.bfloat16:
+            raise KernelUnavailableError(
+                f"{op} (triton): {name} is bfloat16, and Triton's interpreter (TRITON_INTERPRET=1) "
+                "computes tl.dot on bfloat16 operands wrongly (triton-lang/triton#11584); pass "
+                "float32 or float16 inputs to interpret it, or use impl='reference'"
+            )
+
+
 def check_float(op: str, tensors: dict[str, torch.Tensor | None]) -> None:
     for name, t in tensors.items():
         if t is not None and t.dtype not in FLOAT_DTYPES:

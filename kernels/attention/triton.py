@@ -35,6 +35,7 @@ from mambaverse.kernels.triton_support import (
     cdiv,
     check_device,
     check_float,
+    check_interpretable_dot,
     check_offsets,
     check_rank,
     check_shape,
@@ -449,6 +450,7 @@ def attention(
     tensors = {"q": q, "k": k, "v": v}
     check_device(OP, tensors)
     check_float(OP, tensors)
+    check_interpretable_dot(OP, tensors)
     check_offsets(OP, tensors, "Use impl='sdpa' (torch's attention) for sequences this long.")
     check_rank(OP, "q", q, (4,), "(batch, heads, length, head_dim)")
     check_rank(OP, "k", k, (4,), "(batch, kv_heads, length, head_dim)")

@@ -51,6 +51,7 @@ from mambaverse.kernels.triton_support import (
     cdiv,
     check_device,
     check_float,
+    check_interpretable_dot,
     check_offsets,
     check_rank,
     check_shape,
@@ -909,6 +910,7 @@ def ssd_scan(
     tensors["initial_states"] = initial_states
     check_device(OP, tensors)
     check_float(OP, tensors)
+    check_interpretable_dot(OP, {"x": x, "B": B, "C": C})
     check_rank(OP, "x", x, (4,), "(batch, length, heads, headdim)")
     check_offsets(
         OP,

@@ -8,9 +8,13 @@ import pytest
 import torch
 import triton
 
+from mambaverse.errors import KernelUnavailableError
+from mambaverse.kernels.attention import triton as attention_kernels
+from mambaverse.kernels.ssd_scan import triton as ssd_kernels
 from mambaverse.kernels.triton_support import (
     MAX_SPAN,
     cdiv,
+    check_interpretable_dot,
     check_offsets,
     next_pow2,
     stride_alignment,
@@ -54,3 +58,20 @@ def test_offsets_within_a_batch_element_must_fit_32_bits():
     check_offsets("op", {"x": torch.empty(1000, MAX_SPAN // 64, 64, device="meta")}, "")
     with pytest.raises(ValueError):
         check_offsets("op", {"x": torch.empty(1, MAX_SPAN // 64 + 1, 64, device="meta")}, "")
+
+
+def test_the_interpreter_refuses_bfloat16_dot_operands(monkeypatch):
+    # Triton's interpreter multiplies bfloat16 dot operands as raw uint16 bits (triton#11584):
+    # the ops whose kernels call tl.dot refuse them there, before any launch.
+    x = torch.randn(1, 16, 2, 4).bfloat16()
+    dt, A = torch.rand(1, 16, 2), -torch.rand(2)
+    B = torch.randn(1, 16, 1, 8).bfloat16()
+    q = torch.randn(1, 2, 16, 16).bfloat16()
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    with pytest.raises(KernelUnavailableError, match=r"ssd_scan \(triton\): x is bfloat16.*11584"):
+        ssd_kernels.ssd_scan(x, dt, A, B, B, 16)
+    with pytest.raises(KernelUnavailableError, match=r"attention \(triton\): q is bfloat16"):
+        attention_kernels.attention(q, q, q)
+    check_interpretable_dot("op", {"x": x.half(), "y": x.float(), "absent": None})
+    monkeypatch.delenv("TRITON_INTERPRET")
+    check_interpretable_dot("op", {"x": x})  # compiled kernels multiply bfloat16 correctly
