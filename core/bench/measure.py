@@ -3,6 +3,12 @@
 - Time: warm-up calls first (compilation, autotuning and allocator growth stay out of the
   numbers), then ``repeats`` timed calls; the median is reported. On CUDA each call is timed
   with device events (the work is asynchronous); on the CPU with a monotonic clock.
+- Back to back (``back_to_back=True``): also ``repeats`` calls issued without waiting for each
+  other, one pair of events around them all, the mean per call. The synchronized median counts
+  every moment the device waits for the host to launch a call's first kernels and to keep up
+  with short ones; a training loop that does not wait for each step (no ``loss.item()`` per
+  step) overlaps the host's work for the next call with the device's for this one, so its
+  throughput is this figure: the larger of the host's and the device's time per call.
 - Memory: the peak of ``torch.cuda.max_memory_allocated`` over the timed calls, after
   ``reset_peak_memory_stats``: what the tensors needed, weights included, not the allocator's
   cache. The CPU has no such counter, so there it is ``None``.
@@ -33,6 +39,7 @@ class Measurement:
     ms: float | None = None
     peak_bytes: int | None = None
     status: str = OK
+    back_to_back_ms: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -74,6 +81,24 @@ def time_calls(fn: Callable[[], Any], device: torch.device, repeats: int) -> lis
     return times
 
 
+def time_back_to_back(fn: Callable[[], Any], device: torch.device, calls: int) -> float:
+    """Milliseconds per call of ``calls`` calls of ``fn`` issued back to back (one wait, at the
+    end): the steady-state rate of a loop that does not synchronize between calls."""
+    synchronize(device)
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(calls):
+            fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / calls
+    start_s = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter() - start_s) * 1e3 / calls
+
+
 def is_out_of_memory(err: BaseException) -> bool:
     return isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in str(err).lower()
 
@@ -97,15 +122,21 @@ def free_memory(device: torch.device) -> None:
 
 
 def measure(
-    fn: Callable[[], Any], device: torch.device, warmup: int = 2, repeats: int = 5
+    fn: Callable[[], Any],
+    device: torch.device,
+    warmup: int = 2,
+    repeats: int = 5,
+    back_to_back: bool = False,
 ) -> Measurement:
-    """Median time and peak memory of ``fn()`` (see the module docstring); OOM is reported."""
+    """Median time and peak memory of ``fn()``, with ``back_to_back`` also the time per call of
+    calls issued without waiting (see the module docstring); OOM is reported."""
     try:
         for _ in range(warmup):
             fn()
         reset_peak(device)
         times = time_calls(fn, device, repeats)
-        return Measurement(statistics.median(times), peak_bytes(device))
+        unsynchronized = time_back_to_back(fn, device, repeats) if back_to_back else None
+        return Measurement(statistics.median(times), peak_bytes(device), OK, unsynchronized)
     except Exception as err:  # one failing point must not end the suite
         status = failure(err)
     free_memory(device)  # outside the except block: the traceback no longer holds the tensors

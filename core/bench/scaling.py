@@ -4,7 +4,10 @@ count (see :mod:`.language_models`), against sequence length.
 Training: forward + backward (cross-entropy against random targets, no optimizer step) of
 ``batch × length`` random tokens, with ``batch = max(1, tokens_per_batch // length)`` so that
 every length does about the same work per step until the batch reaches 1; tokens/s and peak
-memory per length, out-of-memory marked as such.
+memory per length, out-of-memory marked as such. Tokens/s twice: the median of steps each
+waited for (``tokens_per_s``), and steps issued back to back (``tokens_per_s_back_to_back``,
+how a training loop that does not synchronize every step runs: the host prepares the next step
+while the device computes this one; :mod:`.measure`).
 
 Generation: prefill a random context, then decode one token at a time (:mod:`.decoding`), at
 each context length and batch size: decode tokens/s, the decoding state's size (fixed for SSM
@@ -23,7 +26,7 @@ import torch.nn.functional as F
 
 from .decoding import measure_decoding
 from .language_models import SIZES, attention_implementations, preset_family
-from .measure import SKIPPED, Deadline, free_memory, measure
+from .measure import OK, SKIPPED, Deadline, free_memory, measure
 from .report import (
     add_common_options,
     apply_defaults,
@@ -126,14 +129,16 @@ def run(args: argparse.Namespace) -> int:
                 if deadline.passed():
                     training.append({**row, "status": SKIPPED})
                     continue
-                m = measure(
-                    training_step(model, batch, length, device), device, args.warmup, args.repeats
-                )
+                step = training_step(model, batch, length, device)
+                m = measure(step, device, args.warmup, args.repeats, back_to_back=True)
                 row.update(status=m.status, ms=m.ms, peak_bytes=m.peak_bytes)
                 if m.ok:
                     row["tokens_per_s"] = batch * length * 1e3 / m.ms
+                    row["ms_back_to_back"] = m.back_to_back_ms
+                    row["tokens_per_s_back_to_back"] = batch * length * 1e3 / m.back_to_back_ms
                 training.append(row)
-                print(f"  train L={length} B={batch}: {cell(row, 'tokens_per_s', si)} tok/s, "
+                print(f"  train L={length} B={batch}: {cell(row, 'tokens_per_s', si)} tok/s "
+                      f"({cell(row, 'tokens_per_s_back_to_back', si)} back to back), "
                       f"peak {byte_size(m.peak_bytes)}", flush=True)  # fmt: skip
             model.zero_grad(set_to_none=True)
             free_memory(device)
@@ -163,6 +168,17 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def training_cell(row: dict[str, Any]) -> str:
+    """ "synchronized tokens/s (back to back) / peak memory", or the status of a point that did
+    not run."""
+    if row.get("status", OK) != OK:
+        return row["status"]
+    return (
+        f"{si(row['tokens_per_s'])} ({si(row['tokens_per_s_back_to_back'])}) / "
+        f"{byte_size(row['peak_bytes'])}"
+    )
+
+
 def show(training: list[dict], generation: list[dict], args: argparse.Namespace) -> None:
     def by(rows: list[dict], key: str, fields: tuple[str, ...]) -> list[dict]:
         table: dict[tuple, dict] = {}
@@ -178,15 +194,12 @@ def show(training: list[dict], generation: list[dict], args: argparse.Namespace)
         columns = [("model", lambda e: e["model"])] + [
             (
                 f"L={n}",
-                point(
-                    n,
-                    lambda r: f"{cell(r, 'tokens_per_s', si)} / {cell(r, 'peak_bytes', byte_size)}",
-                ),
+                point(n, training_cell),
             )
             for n in args.lengths
         ]
-        print_table("training: forward+backward tokens/s / peak memory", columns,
-                    by(training, "length", ("model",)))  # fmt: skip
+        print_table("training: forward+backward tokens/s (steps back to back) / peak memory",
+                    columns, by(training, "length", ("model",)))  # fmt: skip
     if generation:
         columns = [("model", lambda e: e["model"]), ("batch", lambda e: str(e["batch"]))] + [
             (f"context {n}", point(n, lambda r: f"{cell(r, 'decode_tokens_per_s', si)} / "
@@ -203,6 +216,14 @@ def plot(training: list[dict], generation: list[dict], args: argparse.Namespace,
     if training:
         panels += [
             (training, "length", "tokens_per_s", "training: forward+backward", "tokens/s", 1.0),
+            (
+                training,
+                "length",
+                "tokens_per_s_back_to_back",
+                "training: back to back",
+                "tokens/s",
+                1.0,
+            ),
             (training, "length", "peak_bytes", "training: peak memory", "GiB", gib_scale),
         ]
     for batch in args.gen_batches if generation else []:

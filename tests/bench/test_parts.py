@@ -4,6 +4,7 @@ measurement's failure handling and the synthetic tasks' data."""
 from __future__ import annotations
 
 import argparse
+import time
 
 import numpy as np
 import pytest
@@ -73,6 +74,19 @@ def test_measure_reports_oom_and_errors_and_counts_calls() -> None:
     calls = []
     m = measure(lambda: calls.append(1), torch.device("cpu"), warmup=2, repeats=3)
     assert m.ok and len(calls) == 5 and m.ms >= 0 and m.peak_bytes is None
+    assert m.back_to_back_ms is None
+
+
+def test_back_to_back_time_is_per_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [0.0]
+    monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
+
+    def ten_ms() -> None:
+        clock[0] += 0.010
+
+    m = measure(ten_ms, torch.device("cpu"), warmup=1, repeats=4, back_to_back=True)
+    assert clock[0] == pytest.approx(0.090)  # 1 warm-up + 4 timed one by one + 4 back to back
+    assert m.ms == pytest.approx(10.0) and m.back_to_back_ms == pytest.approx(10.0)
 
     def oom() -> None:
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")

@@ -27,6 +27,7 @@ def test_scaling(tmp_path: Path) -> None:
     train = record["training"]
     assert [(r["model"], r["length"]) for r in train] == [(m, n) for m in labels for n in (32, 64)]
     assert all(r["status"] == "ok" and r["tokens_per_s"] > 0 for r in train)
+    assert all(r["tokens_per_s_back_to_back"] > 0 for r in train)
     # batch = tokens_per_batch // length, at least 1
     assert [r["batch"] for r in train[:2]] == [2, 1]
 
