@@ -169,8 +169,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def training_cell(row: dict[str, Any]) -> str:
-    """ "synchronized tokens/s (back to back) / peak memory", or the status of a point that did
-    not run."""
+    """A training point's cell: tokens/s of steps waited for (of steps back to back) / peak
+    memory, or the status of a point that did not run."""
     if row.get("status", OK) != OK:
         return row["status"]
     return (
