@@ -84,19 +84,14 @@ def time_calls(fn: Callable[[], Any], device: torch.device, repeats: int) -> lis
 def time_back_to_back(fn: Callable[[], Any], device: torch.device, calls: int) -> float:
     """Milliseconds per call of ``calls`` calls of ``fn`` issued back to back (one wait, at the
     end): the steady-state rate of a loop that does not synchronize between calls."""
-    synchronize(device)
-    if device.type == "cuda":
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
+    synchronize(device)  # the host starts with no lead over the device
+
+    def all_calls() -> None:
         for _ in range(calls):
             fn()
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end) / calls
-    start_s = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    return (time.perf_counter() - start_s) * 1e3 / calls
+
+    (total,) = time_calls(all_calls, device, 1)
+    return total / calls
 
 
 def is_out_of_memory(err: BaseException) -> bool:
@@ -136,7 +131,9 @@ def measure(
         reset_peak(device)
         times = time_calls(fn, device, repeats)
         unsynchronized = time_back_to_back(fn, device, repeats) if back_to_back else None
-        return Measurement(statistics.median(times), peak_bytes(device), OK, unsynchronized)
+        return Measurement(
+            statistics.median(times), peak_bytes(device), back_to_back_ms=unsynchronized
+        )
     except Exception as err:  # one failing point must not end the suite
         status = failure(err)
     free_memory(device)  # outside the except block: the traceback no longer holds the tensors
