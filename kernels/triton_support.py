@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import torch
 import triton
 import triton.language as tl
+from triton.runtime.interpreter import InterpretedFunction
 
 from mambaverse.errors import KernelUnavailableError
 
@@ -274,12 +275,15 @@ class CachedLaunch:
     def __init__(self, fn: triton.runtime.JITFunction) -> None:
         self.fn = fn
         self.kernels: dict[tuple, tuple] = {}
+        # Under TRITON_INTERPRET=1 (read when the kernel was defined) triton.jit made an
+        # interpreted function: nothing is compiled or kept.
+        self.cacheable = _CACHEABLE and not isinstance(fn, InterpretedFunction)
 
     def __getitem__(self, grid: tuple[int, ...]):
         return lambda *args, **kwargs: self.launch(grid, args, kwargs)
 
     def launch(self, grid: tuple[int, ...], args: tuple, kwargs: dict) -> None:
-        if not _CACHEABLE or interpreting() or _hooked():
+        if not self.cacheable or _hooked():
             self.fn[grid](*args, **kwargs)
             return
         driver = triton.runtime.driver.active

@@ -118,3 +118,12 @@ def test_cached_launches_hand_the_launcher_what_triton_does() -> None:
     )  # fmt: skip
     assert done.returncode == 0, f"{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
     assert done.stdout.count("arguments identical") == 8
+
+
+def test_interpreted_kernels_are_never_kept() -> None:
+    from triton.runtime.interpreter import InterpretedFunction
+
+    def kernel(x_ptr, n):  # what triton.jit makes under TRITON_INTERPRET=1
+        pass
+
+    assert not CachedLaunch(InterpretedFunction(kernel)).cacheable
