@@ -24,6 +24,7 @@ import triton
 import triton.language as tl
 
 from mambaverse.kernels.triton_support import (
+    CachedLaunch,
     as_rows,
     cdiv,
     check_device,
@@ -37,6 +38,7 @@ OP = "add_rms_norm"
 MAX_DIM = 65536  # one row per tile: Triton tiles hold at most 2**20 elements, registers far fewer
 
 
+@CachedLaunch
 @triton.jit
 def _add_rms_norm_fwd(x_p, r_p, w_p, y_p, s_p, rstd_p, rows, dim, eps, s_x, s_r,
                       HAS_RESIDUAL: tl.constexpr, STORE_RSTD: tl.constexpr,
@@ -59,6 +61,7 @@ def _add_rms_norm_fwd(x_p, r_p, w_p, y_p, s_p, rstd_p, rows, dim, eps, s_x, s_r,
         tl.store(rstd_p + row, rstd, mask=row < rows)
 
 
+@CachedLaunch
 @triton.jit
 def _add_rms_norm_bwd(dy_p, ds_p, s_p, rstd_p, w_p, dx_p, dr_p, dw_p, rows, dim, s_dy, s_ds,
                       HAS_DS: tl.constexpr, STORE_DR: tl.constexpr,

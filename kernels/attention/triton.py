@@ -32,6 +32,7 @@ import triton.language as tl
 
 from mambaverse.kernels.triton_support import (
     LOG2E,
+    CachedLaunch,
     cdiv,
     check_device,
     check_float,
@@ -157,6 +158,7 @@ def _query_block(q_ptr, k_ptr, v_ptr, nheads, kv_group, lq, head_dim, v_dim,
     return m0, pid_bh, b, head, offs_m, offs_d, offs_e, d_mask, e_mask, q, k_base, v_base
 
 
+@CachedLaunch
 @triton.jit
 def _attn_fwd(
     q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr,
@@ -189,6 +191,7 @@ def _attn_fwd(
     tl.store(lse_ptr + pid_bh.to(tl.int64) * lq + offs_m, lse, mask=offs_m < lq)
 
 
+@CachedLaunch
 @triton.jit
 def _bwd_delta(o_ptr, do_ptr, delta_ptr, lq, v_dim, s_do_b, s_do_h, s_do_l, nheads,
                BLOCK_M: tl.constexpr, E_PAD: tl.constexpr):  # fmt: skip
@@ -235,6 +238,7 @@ def _bwd_kv_queries(dk, dv, k, v, q_base, do_base, lse_base, delta_base, lo, hi,
     return dk, dv
 
 
+@CachedLaunch
 @triton.jit
 def _attn_bwd_kv(
     q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
@@ -325,6 +329,7 @@ def _bwd_q_keys(dq, q, do, lse, delta, k_base, v_base, lo, hi, offs_m, offs_d, o
     return dq
 
 
+@CachedLaunch
 @triton.jit
 def _attn_bwd_q(
     q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr,

@@ -55,6 +55,7 @@ from triton.language.extra.cuda import libdevice
 
 from mambaverse.kernels.shared_grad import grad_slot
 from mambaverse.kernels.triton_support import (
+    CachedLaunch,
     cdiv,
     check_device,
     check_float,
@@ -111,6 +112,7 @@ def _preactivation(x_p, w_p, bias, offs_t, mask_d, seqlen, s_x_l, s_w_k, W: tl.c
     return p
 
 
+@CachedLaunch
 @triton.jit
 def _causal_conv_fwd(
     x_ptr, w_ptr, bias_ptr, y_ptr,
@@ -139,6 +141,7 @@ def _causal_conv_fwd(
     tl.store(y_p, p.to(y_ptr.dtype.element_ty), mask=(offs_t < seqlen)[:, None] & mask_d[None, :])
 
 
+@CachedLaunch
 @triton.jit
 def _causal_conv_bwd(
     x_ptr, w_ptr, bias_ptr, dy_ptr, dx_ptr, dw_ptr, dbias_ptr,
@@ -230,6 +233,7 @@ def _grad_p(xs, first: tl.constexpr, dy, ws, bias, SILU: tl.constexpr, W: tl.con
     return g
 
 
+@CachedLaunch
 @triton.jit
 def _causal_conv_bwd_walk(
     x_ptr, w_ptr, bias_ptr, dy_ptr, dx_ptr, dw_ptr, dbias_ptr,
@@ -315,6 +319,7 @@ def _causal_conv_bwd_walk(
     tl.store(dbias_ptr + row * dim + offs_d, tl.sum(dbias, axis=0), mask=mask_d)
 
 
+@CachedLaunch
 @triton.jit
 def _causal_conv_update(
     state_ptr, x_ptr, w_ptr, bias_ptr, y_ptr,

@@ -29,6 +29,7 @@ import triton.language as tl
 
 from mambaverse.kernels.shared_grad import grad_slot
 from mambaverse.kernels.triton_support import (
+    CachedLaunch,
     as_rows,
     cdiv,
     check_device,
@@ -46,6 +47,7 @@ OP = "gated_rms_norm"
 MAX_GROUP = 65536  # one group of a row per tile: Triton tiles hold at most 2**20 elements
 
 
+@CachedLaunch
 @triton.jit
 def _gated_rms_norm_fwd(x_p, z_p, w_p, y_p, rstd_p, rows, dim, group_size, eps, s_x, s_z,
                         NORM_BEFORE_GATE: tl.constexpr, STORE_RSTD: tl.constexpr,
@@ -88,6 +90,7 @@ def _bwd_tile_loads(dy_p, x_p, z_p, rstd_p, row, col, mask_c, rows, s_dy, s_x, s
     return dy, x, z, rstd
 
 
+@CachedLaunch
 @triton.jit
 def _gated_rms_norm_bwd(dy_p, x_p, z_p, rstd_p, w_p, dx_p, dz_p, dw_p, rows, dim, group_size,
                         s_dy, s_x, s_z, s_dx, s_dz, NORM_BEFORE_GATE: tl.constexpr,

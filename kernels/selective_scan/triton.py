@@ -59,6 +59,7 @@ import triton.language as tl
 
 from mambaverse.kernels.triton_support import (
     LOG2E,
+    CachedLaunch,
     cdiv,
     channels_innermost,
     check_device,
@@ -244,6 +245,7 @@ def _segment_pointers(seg_h_ptr, seg_dt_ptr, pid_b, offs_d, offs_n, dim, dstate,
     return seg_h_p, seg_dt_p
 
 
+@CachedLaunch
 @triton.jit
 def _selective_scan_segments(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, z_ptr, bias_ptr, dout_ptr, seg_h_ptr, seg_dt_ptr,
@@ -297,6 +299,7 @@ def _selective_scan_segments(
     tl.store(seg_dt_p + seg * dim, dt_sum, mask=mask_d)
 
 
+@CachedLaunch
 @triton.jit
 def _selective_scan_fwd(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
@@ -352,6 +355,7 @@ def _selective_scan_fwd(
         tl.store(last, h, mask=mask_dn & (seg == tl.num_programs(2) - 1))
 
 
+@CachedLaunch
 @triton.jit
 def _selective_scan_bwd(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, ckpt_ptr,
@@ -499,6 +503,7 @@ def _rates_and_zero_states(A_ptr, s_A_d, s_A_n, offs_d, mask_d, BLOCK_D: tl.cons
     return A2, hs
 
 
+@CachedLaunch
 @triton.jit
 def _selective_scan_inference(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, y_ptr, last_ptr,
@@ -581,6 +586,7 @@ def _chunk_columns(ptr, offs_d):
     return _columns(tl.load(ptr + offs_d[:, None] * 0 + tl.arange(0, 4)[None, :]))
 
 
+@CachedLaunch
 @triton.jit
 def _selective_scan_by_channel(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, y_ptr, last_ptr, seg_ptr,
@@ -688,6 +694,7 @@ def _selective_scan_by_channel(
             tl.store(row + n * dim, hs[n], mask=mask_d)
 
 
+@CachedLaunch
 @triton.jit
 def _selective_state_update(
     state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, y_ptr,

@@ -48,6 +48,7 @@ import triton.language as tl
 from mambaverse.kernels.shared_grad import grad_slot, place_grad
 from mambaverse.kernels.triton_support import (
     LOG2E,
+    CachedLaunch,
     cdiv,
     check_device,
     check_float,
@@ -97,6 +98,7 @@ def _chunk_rows(cs_ptr, dtb_ptr, row0, offs, chunk_len):
 
 
 # -- forward --------------------------------------------------------------------------------------
+@CachedLaunch
 @triton.jit
 def _states_fwd(
     x_ptr, dt_ptr, A_ptr, bias_ptr, B_ptr, init_ptr,
@@ -165,6 +167,7 @@ def _states_fwd(
         tl.store(final_ptr + state_off, S, mask=mask_pn)
 
 
+@CachedLaunch
 @triton.jit
 def _chunk_scan_fwd(
     x_ptr, B_ptr, C_ptr, D_ptr, z_ptr, cs_ptr, dtb_ptr, sprev_ptr, y_ptr, ypre_ptr,
@@ -242,6 +245,7 @@ def _chunk_scan_fwd(
 
 
 # -- backward -------------------------------------------------------------------------------------
+@CachedLaunch
 @triton.jit
 def _dstate_local(
     dout_ptr, z_ptr, ypre_ptr, C_ptr, cs_ptr, dy_ptr, dz_ptr, dlocal_ptr,
@@ -290,6 +294,7 @@ def _dstate_local(
     tl.store(dlocal_ptr + off, acc, mask=mask_p[:, None] & (offs_n[None, :] < dstate))
 
 
+@CachedLaunch
 @triton.jit
 def _state_passing_bwd(
     dlocal_ptr, sprev_ptr, cs_ptr, dfinal_ptr, g_ptr, dlast_ptr, dinit_ptr,
@@ -327,6 +332,7 @@ def _state_passing_bwd(
         tl.store(dinit_ptr + pid_bh.to(tl.int64) * state_size + offs, G, mask=mask)
 
 
+@CachedLaunch
 @triton.jit
 def _dx(
     x_ptr, B_ptr, C_ptr, D_ptr, dy_ptr, cs_ptr, dtb_ptr, g_ptr,
@@ -426,6 +432,7 @@ def _group_rows(seqlen, headdim, dstate, chunk_size, ngroups, BLOCK: tl.constexp
             offs_p < headdim, offs_n < dstate, offs_r < chunk_len, c * chunk_size + offs_r)  # fmt: skip
 
 
+@CachedLaunch
 @triton.jit
 def _dB(
     x_ptr, C_ptr, dy_ptr, cs_ptr, dtb_ptr, g_ptr, dB_ptr,
@@ -538,6 +545,7 @@ def _dC_block_pair(
     return tl.dot(W.to(Bs.dtype), Bs, input_precision=DOT_PRECISION)
 
 
+@CachedLaunch
 @triton.jit
 def _dC(
     x_ptr, B_ptr, C_ptr, dy_ptr, cs_ptr, dtb_ptr, sprev_ptr, dC_ptr, u_ptr, q_ptr,
@@ -592,6 +600,7 @@ def _dC(
              mask=mask_t[:, None] & mask_n[None, :])  # fmt: skip
 
 
+@CachedLaunch
 @triton.jit
 def _ddt(
     dt_ptr, A_ptr, bias_ptr, dtb_ptr, q_ptr, u_ptr, v_ptr, ddt_direct_ptr, dlast_ptr,
@@ -636,6 +645,7 @@ def _ddt(
     tl.store(dbias_ptr + pid_bh.to(tl.int64) * n_chunks + c, tl.sum(ddt, 0))
 
 
+@CachedLaunch
 @triton.jit
 def _state_update(
     state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, y_ptr,

@@ -32,6 +32,7 @@ import triton.language as tl
 
 from mambaverse.kernels.causal_conv1d.triton import causal_conv1d
 from mambaverse.kernels.triton_support import (
+    CachedLaunch,
     cdiv,
     check_device,
     check_float,
@@ -65,6 +66,7 @@ def _tile(rows, channels, length, BLOCK_R: tl.constexpr, BLOCK_T: tl.constexpr,
     return b, c, t, row < rows, t < length
 
 
+@CachedLaunch
 @triton.jit
 def _gather_walks(x_p, order_p, out_p, rows, channels, tokens, steps,
                   s_xb, s_xc, s_xl, s_ok, s_ot,
@@ -80,6 +82,7 @@ def _gather_walks(x_p, order_p, out_p, rows, channels, tokens, steps,
     tl.store(dst, value, mask=mask_r[:, None] & mask_t[None, :])
 
 
+@CachedLaunch
 @triton.jit
 def _conv_walks(x_p, order_p, w_p, bias_p, out_p, rows, channels, tokens, steps,
                 s_xb, s_xc, s_xl, s_ok, s_ot, s_wd, s_wk,
@@ -121,6 +124,7 @@ def _conv_walks(x_p, order_p, w_p, bias_p, out_p, rows, channels, tokens, steps,
     tl.store(dst, acc.to(out_p.dtype.element_ty), mask=mask_r[:, None] & mask_t[None, :])
 
 
+@CachedLaunch
 @triton.jit
 def _merge_walks(y_p, inverse_p, gate_p, out_p, merged_p, rows, channels, tokens, scale,
                  s_yb, s_yk, s_yc, s_yt, s_ik, s_it, s_gb, s_gc, s_gl, s_ob, s_oc, s_ol,
@@ -146,6 +150,7 @@ def _merge_walks(y_p, inverse_p, gate_p, out_p, merged_p, rows, channels, tokens
     tl.store(out_p + out_offset, total.to(out_p.dtype.element_ty), mask=mask)
 
 
+@CachedLaunch
 @triton.jit
 def _scatter_walks(g_p, gate_p, merged_p, inverse_p, dy_p, dgate_p,
                    rows, channels, tokens, steps, scale,
