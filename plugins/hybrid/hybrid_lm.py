@@ -30,7 +30,7 @@ from mambaverse.errors import ConfigError
 from mambaverse.plugins.mamba_lm.block import ResidualBlock
 from mambaverse.plugins.mixers.norms import RMSNorm
 
-from .lm import LanguageModel
+from .lm import LanguageModel, Stream
 from .moe import load_balancing_loss
 from .pattern import moe_flags, token_mixers
 
@@ -51,16 +51,22 @@ class HybridLayer(nn.Module):
         self.ffn_norm = RMSNorm(d_model, eps=norm_eps)
         self.ffn = ffn
 
-    def forward(self, h: torch.Tensor, state: Any = None) -> torch.Tensor:
-        """h: (B, L, d_model) -> (B, L, d_model); ``state`` is filled for decoding when given."""
-        return self._ffn_block(self.mixer_block(h, state))
+    def forward(
+        self, hidden: torch.Tensor, residual: torch.Tensor | None, state: Any = None
+    ) -> Stream:
+        """(hidden, residual) (B, L, d_model) each -> the same, as
+        :class:`~mambaverse.plugins.mamba_lm.block.ResidualBlock`; ``state`` is filled for
+        decoding when given."""
+        return self._ffn_block(*self.mixer_block(hidden, residual, state))
 
-    def step(self, h: torch.Tensor, state: Any) -> torch.Tensor:
-        """h: (B, d_model) for one token -> (B, d_model); ``state`` is updated in place."""
-        return self._ffn_block(self.mixer_block.step(h, state))
+    def step(self, hidden: torch.Tensor, residual: torch.Tensor | None, state: Any) -> Stream:
+        """(hidden, residual) (B, d_model) each, for one token -> the same; ``state`` is updated
+        in place."""
+        return self._ffn_block(*self.mixer_block.step(hidden, residual, state))
 
-    def _ffn_block(self, h: torch.Tensor) -> torch.Tensor:
-        return h + self.ffn(self.ffn_norm(h.to(self.ffn_norm.weight.dtype)))
+    def _ffn_block(self, hidden: torch.Tensor, residual: torch.Tensor) -> Stream:
+        normed, residual = self.mixer_block.add_and_norm(self.ffn_norm, hidden, residual)
+        return self.ffn(normed), residual
 
 
 class HybridLM(LanguageModel):
@@ -138,15 +144,17 @@ class HybridLM(LanguageModel):
             for name, moe in zip(mixers, is_moe, strict=True)
         )
 
-    def stack(self, h: torch.Tensor, state: list[Any] | None) -> torch.Tensor:
+    def stack(self, h: torch.Tensor, state: list[Any] | None) -> Stream:
+        hidden, residual = h, None
         for i, layer in enumerate(self.layers):
-            h = layer(h, None if state is None else state[i])
-        return h
+            hidden, residual = layer(hidden, residual, None if state is None else state[i])
+        return hidden, residual
 
-    def stack_step(self, h: torch.Tensor, state: list[Any]) -> torch.Tensor:
+    def stack_step(self, h: torch.Tensor, state: list[Any]) -> Stream:
+        hidden, residual = h, None
         for layer, layer_state in zip(self.layers, state, strict=True):
-            h = layer.step(h, layer_state)
-        return h
+            hidden, residual = layer.step(hidden, residual, layer_state)
+        return hidden, residual
 
     def allocate_state(
         self,

@@ -6,7 +6,9 @@ the LM head, and decoding with a per-layer state.
     logits = lm_head(norm_f(h))                     (B, L, padded vocab)
 
 Subclasses implement ``stack`` (whole sequence), ``stack_step`` (one token) and
-``allocate_state``; generation is mamba_lm's (prefill in parallel, then one step per token).
+``allocate_state``; the stacks return the stream h as (hidden, residual), h = hidden + residual
+(residual None: h = hidden), so that the last add runs fused with norm_f as mamba_lm's blocks do
+theirs. Generation is mamba_lm's (prefill in parallel, then one step per token).
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ import torch
 from torch import nn
 
 from mambaverse.plugins.mamba_lm.generation import generate
-from mambaverse.plugins.mamba_lm.model import embed_tokens, padded_vocab_size
+from mambaverse.plugins.mamba_lm.model import embed_tokens, final_norm, padded_vocab_size
 from mambaverse.plugins.mixers.base import kernel_scope
 from mambaverse.plugins.mixers.mamba import step_decay_rates
 from mambaverse.plugins.mixers.norms import RMSNorm
+
+Stream = tuple[torch.Tensor, torch.Tensor | None]  # (hidden, residual): the stream is their sum
 
 
 class LanguageModel(nn.Module):
@@ -72,23 +76,26 @@ class LanguageModel(nn.Module):
         """
         self._check_ids(input_ids, 2, "(batch, length)")
         with kernel_scope(self.kernels):
-            h = self.stack(embed_tokens(self.embedding, input_ids, prefix_embeds), state)
-            if num_last_tokens > 0:
-                h = h[:, -num_last_tokens:]
-            return self.lm_head(self.norm_f(h))
+            hidden, residual = self.stack(
+                embed_tokens(self.embedding, input_ids, prefix_embeds), state
+            )
+            return self.lm_head(final_norm(self.norm_f, hidden, residual, num_last_tokens))
 
     def step(self, input_ids: torch.Tensor, state: list[Any]) -> torch.Tensor:
         """One decoding step: input_ids (B,) -> logits (B, padded vocab); ``state`` updated in place."""
         self._check_ids(input_ids, 1, "(batch,)")
         with kernel_scope(self.kernels), step_decay_rates(self):
-            return self.lm_head(self.norm_f(self.stack_step(self.embedding(input_ids), state)))
+            hidden, residual = self.stack_step(self.embedding(input_ids), state)
+            return self.lm_head(final_norm(self.norm_f, hidden, residual))
 
-    def stack(self, h: torch.Tensor, state: list[Any] | None) -> torch.Tensor:
-        """The layers on a whole sequence: (B, L, d_model) -> (B, L, d_model)."""
+    def stack(self, h: torch.Tensor, state: list[Any] | None) -> Stream:
+        """The layers on a whole sequence: h (B, L, d_model) -> (hidden, residual), each
+        (B, L, d_model) or residual None."""
         raise NotImplementedError
 
-    def stack_step(self, h: torch.Tensor, state: list[Any]) -> torch.Tensor:
-        """The layers on one token: (B, d_model) -> (B, d_model)."""
+    def stack_step(self, h: torch.Tensor, state: list[Any]) -> Stream:
+        """The layers on one token: h (B, d_model) -> (hidden, residual), each (B, d_model) or
+        residual None."""
         raise NotImplementedError
 
     def allocate_state(

@@ -30,7 +30,7 @@ from mambaverse.plugins.mixers.attention import KVCache
 from mambaverse.plugins.mixers.norms import RMSNorm
 
 from .adapters import active_adapter, adapt, low_rank
-from .lm import LanguageModel
+from .lm import LanguageModel, Stream
 from .pattern import expand_codes
 
 LAYER_CODES = {"m": "mamba", "h": "hybrid"}  # "h": the shared block, then the Mamba layer
@@ -225,11 +225,11 @@ class ZambaLM(LanguageModel):
         config.setdefault("scale", (config["head_dim"] / 2) ** -0.5)
         return config
 
-    def stack(self, h: torch.Tensor, state: list[Any] | None) -> torch.Tensor:
-        return self._run(h, state, one_token=False)
+    def stack(self, h: torch.Tensor, state: list[Any] | None) -> Stream:
+        return self._run(h, state, one_token=False), None
 
-    def stack_step(self, h: torch.Tensor, state: list[Any]) -> torch.Tensor:
-        return self._run(h, state, one_token=True)
+    def stack_step(self, h: torch.Tensor, state: list[Any]) -> Stream:
+        return self._run(h, state, one_token=True), None
 
     def _run(self, h: torch.Tensor, state: list[Any] | None, one_token: bool) -> torch.Tensor:
         h0 = h  # the embeddings, which every application of a shared block reads again

@@ -1,4 +1,13 @@
-"""A pre-norm residual block: h -> h + mixer(norm(h))."""
+"""A pre-norm residual block, carrying the residual stream as mamba_ssm's ``Block`` does.
+
+The stream after block i is h_i = h_{i-1} + mixer_i(norm_i(h_{i-1})). Each block is handed the
+previous block's mixer output and the stream before it, (hidden, residual), and does the add
+with its own norm, so "add -> norm" is one fused op (``add_rms_norm``: one kernel each way on
+CUDA, the norm taken from the float32 sum):
+
+    s      = hidden + residual                 (hidden alone for the first block)
+    hidden = mixer(norm(s)),  residual = s     -> the next block; the model's final norm adds last
+"""
 
 from __future__ import annotations
 
@@ -7,11 +16,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from mambaverse.plugins.mixers.norms import add_and_norm
+
 
 class ResidualBlock(nn.Module):
-    """h -> h + mixer(norm(h)), for the whole sequence (``forward``) or one token (``step``).
+    """(hidden, residual) -> (mixer(norm(s)), s) with s = hidden + residual, for the whole
+    sequence (``forward``) or one token (``step``).
 
-    residual_in_fp32: keep the residual stream in float32 (or wider) when the model runs in
+    residual_in_fp32: keep the residual stream s in float32 (or wider) when the model runs in
     half precision, as the Mamba models do; the sum of n_layer updates loses bits otherwise.
     """
 
@@ -21,16 +33,23 @@ class ResidualBlock(nn.Module):
         self.mixer = mixer
         self.residual_in_fp32 = residual_in_fp32
 
-    def forward(self, h: torch.Tensor, state: Any = None) -> torch.Tensor:
-        """h: (B, L, dim) -> (B, L, dim); ``state`` is filled for decoding when given."""
-        return self._residual(h) + self.mixer(self._normed(h), state)
+    def forward(
+        self, hidden: torch.Tensor, residual: torch.Tensor | None, state: Any = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """hidden, residual: (B, L, dim) -> the same; ``state`` is filled for decoding when given."""
+        normed, residual = self.add_and_norm(self.norm, hidden, residual)
+        return self.mixer(normed, state), residual
 
-    def step(self, h: torch.Tensor, state: Any) -> torch.Tensor:
-        """h: (B, dim) for one token -> (B, dim); ``state`` is updated in place."""
-        return self._residual(h) + self.mixer.step(self._normed(h), state)
+    def step(
+        self, hidden: torch.Tensor, residual: torch.Tensor | None, state: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """hidden, residual: (B, dim) for one token -> the same; ``state`` is updated in place."""
+        normed, residual = self.add_and_norm(self.norm, hidden, residual)
+        return self.mixer.step(normed, state), residual
 
-    def _normed(self, h: torch.Tensor) -> torch.Tensor:
-        return self.norm(h.to(self.norm.weight.dtype))
-
-    def _residual(self, h: torch.Tensor) -> torch.Tensor:
-        return h.to(torch.promote_types(h.dtype, torch.float32)) if self.residual_in_fp32 else h
+    def add_and_norm(
+        self, norm: nn.Module, hidden: torch.Tensor, residual: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(norm(s), s), s = hidden + residual kept in this block's residual dtype."""
+        wide = torch.promote_types(hidden.dtype, torch.float32) if self.residual_in_fp32 else None
+        return add_and_norm(norm, hidden, residual, residual_dtype=wide)

@@ -7,6 +7,8 @@ The same network as state-spaces/mamba's ``MambaLMHeadModel`` and transformers'
     h_i = h_{i-1} + mixer_i(norm_i(h_{i-1}))                i = 1 .. n_layer
     logits = lm_head(norm_f(h_n))                           (B, L, padded vocab)
 
+Each add runs fused with the norm after it (see :mod:`.block`), as mamba_ssm's fused_add_norm.
+
 The token mixer is any registered token mixer with a decoding state (``mamba``, ``mamba2``,
 ``attention``, ...), built by name, so generation works for all of them.
 """
@@ -23,7 +25,7 @@ from mambaverse.api import create_mixer, get_mixer
 from mambaverse.errors import ConfigError
 from mambaverse.plugins.mixers.base import kernel_scope
 from mambaverse.plugins.mixers.mamba import step_decay_rates
-from mambaverse.plugins.mixers.norms import make_norm
+from mambaverse.plugins.mixers.norms import add_and_norm, make_norm
 
 from .block import ResidualBlock
 from .generation import generate
@@ -52,6 +54,20 @@ def embed_tokens(
             f"got {tuple(prefix_embeds.shape)}"
         )
     return torch.cat([prefix_embeds.to(h.dtype), h], dim=1)
+
+
+def final_norm(
+    norm: nn.Module,
+    hidden: torch.Tensor,
+    residual: torch.Tensor | None,
+    num_last_tokens: int = 0,
+) -> torch.Tensor:
+    """norm(hidden + residual) in the norm's dtype, the stream's last step: (..., d) -> (..., d);
+    with ``num_last_tokens`` > 0 only those last positions of (B, L, d)."""
+    if num_last_tokens > 0:
+        hidden = hidden[:, -num_last_tokens:]
+        residual = residual[:, -num_last_tokens:] if residual is not None else None
+    return add_and_norm(norm, hidden, residual)[0]
 
 
 class MambaLM(nn.Module):
@@ -129,21 +145,19 @@ class MambaLM(nn.Module):
         """
         self._check_ids(input_ids, 2, "(batch, length)")
         with kernel_scope(self.kernels):
-            h = embed_tokens(self.embedding, input_ids, prefix_embeds)
+            hidden, residual = embed_tokens(self.embedding, input_ids, prefix_embeds), None
             for i, block in enumerate(self.layers):
-                h = block(h, None if state is None else state[i])
-            if num_last_tokens > 0:
-                h = h[:, -num_last_tokens:]
-            return self.lm_head(self.norm_f(h.to(self.norm_f.weight.dtype)))
+                hidden, residual = block(hidden, residual, None if state is None else state[i])
+            return self.lm_head(final_norm(self.norm_f, hidden, residual, num_last_tokens))
 
     def step(self, input_ids: torch.Tensor, state: list[Any]) -> torch.Tensor:
         """One decoding step: input_ids (B,) -> logits (B, padded vocab); ``state`` updated in place."""
         self._check_ids(input_ids, 1, "(batch,)")
         with kernel_scope(self.kernels), step_decay_rates(self):
-            h = self.embedding(input_ids)
+            hidden, residual = self.embedding(input_ids), None
             for block, layer_state in zip(self.layers, state, strict=True):
-                h = block.step(h, layer_state)
-            return self.lm_head(self.norm_f(h.to(self.norm_f.weight.dtype)))
+                hidden, residual = block.step(hidden, residual, layer_state)
+            return self.lm_head(final_norm(self.norm_f, hidden, residual))
 
     def allocate_state(
         self,

@@ -57,10 +57,10 @@ def test_image_tokens_come_before_the_text(model):
         lm = model.language_model
         image_tokens = model.projector(model.towers(images))  # (B, N, d)
         sequence = torch.cat([image_tokens, lm.embedding(ids)], dim=1)
-        hidden = sequence
+        hidden, residual = sequence, None
         for block in lm.layers:
-            hidden = block(hidden)
-        expected = lm.lm_head(lm.norm_f(hidden))[:, image_tokens.shape[1] :]
+            hidden, residual = block(hidden, residual)
+        expected = lm.lm_head(lm.norm_f(hidden + residual))[:, image_tokens.shape[1] :]
     assert logits.shape == (2, ids.shape[1], lm.padded_vocab_size)
     torch.testing.assert_close(logits, expected)
     other = torch.rand(2, 3, 16, 16)
