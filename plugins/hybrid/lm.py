@@ -76,16 +76,16 @@ class LanguageModel(nn.Module):
         """
         self._check_ids(input_ids, 2, "(batch, length)")
         with kernel_scope(self.kernels):
-            hidden, residual = self.stack(
-                embed_tokens(self.embedding, input_ids, prefix_embeds), state
-            )
+            stream = self.stack(embed_tokens(self.embedding, input_ids, prefix_embeds), state)
+            hidden, residual = self._checked(stream, "stack")
             return self.lm_head(final_norm(self.norm_f, hidden, residual, num_last_tokens))
 
     def step(self, input_ids: torch.Tensor, state: list[Any]) -> torch.Tensor:
         """One decoding step: input_ids (B,) -> logits (B, padded vocab); ``state`` updated in place."""
         self._check_ids(input_ids, 1, "(batch,)")
         with kernel_scope(self.kernels), step_decay_rates(self):
-            hidden, residual = self.stack_step(self.embedding(input_ids), state)
+            stream = self.stack_step(self.embedding(input_ids), state)
+            hidden, residual = self._checked(stream, "stack_step")
             return self.lm_head(final_norm(self.norm_f, hidden, residual))
 
     def stack(self, h: torch.Tensor, state: list[Any] | None) -> Stream:
@@ -97,6 +97,16 @@ class LanguageModel(nn.Module):
         """The layers on one token: h (B, d_model) -> (hidden, residual), each (B, d_model) or
         residual None."""
         raise NotImplementedError
+
+    def _checked(self, stream: Any, method: str) -> Stream:
+        """A stack's result, refused with a clear error unless it is (hidden, residual): a single
+        tensor would unpack along the batch."""
+        if isinstance(stream, tuple) and len(stream) == 2:
+            return stream
+        raise TypeError(
+            f"{type(self).__name__}.{method} must return the stream as a tuple (hidden, residual) "
+            f"(residual None when the stream is hidden alone), got {type(stream).__name__}"
+        )
 
     def allocate_state(
         self,

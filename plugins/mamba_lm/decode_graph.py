@@ -54,7 +54,14 @@ KV_CAPACITY_STEP = 256
 # not pile them up.
 MAX_GRAPHS_PER_MODEL = 4
 # The ops of a decoding step whose implementation a kernel choice can change.
-DECODE_OPS = ("selective_state_update", "ssd_state_update", "causal_conv1d_update", "attention")
+DECODE_OPS = (
+    "selective_state_update",
+    "ssd_state_update",
+    "causal_conv1d_update",
+    "attention",
+    "add_rms_norm",
+    "gated_rms_norm",
+)
 
 
 class GraphUnsupportedError(ConfigError):

@@ -67,6 +67,8 @@ def final_norm(
     if num_last_tokens > 0:
         hidden = hidden[:, -num_last_tokens:]
         residual = residual[:, -num_last_tokens:] if residual is not None else None
+    if residual is None:  # nothing to add: the norm alone, no copy of the stream
+        return norm(hidden.to(norm.weight.dtype))
     return add_and_norm(norm, hidden, residual)[0]
 
 

@@ -119,3 +119,19 @@ def test_checkpoint_round_trip(name, tmp_path):
     loaded = mambaverse.load_pretrained(tmp_path / name).eval()
     with torch.no_grad():
         torch.testing.assert_close(loaded(input_ids), model(input_ids), rtol=0, atol=0)
+
+
+def test_a_stack_returning_one_tensor_is_refused():
+    # The stacks return (hidden, residual); a single (2, L, d) tensor would otherwise unpack
+    # along the batch into two "halves" and give wrong logits without a word.
+    from mambaverse.plugins.hybrid.lm import LanguageModel
+
+    class OneTensorStack(LanguageModel):
+        def stack(self, h, state):
+            return h
+
+    model = OneTensorStack(50, 16, 1e-6, True, 1, 0.02, None)
+    with pytest.raises(
+        TypeError, match=r"OneTensorStack.stack must return .* \(hidden, residual\)"
+    ):
+        model(torch.zeros(2, 5, dtype=torch.long))
