@@ -28,7 +28,7 @@ from torch import nn
 from mambaverse.api import create_mixer
 from mambaverse.errors import ConfigError
 from mambaverse.plugins.mamba_lm.block import ResidualBlock
-from mambaverse.plugins.mixers.norms import RMSNorm
+from mambaverse.plugins.mixers.norms import RMSNorm, add_and_norm
 
 from .lm import LanguageModel, Stream
 from .moe import load_balancing_loss
@@ -65,7 +65,8 @@ class HybridLayer(nn.Module):
         return self._ffn_block(*self.mixer_block.step(hidden, residual, state))
 
     def _ffn_block(self, hidden: torch.Tensor, residual: torch.Tensor) -> Stream:
-        normed, residual = self.mixer_block.add_and_norm(self.ffn_norm, hidden, residual)
+        stream_dtype = self.mixer_block.stream_dtype(hidden)
+        normed, residual = add_and_norm(self.ffn_norm, hidden, residual, stream_dtype)
         return self.ffn(normed), residual
 
 

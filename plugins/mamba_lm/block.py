@@ -37,19 +37,17 @@ class ResidualBlock(nn.Module):
         self, hidden: torch.Tensor, residual: torch.Tensor | None, state: Any = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """hidden, residual: (B, L, dim) -> the same; ``state`` is filled for decoding when given."""
-        normed, residual = self.add_and_norm(self.norm, hidden, residual)
+        normed, residual = add_and_norm(self.norm, hidden, residual, self.stream_dtype(hidden))
         return self.mixer(normed, state), residual
 
     def step(
         self, hidden: torch.Tensor, residual: torch.Tensor | None, state: Any
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """hidden, residual: (B, dim) for one token -> the same; ``state`` is updated in place."""
-        normed, residual = self.add_and_norm(self.norm, hidden, residual)
+        normed, residual = add_and_norm(self.norm, hidden, residual, self.stream_dtype(hidden))
         return self.mixer.step(normed, state), residual
 
-    def add_and_norm(
-        self, norm: nn.Module, hidden: torch.Tensor, residual: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(norm(s), s), s = hidden + residual kept in this block's residual dtype."""
-        wide = torch.promote_types(hidden.dtype, torch.float32) if self.residual_in_fp32 else None
-        return add_and_norm(norm, hidden, residual, residual_dtype=wide)
+    def stream_dtype(self, hidden: torch.Tensor) -> torch.dtype | None:
+        """The dtype the residual stream is kept in: float32 (or wider) with residual_in_fp32,
+        else None (the sum's own)."""
+        return torch.promote_types(hidden.dtype, torch.float32) if self.residual_in_fp32 else None
