@@ -77,10 +77,10 @@ class LaunchConfig:
     # The kernels that walk every chunk in order (_states_fwd, _state_passing_bwd) run one program
     # per (batch, head, piece of the state): the pieces shrink until there are this many
     # programs per multiprocessor (see state_tile, passing_block)
-    state_programs_per_sm: int
+    state_programs_per_sm: int = 4
 
 
-GPU = LaunchConfig(block=64, warps=4, stages=1, head_splits=4, state_programs_per_sm=4)
+GPU = LaunchConfig(block=64, warps=4, stages=1, head_splits=4)
 INTERPRETED = LaunchConfig(block=16, warps=1, stages=1, head_splits=2, state_programs_per_sm=16)
 
 
@@ -716,14 +716,14 @@ def _precision(t: torch.Tensor) -> str:
     return "ieee" if t.dtype == torch.float32 else "tf32"
 
 
-def state_tile(heads: int, p_pad: int, n_pad: int, programs: int) -> tuple[int, int]:
-    """(BLOCK_P, BLOCK_N) of `_states_fwd`'s state tiles for ``heads`` = batch × heads (padded
-    state p_pad × n_pad). Its programs walk the whole sequence, so a longer sequence at the same
+def state_tile(heads: int, headdim: int, dstate: int, programs: int) -> tuple[int, int]:
+    """(BLOCK_P, BLOCK_N) of `_states_fwd`'s state tiles for ``heads`` = batch × heads and a
+    headdim × dstate state. Its programs walk the whole sequence, so a longer sequence at the same
     tokens per step (a smaller batch) means fewer, longer programs: from 64 × 128 the tiles are
     halved, the wider side first, until there are at least ``programs`` of them or both sides
     are 16 (the tensor cores' minimum)."""
-    tile_p, tile_n = min(p_pad, 64), min(n_pad, 128)
-    while heads * cdiv(p_pad, tile_p) * cdiv(n_pad, tile_n) < programs:
+    tile_p, tile_n = min(dot_width(headdim), 64), min(dot_width(dstate), 128)
+    while heads * cdiv(headdim, tile_p) * cdiv(dstate, tile_n) < programs:
         if tile_n >= tile_p and tile_n > 16:
             tile_n //= 2
         elif tile_p > 16:
@@ -761,7 +761,7 @@ def _forward(x, dt, A, B, C, chunk_size, D, z, dt_bias, softplus_, initial_state
     final = torch.empty((batch, nheads, headdim, dstate), **f32) if store_final else cs
     p_pad, n_pad = dot_width(headdim), dot_width(dstate)
     precision = _precision(x)
-    tile_p, tile_n = state_tile(batch * nheads, p_pad, n_pad, _programs_wanted(dev, config))
+    tile_p, tile_n = state_tile(batch * nheads, headdim, dstate, _programs_wanted(dev, config))
     grid = (batch * nheads, cdiv(headdim, tile_p), cdiv(dstate, tile_n))
     _states_fwd[grid](
         x, dt, A, _or(dt_bias, A), B, _or(initial_states, x), cs, dtb, sprev, final,

@@ -117,11 +117,11 @@ def test_chunks_not_a_multiple_of_the_row_block():
 
 @tiny
 def test_state_pieces_smaller_than_the_state():
-    # headdim 20, dstate 24 (padded 32 × 32) and 2 heads: to reach their program target, the
-    # forward's state kernel splits each head's state into 2 × 2 tiles of 16 (ragged in both
-    # directions) and the backward's state passing its 480 elements into 4 blocks of 128
+    # headdim 20, dstate 24 and 2 heads: to reach their program target, the forward's state
+    # kernel splits each head's state into 2 × 2 tiles of 16 (ragged in both directions) and the
+    # backward's state passing its 480 elements into 4 blocks of 128
     target = kernels.INTERPRETED.state_programs_per_sm
-    assert kernels.state_tile(2, 32, 32, target) == (16, 16)
+    assert kernels.state_tile(2, 20, 24, target) == (16, 16)
     assert kernels.passing_block(2, 20 * 24, target) == 128
     check(make_inputs(1, 40, 2, 20, 24, groups=1), torch.float32, chunk_size=16, label="cpu tiles")
 
@@ -136,6 +136,8 @@ def test_state_pieces_shrink_until_the_gpu_is_full():
     assert kernels.state_tile(4 * 24, 64, 128, 0) == (64, 128)
     assert kernels.state_tile(1, 64, 128, 10**6) == (16, 16)
     assert kernels.state_tile(8, 16, 16, 100) == (16, 16)
+    # tiles are counted over the real state: headdim 80 is 3 tiles of 32, not the padded 4
+    assert kernels.state_tile(1, 80, 16, 4) == (16, 16)
     # the backward's state passing (8192 elements a head): 4k keeps blocks of 1024, 16k halves
     # them twice; never below 128
     assert kernels.passing_block(4 * 24, 64 * 128, 4 * 132) == 1024
