@@ -59,6 +59,7 @@ from mambaverse.kernels.triton_support import (
     check_step_inputs,
     dot_width,
     interpreting,
+    multiprocessors,
     next_pow2,
     silu_and_grad,
     softplus,
@@ -73,10 +74,14 @@ class LaunchConfig:
     warps: int
     stages: int
     head_splits: int  # programs sharing the heads of one group in the dB / dC kernels
+    # The kernels that walk every chunk in order (_states_fwd, _state_passing_bwd) run one program
+    # per (batch, head, piece of the state): the pieces shrink until there are this many
+    # programs per multiprocessor (see state_tile, passing_block)
+    state_programs_per_sm: int = 4
 
 
-GPU = LaunchConfig(block=64, warps=4, stages=1, head_splits=4)  # tuned on an H100
-INTERPRETED = LaunchConfig(block=16, warps=1, stages=1, head_splits=2)
+GPU = LaunchConfig(block=64, warps=4, stages=1, head_splits=4)
+INTERPRETED = LaunchConfig(block=16, warps=1, stages=1, head_splits=2, state_programs_per_sm=16)
 
 
 def _config() -> LaunchConfig:
@@ -711,6 +716,38 @@ def _precision(t: torch.Tensor) -> str:
     return "ieee" if t.dtype == torch.float32 else "tf32"
 
 
+def state_tile(heads: int, headdim: int, dstate: int, programs: int) -> tuple[int, int]:
+    """(BLOCK_P, BLOCK_N) of `_states_fwd`'s state tiles for ``heads`` = batch × heads and a
+    headdim × dstate state. Its programs walk the whole sequence, so a longer sequence at the same
+    tokens per step (a smaller batch) means fewer, longer programs: from 64 × 128 the tiles are
+    halved, the wider side first, until there are at least ``programs`` of them or both sides
+    are 16 (the tensor cores' minimum)."""
+    tile_p, tile_n = min(dot_width(headdim), 64), min(dot_width(dstate), 128)
+    while heads * cdiv(headdim, tile_p) * cdiv(dstate, tile_n) < programs:
+        if tile_n >= tile_p and tile_n > 16:
+            tile_n //= 2
+        elif tile_p > 16:
+            tile_p //= 2
+        else:
+            break
+    return tile_p, tile_n
+
+
+def passing_block(heads: int, state_size: int, programs: int) -> int:
+    """BLOCK of `_state_passing_bwd` (state elements per program) for ``heads`` = batch × heads:
+    1024 (or the padded state), halved down to 128 until there are at least ``programs``
+    programs, for the same reason as :func:`state_tile`."""
+    block = min(1024, next_pow2(state_size))
+    while heads * cdiv(state_size, block) < programs and block > 128:
+        block //= 2
+    return block
+
+
+def _programs_wanted(device: torch.device, config: LaunchConfig) -> int:
+    sms = multiprocessors(device) if device.type == "cuda" else 1
+    return config.state_programs_per_sm * sms
+
+
 def _forward(x, dt, A, B, C, chunk_size, D, z, dt_bias, softplus_, initial_states,
              store_final: bool, for_backward: bool, config: LaunchConfig):  # fmt: skip
     batch, seqlen, nheads, headdim = x.shape
@@ -723,17 +760,18 @@ def _forward(x, dt, A, B, C, chunk_size, D, z, dt_bias, softplus_, initial_state
     sprev = torch.empty((batch, n_chunks, nheads, headdim, dstate), device=dev, dtype=x.dtype)
     final = torch.empty((batch, nheads, headdim, dstate), **f32) if store_final else cs
     p_pad, n_pad = dot_width(headdim), dot_width(dstate)
-    block_p, block_n = min(p_pad, 64), min(n_pad, 128)
     precision = _precision(x)
-    grid = (batch * nheads, cdiv(headdim, block_p), cdiv(dstate, block_n))
+    tile_p, tile_n = state_tile(batch * nheads, headdim, dstate, _programs_wanted(dev, config))
+    grid = (batch * nheads, cdiv(headdim, tile_p), cdiv(dstate, tile_n))
     _states_fwd[grid](
         x, dt, A, _or(dt_bias, A), B, _or(initial_states, x), cs, dtb, sprev, final,
         seqlen, nheads, nheads // ngroups, headdim, dstate, chunk_size, n_chunks,
         *x.stride(), *dt.stride(), *B.stride(),
         HAS_BIAS=dt_bias is not None, SOFTPLUS=softplus_, HAS_INIT=initial_states is not None,
-        STORE_FINAL=store_final, T_PAD=dot_width(chunk_size), BLOCK_P=block_p, BLOCK_N=block_n,
+        STORE_FINAL=store_final, T_PAD=dot_width(chunk_size), BLOCK_P=tile_p, BLOCK_N=tile_n,
         DOT_PRECISION=precision, num_warps=config.warps, num_stages=config.stages,
     )  # fmt: skip
+    block_p = min(p_pad, 64)
     y = torch.empty((batch, seqlen, nheads, headdim), device=dev, dtype=x.dtype)
     store_pre = for_backward and z is not None
     ypre = torch.empty_like(y) if store_pre else y
@@ -790,7 +828,7 @@ def _backward(dout, dfinal, x, dt, A, B, C, chunk_size, D, z, dt_bias, softplus_
         torch.empty((batch, nheads, headdim, dstate), **f32) if initial_states is not None else None
     )
     state_size = headdim * dstate
-    block_state = min(1024, next_pow2(state_size))
+    block_state = passing_block(batch * nheads, state_size, _programs_wanted(dev, config))
     _state_passing_bwd[(batch * nheads, cdiv(state_size, block_state))](
         dlocal, sprev, cs, _or(dfinal, dlocal), g, dlast, _or(dinit, dlocal),
         nheads, state_size, chunk_size, n_chunks,

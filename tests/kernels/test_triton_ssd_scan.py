@@ -116,6 +116,36 @@ def test_chunks_not_a_multiple_of_the_row_block():
 
 
 @tiny
+def test_state_pieces_smaller_than_the_state():
+    # headdim 20, dstate 24 and 2 heads: to reach their program target, the forward's state
+    # kernel splits each head's state into 2 × 2 tiles of 16 (ragged in both directions) and the
+    # backward's state passing its 480 elements into 4 blocks of 128
+    target = kernels.INTERPRETED.state_programs_per_sm
+    assert kernels.state_tile(2, 20, 24, target) == (16, 16)
+    assert kernels.passing_block(2, 20 * 24, target) == 128
+    check(make_inputs(1, 40, 2, 20, 24, groups=1), torch.float32, chunk_size=16, label="cpu tiles")
+
+
+def test_state_pieces_shrink_until_the_gpu_is_full():
+    # Mamba-2 130m at 16,384 tokens per step (24 heads, state 64 × 128) on 132 multiprocessors,
+    # four programs each: batch 4 (4k) -> 32 × 32 tiles, batch 1 (16k) -> 16 × 16; a target
+    # already met keeps 64 × 128, and tiles never go below 16
+    assert kernels.state_tile(4 * 24, 64, 128, 4 * 132) == (32, 32)
+    assert kernels.state_tile(2 * 24, 64, 128, 4 * 132) == (32, 16)
+    assert kernels.state_tile(1 * 24, 64, 128, 4 * 132) == (16, 16)
+    assert kernels.state_tile(4 * 24, 64, 128, 0) == (64, 128)
+    assert kernels.state_tile(1, 64, 128, 10**6) == (16, 16)
+    assert kernels.state_tile(8, 16, 16, 100) == (16, 16)
+    # tiles are counted over the real state: headdim 80 is 3 tiles of 32, not the padded 4
+    assert kernels.state_tile(1, 80, 16, 4) == (16, 16)
+    # the backward's state passing (8192 elements a head): 4k keeps blocks of 1024, 16k halves
+    # them twice; never below 128
+    assert kernels.passing_block(4 * 24, 64 * 128, 4 * 132) == 1024
+    assert kernels.passing_block(1 * 24, 64 * 128, 4 * 132) == 256
+    assert kernels.passing_block(1, 64 * 128, 10**6) == 128
+
+
+@tiny
 def test_per_channel_D_no_gate_no_initial_state():
     # Five heads in one group: no number of head splits up to 4 divides 5, so the ∂L/∂B, ∂L/∂C
     # kernels take them in one split (stored in the inputs' dtype, no partial sums), compiled or
