@@ -616,10 +616,12 @@ def _sum_splits(parts_ptr, dB_ptr, dC_ptr, size, splits, seqlen, ngroups, dstate
     for _ in range(splits):
         acc += tl.load(part, mask=mask, other=0.0)
         part += size
-    n = e % dstate
-    g = (e // dstate) % ngroups
-    t = (e // (dstate * ngroups)) % seqlen
-    b = e // (dstate * ngroups * seqlen)
+    n = e % dstate  # one step at a time: a product of the i32 sizes could overflow
+    rest = e // dstate
+    g = rest % ngroups
+    rest = rest // ngroups
+    t = rest % seqlen
+    b = rest // seqlen
     if which == 0:
         out = dB_ptr + b * s_dB_b + t * s_dB_l + g * s_dB_g + n * s_dB_n
         tl.store(out, acc.to(dB_ptr.dtype.element_ty), mask=mask)
@@ -821,13 +823,14 @@ def _backward(dout, dfinal, x, dt, A, B, C, chunk_size, D, z, dt_bias, softplus_
         DOT_PRECISION=precision, **launch,
     )  # fmt: skip
 
-    # Summed by atomics, so zeroed, with one fill each: per (b, h, chunk) ∂L/∂cs_last and per
-    # step Q; and the per-head parameters' ∂L/∂A, ∂L/∂bias, ∂L/∂D, apart (autograd may keep a
-    # gradient as .grad, and a view keeps its whole buffer alive)
+    # Summed by atomics, so zeroed, with one fill each: per step Q and per (b, h, chunk)
+    # ∂L/∂cs_last (after Q, so that Q's rows keep their alignment); and the per-head parameters'
+    # ∂L/∂A, ∂L/∂bias, ∂L/∂D, apart (autograd may keep a gradient as .grad, and a view keeps its
+    # whole buffer alive)
     chunk_rows = batch * nheads * n_chunks
-    sums = torch.zeros(chunk_rows * (1 + chunk_size), **f32)
-    dlast = sums[:chunk_rows].view(batch, nheads, n_chunks)
-    q_terms = sums[chunk_rows:].view(batch, nheads, n_chunks, chunk_size)
+    sums = torch.zeros(chunk_rows * (chunk_size + 1), **f32)
+    q_terms = sums[: chunk_rows * chunk_size].view(batch, nheads, n_chunks, chunk_size)
+    dlast = sums[chunk_rows * chunk_size :].view(batch, nheads, n_chunks)
     d_size = D.numel() if D is not None else 0
     params = torch.zeros(2 * nheads + d_size, **f32)
     dA, dbias = params[:nheads], params[nheads : 2 * nheads]

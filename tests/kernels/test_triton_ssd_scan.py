@@ -125,6 +125,14 @@ def test_per_channel_D_no_gate_no_initial_state():
 
 
 @tiny
+def test_without_D_and_dt_bias():
+    # Neither skip connection nor step bias: their gradient buffers are placeholders the kernels
+    # never touch; 3 heads in one group (one head split), the last chunk ragged.
+    inputs = {**make_inputs(2, 29, 3, 4, 5, groups=1), "D": None, "dt_bias": None}
+    check(inputs, torch.float32, chunk_size=8, label="cpu no D, no dt_bias")
+
+
+@tiny
 def test_public_op_dispatches_to_triton():
     x = make_inputs(1, 20, 2, 4, 4, groups=1)
     args = [x[k] for k in ("x", "dt", "A", "B", "C")]
