@@ -607,6 +607,36 @@ def _dC(
 
 @CachedLaunch
 @triton.jit
+def _sum_splits(parts_ptr, dB_ptr, dC_ptr, size, splits, seqlen, ngroups, dstate,
+                s_dB_b, s_dB_l, s_dB_g, s_dB_n, s_dC_b, s_dC_l, s_dC_g, s_dC_n,
+                BLOCK: tl.constexpr):  # fmt: skip
+    """∂L/∂B (program_id(1) = 0) or ∂L/∂C (1) from the head splits' fp32 parts, (2, splits, batch,
+    seqlen, ngroups, dstate) contiguous: summed, and stored in the gradient's dtype and strides
+    (its slot in the split input's gradient, when it has one)."""
+    which = tl.program_id(1)
+    e = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = e < size
+    part = parts_ptr + which.to(tl.int64) * splits * size + e
+    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    for _ in range(splits):
+        acc += tl.load(part, mask=mask, other=0.0)
+        part += size
+    n = e % dstate  # one step at a time: a product of the i32 sizes could overflow
+    rest = e // dstate
+    g = rest % ngroups
+    rest = rest // ngroups
+    t = rest % seqlen
+    b = rest // seqlen
+    if which == 0:
+        out = dB_ptr + b * s_dB_b + t * s_dB_l + g * s_dB_g + n * s_dB_n
+        tl.store(out, acc.to(dB_ptr.dtype.element_ty), mask=mask)
+    else:
+        out = dC_ptr + b * s_dC_b + t * s_dC_l + g * s_dC_g + n * s_dC_n
+        tl.store(out, acc.to(dC_ptr.dtype.element_ty), mask=mask)
+
+
+@CachedLaunch
+@triton.jit
 def _ddt(
     dt_ptr, A_ptr, bias_ptr, dtb_ptr, q_ptr, u_ptr, v_ptr, ddt_direct_ptr, dlast_ptr,
     ddt_out_ptr, dA_ptr, dbias_ptr,
@@ -614,7 +644,8 @@ def _ddt(
     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, T_PAD: tl.constexpr,
 ):  # fmt: skip
     """∂L/∂a_r = Q_r + Σ_{t ≥ r} U_t + Σ_{s < r} V_s + ∂L/∂cs_last, each a sum of terms that
-    contain step r (no large terms cancelling), then ∂L/∂dt (through softplus), ∂L/∂A, ∂L/∂bias."""
+    contain step r (no large terms cancelling), then ∂L/∂dt (through softplus), and this chunk's
+    share of ∂L/∂A and ∂L/∂bias added to their per-head sums (zeroed)."""
     c = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = (pid_bh // nheads).to(tl.int64)
@@ -633,7 +664,7 @@ def _ddt(
     dA_step = q + tl.cumsum(u, 0, reverse=True) + (tl.cumsum(v, 0) - v) + dlast
     A = tl.load(A_ptr + head).to(tl.float32)
     ddt = direct + dA_step * A
-    tl.store(dA_ptr + pid_bh.to(tl.int64) * n_chunks + c, tl.sum(dA_step * dtb, 0))
+    tl.atomic_add(dA_ptr + head, tl.sum(dA_step * dtb, 0), sem="relaxed")
     t = c * chunk_size + offs
     if SOFTPLUS:
         raw = tl.load(dt_ptr + b * s_dt_b + t * s_dt_l + head * s_dt_h, mask=valid, other=0.0)
@@ -647,7 +678,7 @@ def _ddt(
         ddt.to(ddt_out_ptr.dtype.element_ty),
         mask=valid,
     )
-    tl.store(dbias_ptr + pid_bh.to(tl.int64) * n_chunks + c, tl.sum(ddt, 0))
+    tl.atomic_add(dbias_ptr + head, tl.sum(ddt, 0), sem="relaxed")
 
 
 @CachedLaunch
@@ -793,6 +824,15 @@ def _forward(x, dt, A, B, C, chunk_size, D, z, dt_bias, softplus_, initial_state
     return y, (final if store_final else None), saved
 
 
+SUM_BLOCK = 1024  # elements per program of _sum_splits
+
+
+def _grad_buffer(t: torch.Tensor) -> torch.Tensor:
+    """Where a kernel writes ∂L/∂t in t's dtype: t's slot in a split's gradient, else new."""
+    slot = grad_slot(t)
+    return slot if slot is not None else torch.empty(t.shape, device=t.device, dtype=t.dtype)
+
+
 def _backward(dout, dfinal, x, dt, A, B, C, chunk_size, D, z, dt_bias, softplus_,
               initial_states, saved, config: LaunchConfig):  # fmt: skip
     batch, seqlen, nheads, headdim = x.shape
@@ -821,9 +861,21 @@ def _backward(dout, dfinal, x, dt, A, B, C, chunk_size, D, z, dt_bias, softplus_
         DOT_PRECISION=precision, **launch,
     )  # fmt: skip
 
+    # Summed by atomics, so zeroed, with one fill each: per step Q and per (b, h, chunk)
+    # ∂L/∂cs_last (after Q, so that Q's rows keep their alignment); and the per-head parameters'
+    # ∂L/∂A, ∂L/∂bias, ∂L/∂D, apart (autograd may keep a gradient as .grad, and a view keeps its
+    # whole buffer alive)
+    chunk_rows = batch * nheads * n_chunks
+    sums = torch.zeros(chunk_rows * (chunk_size + 1), **f32)
+    q_terms = sums[: chunk_rows * chunk_size].view(batch, nheads, n_chunks, chunk_size)
+    dlast = sums[chunk_rows * chunk_size :].view(batch, nheads, n_chunks)
+    d_size = D.numel() if D is not None else 0
+    params = torch.zeros(2 * nheads + d_size, **f32)
+    dA, dbias = params[:nheads], params[nheads : 2 * nheads]
+    dD = params[2 * nheads :].view(D.shape) if D is not None else None
+
     # G per chunk (in the inputs' dtype for the matmuls) and the chunk-end terms of ∂L/∂cs.
     g = torch.empty_like(sprev)
-    dlast = torch.zeros((batch, nheads, n_chunks), **f32)
     dinit = (
         torch.empty((batch, nheads, headdim, dstate), **f32) if initial_states is not None else None
     )
@@ -839,13 +891,11 @@ def _backward(dout, dfinal, x, dt, A, B, C, chunk_size, D, z, dt_bias, softplus_
     dx = grad_slot(x)
     if dx is None:
         dx = torch.empty((batch, seqlen, nheads, headdim), device=dev, dtype=x.dtype)
-    # Per (b, h, chunk, step), fp32: the direct ∂L/∂δ, and the three parts of ∂L/∂a (_ddt).
-    # Q is summed by atomics; the others are written wherever `_ddt` reads them (steps < chunk_len),
-    # so they need no zero fill (checked: NaN-filled, the interpreted tests still pass).
+    # Per (b, h, chunk, step), fp32: the direct ∂L/∂δ, and the parts V and U of ∂L/∂a (_ddt),
+    # written wherever `_ddt` reads them (steps < chunk_len), so they need no zero fill (checked:
+    # NaN-filled, the interpreted tests still pass).
     ddt_direct = torch.empty((batch, nheads, n_chunks, chunk_size), **f32)
     v_terms, u_terms = torch.empty_like(ddt_direct), torch.empty_like(ddt_direct)
-    q_terms = torch.zeros_like(ddt_direct)
-    dD = torch.zeros(D.shape, **f32) if D is not None else None
     _dx[(n_chunks * blocks_per_chunk, batch * nheads)](
         x, B, C, _or(D, x), dy, cs, dtb, g, dx, ddt_direct, v_terms, _or(dD, dlast),
         seqlen, nheads, heads_per_group, headdim, dstate, chunk_size, n_chunks,
@@ -860,9 +910,12 @@ def _backward(dout, dfinal, x, dt, A, B, C, chunk_size, D, z, dt_bias, softplus_
         if heads_per_group % s == 0
     )
     # One split stores the gradients in their own dtype; several store fp32 parts to sum.
-    partial = {"device": dev, "dtype": torch.float32 if splits > 1 else B.dtype}
-    dB = torch.empty((splits, batch, seqlen, ngroups, dstate), **partial)
-    dC = torch.empty_like(dB, dtype=torch.float32 if splits > 1 else C.dtype)
+    if splits > 1:
+        parts = torch.empty((2, splits, batch, seqlen, ngroups, dstate), **f32)
+        dB, dC = parts[0], parts[1]
+    else:
+        dB = torch.empty((1, batch, seqlen, ngroups, dstate), device=dev, dtype=B.dtype)
+        dC = torch.empty_like(dB, dtype=C.dtype)
     grid = (n_chunks * blocks_per_chunk, batch * ngroups, splits)
     common = (seqlen, nheads, heads_per_group, heads_per_group // splits, headdim, dstate,
               chunk_size, n_chunks, ngroups)  # fmt: skip
@@ -876,9 +929,17 @@ def _backward(dout, dfinal, x, dt, A, B, C, chunk_size, D, z, dt_bias, softplus_
         BLOCK_T=block, P_PAD=p_pad, N_PAD=n_pad, DOT_PRECISION=precision, **launch,
     )  # fmt: skip
 
+    if splits > 1:
+        grad_B, grad_C = _grad_buffer(B), _grad_buffer(C)
+        size = dB[0].numel()
+        _sum_splits[(cdiv(size, SUM_BLOCK), 2)](
+            parts, grad_B, grad_C, size, splits, seqlen, ngroups, dstate,
+            *grad_B.stride(), *grad_C.stride(), BLOCK=SUM_BLOCK, num_warps=4,
+        )  # fmt: skip
+    else:
+        grad_B, grad_C = dB[0], dC[0]
+
     ddt = torch.empty((batch, seqlen, nheads), device=dev, dtype=dt.dtype)
-    dA = torch.empty((batch, nheads, n_chunks), **f32)
-    dbias = torch.empty_like(dA)
     _ddt[(n_chunks, batch * nheads)](
         dt, A, _or(dt_bias, A), dtb, q_terms, u_terms, v_terms, ddt_direct, dlast, ddt, dA, dbias,
         seqlen, nheads, chunk_size, n_chunks, *dt.stride(),
@@ -888,12 +949,12 @@ def _backward(dout, dfinal, x, dt, A, B, C, chunk_size, D, z, dt_bias, softplus_
     return {
         "x": dx,
         "dt": ddt,
-        "A": dA.sum((0, 2)),
-        "B": dB.sum(0) if splits > 1 else dB[0],
-        "C": dC.sum(0) if splits > 1 else dC[0],
+        "A": dA,
+        "B": grad_B,
+        "C": grad_C,
         "D": dD,
         "z": dz,
-        "dt_bias": dbias.sum((0, 2)),
+        "dt_bias": dbias,
         "initial_states": dinit,
     }
 

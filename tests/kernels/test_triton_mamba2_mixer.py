@@ -1,7 +1,7 @@
 """The Mamba-2 mixer on the Triton kernels against itself on the reference kernels: output and
 every gradient, through the splits whose gradients the kernels write in place
-(``split_sharing_grad``: the convolution's ∂L/∂x, the gated norm's ∂L/∂z and the SSD's ∂L/∂x land
-in the in_proj and convolution gradients directly; ∂L/∂B, ∂L/∂C, ∂L/∂dt are copied in).
+(``split_sharing_grad``: the convolution's ∂L/∂x, the gated norm's ∂L/∂z and the SSD's ∂L/∂x,
+∂L/∂B, ∂L/∂C land in the in_proj and convolution gradients directly; ∂L/∂dt is copied in).
 
 Interpreted on the CPU at a tiny width (two chunks, a ragged one, two groups); on the GPU at
 Mamba-2-130m's width, where the pieces' row strides (3352, 1792) are those of training.
@@ -68,7 +68,8 @@ def test_gradients_through_the_shared_splits_match_the_reference(monkeypatch):
     used = count_slots(monkeypatch)
     config = dict(dim=32, d_state=16, headdim=16, ngroups=2, chunk_size=16)
     check(config, batch=2, length=37, dtype=torch.float32)
-    assert sorted(used) == ["causal_conv1d", "gated_rms_norm", "ssd_scan"]  # each ∂L/∂x, ∂L/∂z
+    # the convolution's ∂L/∂x, the norm's ∂L/∂z, the SSD's ∂L/∂x, ∂L/∂B, ∂L/∂C (head splits: 2)
+    assert sorted(used) == ["causal_conv1d", "gated_rms_norm"] + ["ssd_scan"] * 3
 
 
 @gpu
