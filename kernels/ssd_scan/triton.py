@@ -77,7 +77,7 @@ class LaunchConfig:
     # The kernels that walk every chunk in order (_states_fwd, _state_passing_bwd) run one program
     # per (batch, head, piece of the state): the pieces shrink until there are this many
     # programs per multiprocessor (see state_tile, passing_block)
-    state_programs_per_sm: int = 4
+    state_programs_per_sm: int = 1
 
 
 GPU = LaunchConfig(block=64, warps=4, stages=1, head_splits=4)
