@@ -25,6 +25,7 @@ _EXPORTS: dict[str, str] = {
     "conv_walks": "walks",
     "add_rms_norm": "add_rms_norm",
     "gated_rms_norm": "gated_rms_norm",
+    "apply_rotary": "rotary",
 }
 
 

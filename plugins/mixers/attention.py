@@ -22,11 +22,10 @@ import torch
 from torch import nn
 
 from mambaverse.errors import ConfigError
-from mambaverse.kernels import attention
+from mambaverse.kernels import apply_rotary, attention
 from mambaverse.kernels.attention.sdpa import grouped_sdpa
 
 from .base import TokenMixer
-from .rotary import apply_rotary
 
 
 @dataclass

@@ -189,7 +189,7 @@ def test_attention_without_rotary_is_softmax_attention():
 
 
 def test_partial_rotary_leaves_the_other_channels_alone():
-    from mambaverse.plugins.mixers.rotary import apply_rotary
+    from mambaverse.kernels import apply_rotary
 
     x = torch.randn(1, 2, 5, 8, dtype=torch.float64)
     rotated = apply_rotary(x, torch.arange(5), rotary_dim=4, theta=10000.0)
