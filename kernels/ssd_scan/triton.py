@@ -76,7 +76,8 @@ class LaunchConfig:
     head_splits: int  # programs sharing the heads of one group in the dB / dC kernels
     # The kernels that walk every chunk in order (_states_fwd, _state_passing_bwd) run one program
     # per (batch, head, piece of the state): the pieces shrink until there are this many
-    # programs per multiprocessor (see state_tile, passing_block)
+    # programs per multiprocessor (see state_tile, passing_block). One per SM measured best on
+    # an H100 (run S19: 2 and 4 made the tiles too small to pay for the work each repeats)
     state_programs_per_sm: int = 1
 
 
