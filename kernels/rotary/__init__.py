@@ -7,6 +7,8 @@ The public function checks its inputs, then runs the implementation that
 
 from __future__ import annotations
 
+import operator
+
 import torch
 
 import mambaverse
@@ -37,8 +39,9 @@ def apply_rotary(
     op = "apply_rotary"
     require_ndim(op, "x", x, {4: "(B, heads, L, head_dim)"})
     head_dim = x.shape[-1]
-    if isinstance(rotary_dim, bool) or not isinstance(rotary_dim, int):
+    if isinstance(rotary_dim, bool) or not hasattr(rotary_dim, "__index__"):
         raise TypeError(f"{op}: rotary_dim must be an int, got {type(rotary_dim).__name__}")
+    rotary_dim = operator.index(rotary_dim)
     if rotary_dim % 2 or not 2 <= rotary_dim <= head_dim:
         raise ValueError(
             f"{op}: rotary_dim must be even and in 2..head_dim={head_dim}, got {rotary_dim}"

@@ -55,6 +55,7 @@ def test_gradients():
     [
         ({"rotary_dim": 5}, ValueError, "even and in 2..head_dim=8, got 5"),
         ({"rotary_dim": 10}, ValueError, "got 10"),
+        ({"rotary_dim": 4.0}, TypeError, "rotary_dim must be an int, got float"),
         ({"theta": 0.0}, ValueError, "theta .* must be positive"),
         ({"positions": torch.arange(4.0)}, TypeError, "positions must be integers"),
         ({"positions": torch.arange(3)}, ValueError, r"positions must have shape \(L,\) = \(4,\)"),
