@@ -16,6 +16,9 @@ For ``causal_conv1d`` the peer is the reference path (``F.conv1d`` with d groups
 casts around it); x is passed as the Mamba block passes it, a channels-innermost slice of its
 input projection. For ``gated_rms_norm`` (Mamba-2's output norm) the peer is the reference path
 (torch's composite in fp32, what the block ran before the kernel), z a slice of the projection.
+For ``apply_rotary`` the peer is the reference path too (the rotation in fp32 PyTorch), on the
+queries of the bench's 130m Transformer as its attention passes them (a transposed view of the
+(b, l, heads, head_dim) projection).
 
 The selective scan is measured on contiguous inputs and on inputs laid out as the Mamba block
 passes them (transposed slices of its projections, channels innermost); the peers run once, on
@@ -44,7 +47,7 @@ import torch
 from .measure import OK, SKIPPED, time_calls
 from .report import add_device_options, describe_device, resolve_device
 
-OPS = ("selective_scan", "ssd_scan", "attention", "causal_conv1d", "gated_rms_norm")
+OPS = ("selective_scan", "ssd_scan", "attention", "causal_conv1d", "gated_rms_norm", "apply_rotary")
 DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
 
 
@@ -64,6 +67,8 @@ class Sizes:
     conv_lengths: tuple[int, ...]
     norm: dict[str, int]
     norm_lengths: tuple[int, ...]
+    rotary: dict[str, int]
+    rotary_lengths: tuple[int, ...]
     copy_elems: int
     matmul_n: int
 
@@ -80,6 +85,8 @@ FULL = Sizes(
     conv_lengths=(2048, 8192),
     norm={"batch": 8, "dim": 1536, "groups": 1},  # Mamba-2 130m's output norm, 16k tokens / step
     norm_lengths=(2048,),
+    rotary={"tokens": 16384, "heads": 12, "head_dim": 64},  # the bench Transformer-130m's q
+    rotary_lengths=(4096,),
     copy_elems=2**28,  # 1 GiB
     matmul_n=8192,
 )
@@ -96,6 +103,8 @@ SMOKE = Sizes(
     conv_lengths=(24,),
     norm={"batch": 1, "dim": 12, "groups": 3},
     norm_lengths=(5,),
+    rotary={"tokens": 14, "heads": 2, "head_dim": 6},
+    rotary_lengths=(7,),
     copy_elems=2**20,
     matmul_n=256,
 )
@@ -440,6 +449,25 @@ def bench_gated_rms_norm(bench: Bench, copy_gbs: float) -> list[Row]:
     return rows
 
 
+def bench_apply_rotary(bench: Bench, copy_gbs: float) -> list[Row]:
+    """Rotary embedding of attention's queries: every channel rotated, positions 0..l-1."""
+    tokens, heads, head_dim = (bench.sizes.rotary[k] for k in ("tokens", "heads", "head_dim"))
+    rows = []
+    for length in bench.first_if_quick(bench.sizes.rotary_lengths):
+        batch = max(1, tokens // length)
+        x = bench.randn(batch, length, heads, head_dim).transpose(1, 2).detach().requires_grad_()
+        positions = torch.arange(length, device=bench.device)
+        shape = f"b{batch} h{heads} l{length} d{head_dim} {bench.dtype_name}"
+        one = x.numel() * bench.dtype.itemsize
+        n_bytes = {"fwd": 2 * one, "fwd+bwd": 4 * one}  # x in, out; + dout in, dx out
+        rows += _against_reference(
+            bench, "apply_rotary", shape,
+            lambda kernel, x=x, positions=positions: kernel(x, positions, head_dim, 10000.0),
+            [x], n_bytes, copy_gbs,
+        )  # fmt: skip
+    return rows
+
+
 # -- SSD ------------------------------------------------------------------------------------------
 PEER_SSD = "mamba_chunk_scan_combined"
 
@@ -666,6 +694,8 @@ def run(args: argparse.Namespace) -> int:
         rows += bench_causal_conv1d(bench, ceilings["copy GB/s"])
     if "gated_rms_norm" in ops:
         rows += bench_gated_rms_norm(bench, ceilings["copy GB/s"])
+    if "apply_rotary" in ops:
+        rows += bench_apply_rotary(bench, ceilings["copy GB/s"])
     print_table(rows)
 
     out = Path(args.out)

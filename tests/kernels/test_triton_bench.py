@@ -23,6 +23,7 @@ PEERS_HERE = {
     "attention": {"sdpa-flash"} if DEVICE == "cuda" else {"sdpa"},
     "causal_conv1d": {"reference"},
     "gated_rms_norm": {"reference"},
+    "apply_rotary": {"reference"},
 }
 
 
@@ -115,6 +116,13 @@ def test_rates_and_ratios_from_the_times(monkeypatch):
     one = 1 * 5 * 12 * 2
     assert norm["fwd", "reference"].achieved == pytest.approx(3 * one / 2.0 / 1e6)
     assert norm["fwd+bwd", "reference"].achieved == pytest.approx(8 * one / 2.0 / 1e6)
+    # the rotary embedding of q at b2 h2 l7 d6 in bf16, x in the projection's layout: x in,
+    # out; backward + dout in, dx out
+    rotary = {(r.pass_, r.impl): r for r in suite.bench_apply_rotary(bench, copy_gbs=100.0)}
+    one = 2 * 2 * 7 * 6 * 2
+    assert rotary["fwd", "reference"].achieved == pytest.approx(2 * one / 2.0 / 1e6)
+    assert rotary["fwd+bwd", "reference"].achieved == pytest.approx(4 * one / 2.0 / 1e6)
+    assert rotary["fwd", "reference"].shape == "b2 h2 l7 d6 bf16"
 
 
 def test_unknown_op_names_the_nearest(capsys):
