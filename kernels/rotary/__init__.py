@@ -49,7 +49,11 @@ def apply_rotary(
     if not theta > 0:
         raise ValueError(f"{op}: theta (the rotary base) must be positive, got {theta}")
     require_shape(op, "positions", positions, (x.shape[2],), "(L,)")
-    if positions.dtype.is_floating_point or positions.dtype.is_complex:
+    if (
+        positions.dtype.is_floating_point
+        or positions.dtype.is_complex
+        or positions.dtype == torch.bool
+    ):
         raise TypeError(f"{op}: positions must be integers, got {positions.dtype}")
     if positions.device != x.device:
         raise ValueError(

@@ -8,15 +8,21 @@ import torch
 from .._inputs import compute_dtype
 
 
+def frequencies(
+    rotary_dim: int, theta: float, dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
+    """ω_i = θ^(−2i / rotary_dim) for i < rotary_dim / 2, (rotary_dim / 2,) in ``dtype``."""
+    exponents = torch.arange(rotary_dim // 2, dtype=dtype, device=device) * (2.0 / rotary_dim)
+    return theta**-exponents
+
+
 def apply_rotary(
     x: torch.Tensor, positions: torch.Tensor, rotary_dim: int, theta: float
 ) -> torch.Tensor:
     """Reference implementation of :func:`mambaverse.kernels.apply_rotary` (see there)."""
     dtype = compute_dtype(x)
     half = rotary_dim // 2
-    exponents = torch.arange(half, dtype=dtype, device=x.device) * (2.0 / rotary_dim)
-    inverse_frequencies = theta**-exponents  # (half,)
-    angles = positions.to(dtype)[:, None] * inverse_frequencies  # (L, half)
+    angles = positions.to(dtype)[:, None] * frequencies(rotary_dim, theta, dtype, x.device)
     cos, sin = angles.cos(), angles.sin()
     rotated, passed = x[..., :rotary_dim].to(dtype), x[..., rotary_dim:]
     x1, x2 = rotated[..., :half], rotated[..., half:]

@@ -58,6 +58,7 @@ def test_gradients():
         ({"rotary_dim": 4.0}, TypeError, "rotary_dim must be an int, got float"),
         ({"theta": 0.0}, ValueError, "theta .* must be positive"),
         ({"positions": torch.arange(4.0)}, TypeError, "positions must be integers"),
+        ({"positions": torch.ones(4, dtype=torch.bool)}, TypeError, "positions must be integers"),
         ({"positions": torch.arange(3)}, ValueError, r"positions must have shape \(L,\) = \(4,\)"),
         ({"x": torch.randn(4, 8)}, ValueError, r"x must be \(B, heads, L, head_dim\)"),
     ],
