@@ -111,14 +111,14 @@ class Catalogue:
         ]
         self._commit(record, {"models": presets})
 
-    def _add_plugin(self, name: str, source: str, load: Any, module_name: str) -> None:
+    def _add_plugin(self, name: str, source: str, load: Any, module_name: str) -> PluginRecord:
         record = PluginRecord(name, source, module_name)
         if name in self.plugins:
             record.error = (
                 f"a plugin named {name!r} is already registered ({self.plugins[name].source})"
             )
             self.plugins[f"{name} ({source})"] = record
-            return
+            return record
         self.plugins[name] = record
         try:
             module = load()
@@ -126,26 +126,27 @@ class Catalogue:
             self.pm.register(module, name=name)
         except Exception as err:
             record.error = _short_error(err)
-            return
+            return record
         try:
             contributions = self._call_hooks(name, module)
         except Exception as err:
             record.error = _short_error(err)
             self.pm.unregister(name=name)
-            return
+            return record
         self._commit(record, contributions)
+        return record
 
     def register(
         self, plugin: Any, name: str, source: str = "registered at run time"
     ) -> PluginRecord:
         """Register a plugin object or module directly (no packaging), like pluggy's ``register``."""
-        self._add_plugin(
+        record = self._add_plugin(
             name, source, lambda: plugin, getattr(plugin, "__name__", type(plugin).__name__)
         )
         from .dispatch import clear_cache
 
         clear_cache()
-        return self.plugins[name]
+        return record
 
     @staticmethod
     def _check_hook_names(module: ModuleType) -> None:

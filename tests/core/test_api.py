@@ -31,6 +31,14 @@ def test_qualified_name_always_resolves(toy):
     assert mambaverse.create_model("toy:toynet_large").width == 64
 
 
+def test_a_second_plugin_of_the_same_name_gets_its_own_failed_record(toy):
+    second = mambaverse.register_plugin(ToyPlugin(), "toy")
+    assert second is not toy and not second.ok
+    assert "a plugin named 'toy' is already registered" in second.error
+    assert toy.ok  # the first keeps its contributions
+    assert mambaverse.create_model("toynet_small").width == 4
+
+
 def test_unknown_model_lists_nearest_names(toy):
     with pytest.raises(UnknownNameError) as err:
         mambaverse.create_model("toynet_smal")
