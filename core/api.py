@@ -10,7 +10,7 @@ from typing import Any
 from .dispatch import choose_kernel, implementations, kernel_ops
 from .errors import ConfigError, KernelUnavailableError, unknown_keys, unknown_name
 from .manager import REGISTRY_PLUGIN, PluginRecord, Preset, catalogue
-from .specs import BackboneSpec, MixerSpec, ScanSpec
+from .specs import TASKS, BackboneSpec, MixerSpec, ScanSpec
 
 
 def _keyword_parameters(fn: Callable[..., Any]) -> tuple[dict[str, Any], bool]:
@@ -52,6 +52,8 @@ def _backbone(preset: Preset) -> tuple[str, BackboneSpec]:
 
 def list_models(pattern: str = "*", task: str | None = None) -> list[str]:
     """Preset names matching a shell-style ``pattern``, optionally only those of one ``task``."""
+    if task is not None and task not in TASKS:
+        raise unknown_name("task", task, TASKS)
     names = [n for n in catalogue().names("models") if fnmatch.fnmatchcase(n, pattern)]
     if task is None:
         return names
@@ -75,14 +77,22 @@ def model_config(name: str, **overrides: Any) -> dict[str, Any]:
     return {**preset.config, **overrides}
 
 
-def create_model(name: str, **overrides: Any) -> Any:
+def create_model(name: str, pretrained: bool = False, **overrides: Any) -> Any:
     """Build the model registered as ``name`` (a preset, or ``plugin:preset``).
 
     ``overrides`` replace the preset's config values, e.g.
     ``create_model("vim_tiny", num_classes=10, img_size=32, scan="atrous")``.
     The model carries ``model.mambaverse_config`` (backbone, preset and full config) so that
     :func:`mambaverse.save_pretrained` can write a checkpoint that rebuilds it.
+    ``pretrained`` is there for timm's and open_clip's callers: no weights are downloaded, so
+    ``True`` is an error that names the ways to load a checkpoint.
     """
+    if pretrained:
+        raise ConfigError(
+            f"create_model({name!r}, pretrained={pretrained!r}): mambaverse downloads no weights; "
+            "build the model and load a checkpoint with mambaverse.load_pretrained(directory) "
+            "(a mambaverse or Hugging Face checkpoint directory)"
+        )
     config = model_config(name, **overrides)
     backbone_plugin, spec = _backbone(_preset(name))
     return build_backbone(f"{backbone_plugin}:{spec.name}", config, preset=name)

@@ -85,7 +85,7 @@ def implementations(op: str) -> dict[str, KernelSpec]:
             key = spec.impl if len(owners) == 1 else f"{plugin}:{spec.impl}"
             found[key] = spec
     if not found:
-        raise unknown_name("kernel op", op, kernel_ops())
+        raise unknown_name("kernel op", op, kernel_ops(), listing="mambaverse kernels")
     return found
 
 
@@ -99,7 +99,9 @@ def _explicit(
 ) -> KernelChoice:
     specs = implementations(op)
     if impl not in specs:
-        raise unknown_name(f"implementation of {op!r} ({reason})", impl, specs)
+        raise unknown_name(
+            f"implementation of {op!r} ({reason})", impl, specs, listing="mambaverse kernels"
+        )
     spec = specs[impl]
     why = spec.unavailable_reason(device, dtype)
     if why is not None:
@@ -112,7 +114,7 @@ def _check_ops(choices: tuple[tuple[str, str], ...], source: str) -> None:
     ops = kernel_ops()
     for op, _impl in choices:
         if op not in ops:
-            raise unknown_name(f"kernel op in {source}", op, ops)
+            raise unknown_name(f"kernel op in {source}", op, ops, listing="mambaverse kernels")
 
 
 @lru_cache(maxsize=512)

@@ -42,13 +42,23 @@ def nearest(name: str, known: Iterable[str], n: int = 5) -> list[str]:
     return (close + prefixed)[:n]
 
 
-def unknown_name(kind: str, name: str, known: Iterable[str]) -> UnknownNameError:
-    known = list(known)
+# Up to this many known names are listed in full when none is close to the one asked for.
+LISTED_NAMES = 16
+
+
+def unknown_name(
+    kind: str, name: str, known: Iterable[str], listing: str | None = None
+) -> UnknownNameError:
+    """An unknown ``kind`` called ``name``: the nearest known names, else all of them (or their
+    count and ``listing``, the command that lists them, when there are many)."""
+    known = sorted(set(known))
     suggestions = nearest(name, known)
     if suggestions:
         hint = "did you mean " + ", ".join(repr(s) for s in suggestions) + "?"
+    elif len(known) <= LISTED_NAMES and known:
+        hint = "known: " + ", ".join(repr(k) for k in known)
     elif known:
-        hint = f"{len(known)} are registered; list them with `mambaverse list`"
+        hint = f"{len(known)} are registered" + (f"; list them with `{listing}`" if listing else "")
     else:
         hint = "none is registered"
     return UnknownNameError(f"unknown {kind} {name!r}: {hint}")

@@ -22,7 +22,7 @@ from typing import Any
 import pluggy
 
 from . import hookspecs
-from .errors import AmbiguousNameError, unknown_name
+from .errors import AmbiguousNameError, UnknownNameError, unknown_name
 from .registry import kernel_specs, load_default
 from .specs import BackboneSpec, DatasetSpec, KernelSpec, MixerSpec, ScanSpec
 
@@ -198,8 +198,22 @@ class Catalogue:
         return sorted(self.entries[kind])
 
     def lookup(self, kind: str, name: str) -> tuple[str, Any]:
-        """``(plugin, spec)`` for ``name`` or ``plugin:name``."""
-        return find(self.entries[kind], kind, name)
+        """``(plugin, spec)`` for ``name`` or ``plugin:name``.
+
+        An unknown name also names the plugins that failed to load: the name may be one of theirs.
+        """
+        try:
+            return find(self.entries[kind], kind, name)
+        except AmbiguousNameError:
+            raise
+        except UnknownNameError as err:
+            failed = [record.name for record in self.plugins.values() if record.error]
+            if not failed:
+                raise
+            names = ", ".join(repr(n) for n in failed)
+            raise UnknownNameError(
+                f"{err}; plugins that failed to load: {names} (`mambaverse plugins` says why)"
+            ) from None
 
     def collisions(self) -> dict[str, dict[str, list[str]]]:
         return {
@@ -209,6 +223,16 @@ class Catalogue:
             for kind, table in self.entries.items()
         }
 
+
+# The command that lists each kind (the rest: `mambaverse plugins`, per plugin).
+_LISTING = {
+    "models": "mambaverse list",
+    "kernels": "mambaverse kernels",
+    "scans": "mambaverse plugins",
+    "mixers": "mambaverse plugins",
+    "backbones": "mambaverse plugins",
+    "datasets": "mambaverse plugins",
+}
 
 _SINGULAR = {
     "kernels": "kernel",
@@ -232,10 +256,10 @@ def find(table: dict[str, list[tuple[str, Any]]], kind: str, name: str) -> tuple
             if owner == plugin:
                 return owner, spec
         qualified = [f"{o}:{n}" for n, owners in table.items() for o, _ in owners]
-        raise unknown_name(_SINGULAR[kind], name, qualified)
+        raise unknown_name(_SINGULAR[kind], name, qualified, listing=_LISTING.get(kind))
     owners = table.get(name)
     if not owners:
-        raise unknown_name(_SINGULAR[kind], name, table)
+        raise unknown_name(_SINGULAR[kind], name, table, listing=_LISTING.get(kind))
     if len(owners) > 1:
         who = " and ".join(repr(o) for o, _ in owners)
         choices = ", ".join(repr(f"{o}:{name}") for o, _ in owners)

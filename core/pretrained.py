@@ -114,6 +114,8 @@ def load_pretrained(path: str | Path, strict: bool = True, **overrides: Any) -> 
     """
     directory = Path(path)
     config_file = directory / CONFIG_FILE
+    if not directory.exists():
+        raise ConfigError(f"{directory}: does not exist (a checkpoint directory was expected)")
     if not config_file.is_file():
         raise ConfigError(f"{directory}: not a checkpoint directory (no {CONFIG_FILE})")
     try:

@@ -116,13 +116,17 @@ def damage(directory: Path) -> str | None:
     return None
 
 
-def _refusal(directory: Path, reason: str) -> CheckpointError:
-    intact = [p for p in committed(directory.parent.parent) if p != directory and not damage(p)]
+def _refusal(directory: Path, reason: str, output_dir: str | Path) -> CheckpointError:
+    """Why ``directory`` cannot be resumed, and the newest intact checkpoint of the run's
+    ``output_dir`` to resume instead (``directory`` may be a path outside it, or a typo)."""
+    intact = [p for p in committed(output_dir) if p != directory and not damage(p)]
     way_out = (
         f"the newest intact checkpoint is {intact[-1]}: resume from it with --resume {intact[-1]}"
         if intact
-        else "no intact checkpoint is left; start again without --resume"
+        else f"no intact checkpoint is in {checkpoint_dir(output_dir)}; start again without --resume"
     )
+    if not directory.exists():
+        return CheckpointError(f"checkpoint {directory} does not exist; {way_out}")
     return CheckpointError(f"checkpoint {directory} is damaged: {reason}; {way_out}")
 
 
@@ -139,11 +143,12 @@ def resolve(output_dir: str | Path, resume: str) -> Path:
     return found[-1]
 
 
-def read_progress(directory: Path) -> tuple[Progress, str]:
-    """Verify ``directory`` and read its progress and config text."""
+def read_progress(directory: Path, output_dir: str | Path) -> tuple[Progress, str]:
+    """Verify ``directory`` (a checkpoint to resume in the run writing to ``output_dir``) and read
+    its progress and config text."""
     reason = damage(directory)
     if reason is not None:
-        raise _refusal(directory, reason)
+        raise _refusal(directory, reason, output_dir)
     state = json.loads((directory / TRAINER_STATE).read_text())
     return Progress(**state), (directory / CONFIG_COPY).read_text()
 
@@ -183,9 +188,9 @@ def save(
     return final
 
 
-def load(accelerator: Any, directory: Path) -> Progress:
+def load(accelerator: Any, directory: Path, output_dir: str | Path) -> Progress:
     """Restore the training state from a verified checkpoint (a collective call)."""
-    progress, _ = read_progress(directory)
+    progress, _ = read_progress(directory, output_dir)
     try:
         accelerator.load_state(str(directory))
     except Exception as err:

@@ -189,7 +189,7 @@ class Run:
 
         self.progress = checkpoint.Progress()
         if self.resume_from is not None:
-            self.progress = checkpoint.load(self.accelerator, self.resume_from)
+            self.progress = checkpoint.load(self.accelerator, self.resume_from, self.output)
         if self.main:
             self.output.mkdir(parents=True, exist_ok=True)
             (self.output / "config.yaml").write_text(to_yaml(config))
@@ -212,7 +212,7 @@ class Run:
                 )
             return None
         path = checkpoint.resolve(self.output, resume)
-        _, saved_config = checkpoint.read_progress(path)
+        _, saved_config = checkpoint.read_progress(path, self.output)
         self._warn_config_changes(yaml.safe_load(saved_config), path)
         return path
 

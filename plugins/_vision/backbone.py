@@ -173,10 +173,18 @@ class VisionBackbone(nn.Module):
                 f"got shape {tuple(x.shape)}"
             )
         if x.shape[1] != self.in_chans:
+            if x.shape[3] == self.in_chans:
+                fix = "they look channels-last: pass x.permute(0, 3, 1, 2)"
+            else:
+                fix = f"build the model with in_chans={x.shape[1]} or convert the images"
             raise ValueError(
                 f"{self.family}: expected {self.in_chans} input channels (in_chans={self.in_chans}), "
-                f"got {x.shape[1]} (input shape {tuple(x.shape)}); build the model with "
-                f"in_chans={x.shape[1]} or convert the images"
+                f"got {x.shape[1]} (input shape {tuple(x.shape)}); {fix}"
+            )
+        if not x.is_floating_point():
+            raise ValueError(
+                f"{self.family}: expected floating-point images, got {x.dtype}; convert them "
+                "(e.g. x.float() / 255, then normalise with the model's pretrained_cfg mean and std)"
             )
         size = (x.shape[2], x.shape[3])
         check_image_size(self.family, size, self.stride)

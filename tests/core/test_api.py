@@ -46,6 +46,28 @@ def test_unknown_model_lists_nearest_names(toy):
     assert "'toynet_small'" in str(err.value)
 
 
+def test_unknown_kernel_implementation_lists_the_few_there_are(monkeypatch):
+    monkeypatch.setenv("MAMBAVERSE_KERNELS", "selective_scan=cuda_fast")
+    with pytest.raises(UnknownNameError) as err:
+        mambaverse.choose_kernel("selective_scan", device="cpu")
+    message = str(err.value)
+    assert "unknown implementation of 'selective_scan' (MAMBAVERSE_KERNELS) 'cuda_fast'" in message
+    assert "known: 'reference', 'triton'" in message
+
+
+def test_pretrained_is_accepted_as_timm_and_open_clip_callers_pass_it(toy):
+    assert mambaverse.create_model("toynet_small", pretrained=False).width == 4
+    with pytest.raises(ConfigError, match=r"downloads no weights.*load_pretrained\(directory\)"):
+        mambaverse.create_model("toynet_small", pretrained=True)
+
+
+def test_an_unknown_task_lists_the_tasks(toy):
+    with pytest.raises(
+        UnknownNameError, match="unknown task 'audio': known: 'lm', 'vision', 'vlm'"
+    ):
+        mambaverse.list_models(task="audio")
+
+
 def test_unknown_override_lists_valid_keys(toy):
     with pytest.raises(ConfigError) as err:
         mambaverse.create_model("toynet_small", widht=3)

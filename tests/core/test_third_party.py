@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import mambaverse
-from mambaverse import AmbiguousNameError
+from mambaverse import AmbiguousNameError, UnknownNameError
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "third_party_plugin"
@@ -93,6 +93,18 @@ def test_broken_plugins_are_reported_and_skipped(broken_site, monkeypatch, fresh
     assert mambaverse.create_model("convmixer_micro", img_size=8)(
         torch.randn(1, 3, 8, 8)
     ).shape == (1, 1000)
+
+
+def test_an_unknown_name_names_the_plugins_that_failed_to_load(
+    broken_site, monkeypatch, fresh_catalogue
+):
+    use_site(broken_site, monkeypatch, fresh_catalogue)
+    with pytest.raises(UnknownNameError) as err:
+        mambaverse.create_model("broken_import:anything_tiny")
+    message = str(err.value)
+    assert "unknown model 'broken_import:anything_tiny'" in message
+    assert "plugins that failed to load: " in message and "'broken_import'" in message
+    assert "`mambaverse plugins` says why" in message
 
 
 def test_name_collision_names_both_plugins_and_qualified_names_resolve(

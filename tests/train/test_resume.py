@@ -154,6 +154,18 @@ def test_a_damaged_checkpoint_is_refused_and_the_good_one_kept(two_checkpoints, 
     assert checkpoint.damage(out / "checkpoints" / "step-00000010") is None
 
 
+@pytest.mark.parametrize("given", ["step-00000010", "elsewhere/step-00000010"])
+def test_a_resume_path_that_does_not_exist_names_the_run_s_checkpoints(two_checkpoints, given):
+    # A bare name or a typo: the way out is found in the run's output_dir, not beside the path.
+    out, _, newer = two_checkpoints
+    with pytest.raises(CheckpointError) as err:
+        run(out, "max_steps=15", "checkpoint.every_steps=5", resume=given)
+    assert str(err.value) == (
+        f"checkpoint {given} does not exist; the newest intact checkpoint is {newer}: "
+        f"resume from it with --resume {newer}"
+    )
+
+
 def test_a_save_that_fails_leaves_the_last_good_checkpoint(two_checkpoints, monkeypatch):
     out, older, newer = two_checkpoints
     good = digest(newer)

@@ -169,6 +169,14 @@ def test_wrong_channel_count_is_named(name):
         model(torch.randn(1, 1, 32, 32))
 
 
+def test_channels_last_and_integer_images_are_named():
+    model = mambaverse.create_model("vim_micro")
+    with pytest.raises(ValueError, match=r"got 32 .*they look channels-last: pass x.permute"):
+        model(torch.randn(2, 32, 32, 3))
+    with pytest.raises(ValueError, match=r"expected floating-point images, got torch.uint8"):
+        model(torch.randint(0, 255, (2, 3, 32, 32), dtype=torch.uint8))
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [
@@ -260,3 +268,10 @@ def test_save_and_load_round_trip(tmp_path):
     loaded = mambaverse.load_pretrained(tmp_path).eval()
     x = torch.randn(1, 3, 32, 32)
     assert torch.equal(model(x), loaded(x))
+
+
+def test_loading_a_path_that_is_not_a_checkpoint_says_which_it_is(tmp_path):
+    with pytest.raises(mambaverse.ConfigError, match=r"nope: does not exist \(a checkpoint"):
+        mambaverse.load_pretrained(tmp_path / "nope")
+    with pytest.raises(mambaverse.ConfigError, match=r"not a checkpoint directory \(no config"):
+        mambaverse.load_pretrained(tmp_path)
