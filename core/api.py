@@ -7,7 +7,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-from .dispatch import choose_kernel, implementations, kernel_ops
+from .dispatch import check_choices, choose_kernel, implementations, kernel_ops
 from .errors import ConfigError, KernelUnavailableError, unknown_keys, unknown_name
 from .manager import REGISTRY_PLUGIN, PluginRecord, Preset, catalogue
 from .specs import TASKS, BackboneSpec, MixerSpec, ScanSpec
@@ -103,6 +103,7 @@ def build_backbone(backbone: str, config: dict[str, Any], preset: str | None = N
     plugin, spec = catalogue().lookup("backbones", backbone)
     builder = spec.load()
     check_keys(f"config of backbone {spec.name!r}", builder, config)
+    check_choices(config.get("kernels"), f"the kernels config of {preset or spec.name!r}")
     model = builder(**config)
     model.mambaverse_config = {
         "backbone": f"{plugin}:{spec.name}",
@@ -112,10 +113,13 @@ def build_backbone(backbone: str, config: dict[str, Any], preset: str | None = N
     return model
 
 
-def count_parameters(name: str, **overrides: Any) -> int:
-    """Parameters of the model, counted on the ``meta`` device (no memory is used)."""
+def count_parameters(name: Any, **overrides: Any) -> int:
+    """Parameters of a built model, or of the preset ``name`` counted on the ``meta`` device (no
+    memory is used)."""
     import torch
 
+    if isinstance(name, torch.nn.Module):
+        return sum(p.numel() for p in name.parameters())
     with torch.device("meta"):
         model = create_model(name, **overrides)
     return sum(p.numel() for p in model.parameters())

@@ -109,6 +109,27 @@ def _explicit(
     return KernelChoice(spec, reason)
 
 
+def check_choices(choices: Any, source: str) -> None:
+    """Refuse a ``kernels`` config that is not ``{op: impl}`` with registered names (checked when
+    a model is built, not at its first forward)."""
+    if choices is None:
+        return
+    if not isinstance(choices, Mapping) or not all(
+        isinstance(op, str) and isinstance(impl, str) for op, impl in choices.items()
+    ):
+        raise ConfigError(
+            f"{source}: expected a mapping of kernel op to implementation, e.g. "
+            f"{{'selective_scan': 'reference'}}, got {choices!r}"
+        )
+    _check_ops(tuple(choices.items()), source)
+    for op, impl in choices.items():
+        specs = implementations(op)
+        if impl not in specs:
+            raise unknown_name(
+                f"implementation of {op!r} ({source})", impl, specs, listing="mambaverse kernels"
+            )
+
+
 def _check_ops(choices: tuple[tuple[str, str], ...], source: str) -> None:
     """A choice naming no registered op (a typo) would be ignored silently: refuse it."""
     ops = kernel_ops()

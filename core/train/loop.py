@@ -191,6 +191,13 @@ class Run:
         if self.resume_from is not None:
             self.progress = checkpoint.load(self.accelerator, self.resume_from, self.output)
         if self.main:
+            if self.resume_from is None and (self.output / "summary.json").exists():
+                # An earlier run without checkpoints (those refuse a fresh run): say what goes.
+                print(
+                    f"{self.output} holds an earlier run; its metrics, plot and model are "
+                    "replaced (choose another output_dir to keep them)",
+                    flush=True,
+                )
             self.output.mkdir(parents=True, exist_ok=True)
             (self.output / "config.yaml").write_text(to_yaml(config))
         self.metrics = MetricsLog(

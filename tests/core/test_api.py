@@ -61,6 +61,26 @@ def test_pretrained_is_accepted_as_timm_and_open_clip_callers_pass_it(toy):
         mambaverse.create_model("toynet_small", pretrained=True)
 
 
+@pytest.mark.parametrize(
+    ("kernels", "message"),
+    [
+        ("triton", r"expected a mapping of kernel op to implementation.*got 'triton'"),
+        ({"selective_scan": "cuda_fast"}, r"'cuda_fast': known: 'reference', 'triton'"),
+        ({"selectve_scan": "reference"}, r"unknown kernel op .*'selectve_scan'.*'selective_scan'"),
+    ],
+)
+def test_a_bad_kernels_config_is_refused_when_the_model_is_built(kernels, message):
+    with pytest.raises(
+        UnknownNameError if isinstance(kernels, dict) else ConfigError, match=message
+    ):
+        mambaverse.create_model("mamba_micro", kernels=kernels)
+
+
+def test_count_parameters_of_a_preset_or_a_built_model():
+    model = mambaverse.create_model("vim_micro")
+    assert mambaverse.count_parameters(model) == mambaverse.count_parameters("vim_micro") > 0
+
+
 def test_an_unknown_task_lists_the_tasks(toy):
     with pytest.raises(
         UnknownNameError, match="unknown task 'audio': known: 'lm', 'vision', 'vlm'"

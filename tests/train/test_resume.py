@@ -181,6 +181,25 @@ def test_a_save_that_fails_leaves_the_last_good_checkpoint(two_checkpoints, monk
     assert run(out, "max_steps=15", "checkpoint.every_steps=5", resume="latest")["steps"] == 15
 
 
+def test_a_fresh_run_over_an_earlier_one_without_checkpoints_says_it_replaces_it(
+    toys, tmp_path, capsys
+):
+    out = tmp_path / "run"
+    run(out, "max_steps=2")
+    assert "holds an earlier run" not in capsys.readouterr().out
+    run(out, "max_steps=3")
+    assert f"{out} holds an earlier run; its metrics, plot and model are replaced" in (
+        capsys.readouterr().out
+    )
+    fresh = tmp_path / "fresh"
+    run(fresh, "max_steps=3")
+
+    def logged(directory):
+        return [json.loads(line)["step"] for line in (directory / "metrics.jsonl").open()]
+
+    assert logged(out) == logged(fresh)  # only the second run's lines
+
+
 def test_fresh_runs_and_resumes_without_checkpoints_are_refused(toys, tmp_path):
     with pytest.raises(
         CheckpointError, match=r"--resume: no checkpoint in .*; start without --resume"
