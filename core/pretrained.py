@@ -25,13 +25,33 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 
 
+def _sync(path: Path) -> None:
+    """fsync a file or a directory (a directory's entries: names created, moved, removed)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems refuse fsync on a directory; the files' still counts
+        if not path.is_dir():
+            raise
+    finally:
+        os.close(fd)
+
+
+def _sync_tree(root: Path) -> None:
+    for folder, _, files in os.walk(root):
+        for name in files:
+            _sync(Path(folder) / name)
+        _sync(Path(folder))
+
+
 def write_atomically(
     directory: str | Path, write: Callable[[Path], Any], staging: str | Path | None = None
 ) -> Path:
     """Call ``write(staging)`` then move ``staging`` into place as ``directory``.
 
     A failure (or a crash) before the move leaves ``directory`` as it was: a complete old copy,
-    or nothing. ``staging`` is a fresh hidden folder beside ``directory`` by default; name it
+    or nothing. Every file is flushed to disk before the move and the move after it, so that after
+    a power loss the new copy is whole, or the old one is still there. ``staging`` is a fresh hidden folder beside ``directory`` by default; name it
     (beside ``directory``, so that the move is a rename) when other processes must know where to
     write before ``write`` runs: an old one left by a crash is removed first.
     """
@@ -45,10 +65,12 @@ def write_atomically(
         tmp.mkdir()
     try:
         write(tmp)
+        _sync_tree(tmp)  # on disk before the move makes it the copy that counts
         old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
         if directory.exists():
             os.replace(directory, old)
         os.replace(tmp, directory)
+        _sync(directory.parent)  # the moves themselves
         shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -115,7 +137,14 @@ def load_pretrained(path: str | Path, strict: bool = True, **overrides: Any) -> 
     directory = Path(path)
     config_file = directory / CONFIG_FILE
     if not directory.exists():
-        raise ConfigError(f"{directory}: does not exist (a checkpoint directory was expected)")
+        interrupted = sorted(directory.parent.glob(f".{directory.name}.old-*"))
+        hint = (
+            f"; a save was interrupted between its two moves: the previous copy is {interrupted[-1]}"
+            ", rename it back"
+            if interrupted
+            else " (a checkpoint directory was expected)"
+        )
+        raise ConfigError(f"{directory}: does not exist{hint}")
     if not config_file.is_file():
         raise ConfigError(f"{directory}: not a checkpoint directory (no {CONFIG_FILE})")
     try:

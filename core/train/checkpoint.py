@@ -85,10 +85,7 @@ def write_manifest(directory: Path) -> None:
         p.relative_to(directory).as_posix(): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
         for p in _files(directory)
     }
-    manifest = directory / MANIFEST
-    manifest.write_text(json.dumps({"format": 1, "files": files}, indent=1))
-    with manifest.open("rb") as f:
-        os.fsync(f.fileno())
+    (directory / MANIFEST).write_text(json.dumps({"format": 1, "files": files}, indent=1))
 
 
 def damage(directory: Path) -> str | None:

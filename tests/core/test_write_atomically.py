@@ -41,3 +41,35 @@ def test_replaced_whole_or_not_at_all(tmp_path, named):
     assert sorted(p.name for p in target.iterdir()) == ["a.txt"]
     assert (target / "a.txt").read_text() == "new"
     assert [p.name for p in target.parent.iterdir()] == ["ckpt"]  # no staging or old copy left
+
+
+def test_files_reach_the_disk_before_the_move_and_the_move_after(tmp_path, monkeypatch):
+    from mambaverse import pretrained
+
+    events = []
+    monkeypatch.setattr(pretrained, "_sync", lambda path: events.append(("sync", path.name)))
+    real_replace = pretrained.os.replace
+    monkeypatch.setattr(
+        pretrained.os, "replace", lambda a, b: (events.append(("move", b.name)), real_replace(a, b))
+    )
+
+    def write(folder):
+        (folder / "sub").mkdir()
+        (folder / "a.txt").write_text("a")
+        (folder / "sub" / "b.txt").write_text("b")
+
+    target = tmp_path / "ckpt"
+    write_atomically(target, write)
+    move = events.index(("move", "ckpt"))
+    assert {("sync", "a.txt"), ("sync", "b.txt"), ("sync", "sub")} <= set(events[:move])
+    assert events[move + 1 :] == [("sync", tmp_path.name)]
+
+
+def test_a_save_interrupted_between_its_moves_is_named_when_loading(tmp_path):
+    import mambaverse
+
+    model = mambaverse.create_model("vim_micro")
+    mambaverse.save_pretrained(model, tmp_path / "model")
+    (tmp_path / "model").rename(tmp_path / ".model.old-123")  # what a crash there leaves
+    with pytest.raises(mambaverse.ConfigError, match=r"a save was interrupted.*\.model\.old-123"):
+        mambaverse.load_pretrained(tmp_path / "model")
