@@ -5,7 +5,8 @@ from __future__ import annotations
 import fnmatch
 import inspect
 from collections.abc import Callable
-from typing import Any
+from types import UnionType
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from .dispatch import check_choices, choose_kernel, implementations, kernel_ops
 from .errors import ConfigError, KernelUnavailableError, unknown_keys, unknown_name
@@ -30,6 +31,41 @@ def check_keys(what: str, fn: Callable[..., Any], keys: Any, skip: tuple[str, ..
     unknown = set(keys) - set(params)
     if unknown and not open_ended:
         raise unknown_keys(what, unknown, [p for p in params if p not in skip])
+
+
+def _accepts(hint: Any, value: Any) -> bool | None:
+    """Whether ``value`` fits a plain type hint (int, float, bool, str, or one of those or None);
+    None for the hints this does not judge (sequences, mappings, Literals, which the builders
+    check with the nearest names, unions of several)."""
+    if get_origin(hint) in (Union, UnionType):
+        args = [a for a in get_args(hint) if a is not type(None)]
+        if len(args) != 1:
+            return None
+        return value is None or _accepts(args[0], value)
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    return None
+
+
+def check_types(what: str, fn: Callable[..., Any], config: dict[str, Any]) -> None:
+    """Raise :class:`ConfigError` for a value that does not fit its parameter's plain type hint
+    (``depth="four"``), before the builder fails on it with an error about something else."""
+    try:
+        hints = get_type_hints(fn.__init__ if inspect.isclass(fn) else fn)
+    except Exception:  # hints that do not resolve here are the builder's business
+        return
+    for key, value in config.items():
+        if key in hints and _accepts(hints[key], value) is False:
+            expected = getattr(hints[key], "__name__", None) or str(hints[key])
+            raise ConfigError(
+                f"{what}: {key}={value!r} ({type(value).__name__}) does not fit its type, {expected}"
+            )
 
 
 # -- models ------------------------------------------------------------------------------------
@@ -103,6 +139,7 @@ def build_backbone(backbone: str, config: dict[str, Any], preset: str | None = N
     plugin, spec = catalogue().lookup("backbones", backbone)
     builder = spec.load()
     check_keys(f"config of backbone {spec.name!r}", builder, config)
+    check_types(f"config of {preset or spec.name!r}", builder, config)
     check_choices(config.get("kernels"), f"the kernels config of {preset or spec.name!r}")
     model = builder(**config)
     model.mambaverse_config = {

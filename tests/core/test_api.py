@@ -76,6 +76,22 @@ def test_a_bad_kernels_config_is_refused_when_the_model_is_built(kernels, messag
         mambaverse.create_model("mamba_micro", kernels=kernels)
 
 
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"depth": "four"}, r"depth='four' \(str\) does not fit its type, int"),
+        ({"depth": True}, r"depth=True \(bool\) does not fit its type, int"),
+        ({"expand": "2"}, r"expand='2' \(str\) does not fit its type, float"),
+        ({"scan": 3}, r"scan=3 \(int\) does not fit its type, str"),
+    ],
+)
+def test_a_value_of_the_wrong_type_is_refused_when_the_model_is_built(override, message):
+    with pytest.raises(ConfigError, match=r"config of 'vim_micro': " + message):
+        mambaverse.create_model("vim_micro", **override)
+    # ints are floats too, and an Optional takes None
+    assert mambaverse.create_model("vim_micro", expand=2, scan_options=None) is not None
+
+
 def test_count_parameters_of_a_preset_or_a_built_model():
     model = mambaverse.create_model("vim_micro")
     assert mambaverse.count_parameters(model) == mambaverse.count_parameters("vim_micro") > 0
