@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import fnmatch
 import inspect
-from collections.abc import Callable
+import numbers
+import os
+from collections.abc import Callable, Mapping
 from types import UnionType
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
@@ -36,36 +38,57 @@ def check_keys(what: str, fn: Callable[..., Any], keys: Any, skip: tuple[str, ..
 def _accepts(hint: Any, value: Any) -> bool | None:
     """Whether ``value`` fits a plain type hint (int, float, bool, str, or one of those or None);
     None for the hints this does not judge (sequences, mappings, Literals, which the builders
-    check with the nearest names, unions of several)."""
+    check with the nearest names, unions of several). Numbers are judged as numbers (numpy's
+    too), paths pass for strings."""
     if get_origin(hint) in (Union, UnionType):
         args = [a for a in get_args(hint) if a is not type(None)]
         if len(args) != 1:
             return None
         return value is None or _accepts(args[0], value)
+    is_bool = isinstance(value, bool) or type(value).__name__ == "bool_"  # numpy's bool
     if hint is bool:
-        return isinstance(value, bool)
+        return is_bool
     if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
+        return isinstance(value, numbers.Integral) and not is_bool
     if hint is float:
-        return isinstance(value, int | float) and not isinstance(value, bool)
+        return isinstance(value, numbers.Real) and not is_bool
     if hint is str:
-        return isinstance(value, str)
+        return isinstance(value, str | os.PathLike)
     return None
+
+
+def _hints(fn: Callable[..., Any]) -> dict[str, Any]:
+    """The builder's resolved type hints; none where they do not resolve here (a third party's
+    names that are not importable, say), which leaves its values to the builder."""
+    try:
+        return get_type_hints(fn.__init__ if inspect.isclass(fn) else fn)
+    except Exception:
+        return {}
 
 
 def check_types(what: str, fn: Callable[..., Any], config: dict[str, Any]) -> None:
     """Raise :class:`ConfigError` for a value that does not fit its parameter's plain type hint
-    (``depth="four"``), before the builder fails on it with an error about something else."""
-    try:
-        hints = get_type_hints(fn.__init__ if inspect.isclass(fn) else fn)
-    except Exception:  # hints that do not resolve here are the builder's business
-        return
+    (``depth="four"``), before the builder fails on it with an error about something else. A
+    parameter's own default always passes (``x: int = None``)."""
+    hints, defaults = _hints(fn), _keyword_parameters(fn)[0]
     for key, value in config.items():
-        if key in hints and _accepts(hints[key], value) is False:
+        if key not in hints or (key in defaults and value is defaults[key]):
+            continue
+        if _accepts(hints[key], value) is False:
             expected = getattr(hints[key], "__name__", None) or str(hints[key])
             raise ConfigError(
                 f"{what}: {key}={value!r} ({type(value).__name__}) does not fit its type, {expected}"
             )
+
+
+def _takes_kernel_choices(fn: Callable[..., Any]) -> bool:
+    """Whether the builder's ``kernels`` parameter is the op -> implementation mapping every
+    built-in model takes (hinted as a mapping, or not hinted)."""
+    hint = _hints(fn).get("kernels")
+    if hint is None:
+        return True
+    options = get_args(hint) if get_origin(hint) in (Union, UnionType) else (hint,)
+    return any(get_origin(o) in (dict, Mapping) or o in (dict, Mapping) for o in options)
 
 
 # -- models ------------------------------------------------------------------------------------
@@ -140,7 +163,8 @@ def build_backbone(backbone: str, config: dict[str, Any], preset: str | None = N
     builder = spec.load()
     check_keys(f"config of backbone {spec.name!r}", builder, config)
     check_types(f"config of {preset or spec.name!r}", builder, config)
-    check_choices(config.get("kernels"), f"the kernels config of {preset or spec.name!r}")
+    if _takes_kernel_choices(builder):
+        check_choices(config.get("kernels"), f"the kernels config of {preset or spec.name!r}")
     model = builder(**config)
     model.mambaverse_config = {
         "backbone": f"{plugin}:{spec.name}",
@@ -156,6 +180,11 @@ def count_parameters(name: Any, **overrides: Any) -> int:
     import torch
 
     if isinstance(name, torch.nn.Module):
+        if overrides:
+            raise ConfigError(
+                f"count_parameters: overrides {sorted(overrides)} apply to a preset name, "
+                "not to a built model"
+            )
         return sum(p.numel() for p in name.parameters())
     with torch.device("meta"):
         model = create_model(name, **overrides)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from .errors import ConfigError, KernelUnavailableError, unknown_name
+from .errors import ConfigError, KernelUnavailableError, UnknownNameError, unknown_name
 from .manager import catalogue
 from .registry import load_default
 from .specs import KernelSpec
@@ -125,9 +125,10 @@ def check_choices(choices: Any, source: str) -> None:
     for op, impl in choices.items():
         specs = implementations(op)
         if impl not in specs:
-            raise unknown_name(
-                f"implementation of {op!r} ({source})", impl, specs, listing="mambaverse kernels"
+            err = unknown_name(
+                f"implementation of {op!r}", impl, specs, listing="mambaverse kernels"
             )
+            raise UnknownNameError(f"{source}: {err}")
 
 
 def _check_ops(choices: tuple[tuple[str, str], ...], source: str) -> None:
@@ -135,7 +136,8 @@ def _check_ops(choices: tuple[tuple[str, str], ...], source: str) -> None:
     ops = kernel_ops()
     for op, _impl in choices:
         if op not in ops:
-            raise unknown_name(f"kernel op in {source}", op, ops, listing="mambaverse kernels")
+            err = unknown_name("kernel op", op, ops, listing="mambaverse kernels")
+            raise UnknownNameError(f"{source}: {err}")
 
 
 @lru_cache(maxsize=512)

@@ -207,7 +207,7 @@ class Catalogue:
         except AmbiguousNameError:
             raise
         except UnknownNameError as err:
-            failed = [record.name for record in self.plugins.values() if record.error]
+            failed = [key for key, record in self.plugins.items() if record.error]
             if not failed:
                 raise
             names = ", ".join(repr(n) for n in failed)

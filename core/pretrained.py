@@ -26,13 +26,19 @@ WEIGHTS_FILE = "model.safetensors"
 
 
 def _sync(path: Path) -> None:
-    """fsync a file or a directory (a directory's entries: names created, moved, removed)."""
-    fd = os.open(path, os.O_RDONLY)
+    """Flush a file, or a directory's entries (names created, moved, removed), to disk where the
+    system allows it: best effort, since Windows cannot open a directory and some file systems
+    (network, FUSE) refuse fsync; the write itself has succeeded either way."""
+    if path.is_dir() and os.name == "nt":
+        return
+    try:
+        fd = os.open(path, os.O_RDONLY if path.is_dir() else os.O_RDWR)
+    except OSError:
+        return
     try:
         os.fsync(fd)
-    except OSError:  # some file systems refuse fsync on a directory; the files' still counts
-        if not path.is_dir():
-            raise
+    except OSError:
+        pass
     finally:
         os.close(fd)
 
@@ -50,10 +56,11 @@ def write_atomically(
     """Call ``write(staging)`` then move ``staging`` into place as ``directory``.
 
     A failure (or a crash) before the move leaves ``directory`` as it was: a complete old copy,
-    or nothing. Every file is flushed to disk before the move and the move after it, so that after
-    a power loss the new copy is whole, or the old one is still there. ``staging`` is a fresh hidden folder beside ``directory`` by default; name it
-    (beside ``directory``, so that the move is a rename) when other processes must know where to
-    write before ``write`` runs: an old one left by a crash is removed first.
+    or nothing. Every file is fsynced before the move and the parent folder after it (where the
+    system allows), so that a power loss leaves the new copy whole or the old one in place.
+    ``staging`` is a fresh hidden folder beside ``directory`` by default; name it (beside
+    ``directory``, so that the move is a rename) when other processes must know where to write
+    before ``write`` runs: an old one left by a crash is removed first.
     """
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
@@ -137,7 +144,9 @@ def load_pretrained(path: str | Path, strict: bool = True, **overrides: Any) -> 
     directory = Path(path)
     config_file = directory / CONFIG_FILE
     if not directory.exists():
-        interrupted = sorted(directory.parent.glob(f".{directory.name}.old-*"))
+        interrupted = sorted(
+            directory.parent.glob(f".{directory.name}.old-*"), key=lambda p: p.stat().st_mtime
+        )
         hint = (
             f"; a save was interrupted between its two moves: the previous copy is {interrupted[-1]}"
             ", rename it back"

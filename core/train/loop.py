@@ -45,7 +45,7 @@ from . import checkpoint
 from .config import TrainConfig, to_yaml
 from .data import build_dataset
 from .display import Display
-from .metrics import PLOT_FILE, MetricsLog, plot_metrics
+from .metrics import METRICS_FILE, PLOT_FILE, MetricsLog, plot_metrics
 from .optim import build_optimizer, build_scheduler, freeze
 from .tasks import TASKS, Outcome, auxiliary_loss
 
@@ -191,13 +191,16 @@ class Run:
         if self.resume_from is not None:
             self.progress = checkpoint.load(self.accelerator, self.resume_from, self.output)
         if self.main:
-            if self.resume_from is None and (self.output / "summary.json").exists():
-                # An earlier run without checkpoints (those refuse a fresh run): say what goes.
+            earlier = [self.output / name for name in ("summary.json", METRICS_FILE)]
+            if self.resume_from is None and any(path.exists() for path in earlier):
+                # An earlier run without checkpoints (those refuse a fresh run): say what goes,
+                # and drop its summary now, so that none describes this run before it ends.
                 print(
                     f"{self.output} holds an earlier run; its metrics, plot and model are "
                     "replaced (choose another output_dir to keep them)",
                     flush=True,
                 )
+                earlier[0].unlink(missing_ok=True)
             self.output.mkdir(parents=True, exist_ok=True)
             (self.output / "config.yaml").write_text(to_yaml(config))
         self.metrics = MetricsLog(

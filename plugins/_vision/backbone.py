@@ -174,7 +174,7 @@ class VisionBackbone(nn.Module):
             )
         if x.shape[1] != self.in_chans:
             if x.shape[3] == self.in_chans:
-                fix = "they look channels-last: pass x.permute(0, 3, 1, 2)"
+                fix = "they look NHWC (batch, height, width, channels): pass x.permute(0, 3, 1, 2)"
             else:
                 fix = f"build the model with in_chans={x.shape[1]} or convert the images"
             raise ValueError(

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import pytest
 
 import mambaverse
@@ -88,13 +91,26 @@ def test_a_bad_kernels_config_is_refused_when_the_model_is_built(kernels, messag
 def test_a_value_of_the_wrong_type_is_refused_when_the_model_is_built(override, message):
     with pytest.raises(ConfigError, match=r"config of 'vim_micro': " + message):
         mambaverse.create_model("vim_micro", **override)
-    # ints are floats too, and an Optional takes None
+    # ints are floats too (numpy's count), an Optional takes None
     assert mambaverse.create_model("vim_micro", expand=2, scan_options=None) is not None
+    model = mambaverse.create_model("vim_micro", depth=np.int64(2), expand=np.float32(1.5))
+    assert model.mambaverse_config["config"]["depth"] == 2
+
+
+def test_a_default_value_always_fits_its_own_hint():
+    def builder(width: int = None, name: str = "a"):  # noqa: RUF013 (as a third party may)
+        return width, name
+
+    mambaverse.api.check_types("toy", builder, {"width": None, "name": Path("x")})
+    with pytest.raises(ConfigError, match=r"width=1.5 \(float\) does not fit its type, int"):
+        mambaverse.api.check_types("toy", builder, {"width": 1.5})
 
 
 def test_count_parameters_of_a_preset_or_a_built_model():
     model = mambaverse.create_model("vim_micro")
     assert mambaverse.count_parameters(model) == mambaverse.count_parameters("vim_micro") > 0
+    with pytest.raises(ConfigError, match="apply to a preset name, not to a built model"):
+        mambaverse.count_parameters(model, depth=2)
 
 
 def test_an_unknown_task_lists_the_tasks(toy):
@@ -177,12 +193,16 @@ class TestDispatch:
 
     def test_a_choice_for_an_unknown_op_is_refused_not_ignored(self, toy, monkeypatch):
         monkeypatch.setenv("MAMBAVERSE_KERNELS", "toy_ad=slow")
-        with pytest.raises(UnknownNameError, match="MAMBAVERSE_KERNELS 'toy_ad': did you mean"):
+        with pytest.raises(
+            UnknownNameError, match="MAMBAVERSE_KERNELS: unknown kernel op 'toy_ad': did you mean"
+        ):
             self.call()
         monkeypatch.delenv("MAMBAVERSE_KERNELS")
         with (
             mambaverse.kernel_choices({"toy_ad": "slow"}),
-            pytest.raises(UnknownNameError, match="model config's kernels 'toy_ad'"),
+            pytest.raises(
+                UnknownNameError, match="model config's kernels: unknown kernel op 'toy_ad'"
+            ),
         ):
             self.call()
 

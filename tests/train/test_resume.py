@@ -187,6 +187,7 @@ def test_a_fresh_run_over_an_earlier_one_without_checkpoints_says_it_replaces_it
     out = tmp_path / "run"
     run(out, "max_steps=2")
     assert "holds an earlier run" not in capsys.readouterr().out
+    (out / "summary.json").unlink()  # as an interrupted run leaves it: metrics, no summary
     run(out, "max_steps=3")
     assert f"{out} holds an earlier run; its metrics, plot and model are replaced" in (
         capsys.readouterr().out

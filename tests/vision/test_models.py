@@ -171,7 +171,10 @@ def test_wrong_channel_count_is_named(name):
 
 def test_channels_last_and_integer_images_are_named():
     model = mambaverse.create_model("vim_micro")
-    with pytest.raises(ValueError, match=r"got 32 .*they look channels-last: pass x.permute"):
+    with pytest.raises(
+        ValueError,
+        match=r"got 32 .*they look NHWC \(batch, height, width, channels\): pass x.permute",
+    ):
         model(torch.randn(2, 32, 32, 3))
     with pytest.raises(ValueError, match=r"expected floating-point images, got torch.uint8"):
         model(torch.randint(0, 255, (2, 3, 32, 32), dtype=torch.uint8))
