@@ -111,15 +111,22 @@ class TrainConfig(Section):
     output_dir: str = "runs/train"
 
 
-_EXPONENT_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
+class YamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that ``1e-3`` is a number, as in YAML 1.2 (YAML 1.1, which
+    PyYAML follows, wants ``1.0e-3`` and reads ``1e-3`` as a string)."""
+
+
+YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$"),
+    list("+-0123456789."),
+)
 
 
 def parse_value(text: str) -> Any:
-    """A command-line value: YAML, except that ``1e-3`` is a number (YAML 1.1 says string)."""
-    if _EXPONENT_NUMBER.match(text.strip()):
-        return float(text)
+    """A command-line value, read as YAML (``1e-3`` a number, see :class:`YamlLoader`)."""
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=YamlLoader)
     except yaml.YAMLError:
         return text
 
@@ -145,7 +152,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.load(path.read_text(), Loader=YamlLoader) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
     if not isinstance(raw, dict):

@@ -25,6 +25,13 @@ def test_command_line_values_are_yaml_with_exponent_numbers(text, value):
     assert parse_value(text) == value
 
 
+def test_config_files_read_exponent_numbers_as_numbers(tmp_path):
+    config_file = tmp_path / "run.yaml"
+    # (The model section's values reach the builder as they are read: no schema coerces them.)
+    config_file.write_text("model:\n  name: vim_micro\n  drop_path_rate: 1e-2\n  expand: 2E+0\n")
+    assert load_config(config_file).model.overrides() == {"drop_path_rate": 1e-2, "expand": 2.0}
+
+
 def test_dotted_overrides_build_nested_sections():
     config: dict = {"optim": {"lr": 0.1}}
     apply_override(config, "optim.lr=2e-4")
