@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -280,3 +281,17 @@ def test_loading_a_path_that_is_not_a_checkpoint_says_which_it_is(tmp_path):
         mambaverse.load_pretrained(tmp_path / "nope")
     with pytest.raises(mambaverse.ConfigError, match=r"not a checkpoint directory \(no config"):
         mambaverse.load_pretrained(tmp_path)
+
+
+def test_a_checkpoint_whose_kernels_are_not_registered_here_says_how_to_load_it(tmp_path):
+    model = mambaverse.create_model("vim_micro")
+    mambaverse.save_pretrained(model, tmp_path)
+    config_file = tmp_path / "config.json"
+    config = json.loads(config_file.read_text())
+    config["mambaverse"]["config"]["kernels"] = {"selective_scan": "cuda_fast"}  # another machine's
+    config_file.write_text(json.dumps(config))
+    with pytest.raises(mambaverse.UnknownNameError, match=r"'cuda_fast'.*kernels=None"):
+        mambaverse.load_pretrained(tmp_path)
+    loaded = mambaverse.load_pretrained(tmp_path, kernels=None).eval()
+    x = torch.randn(1, 3, 32, 32)
+    assert torch.equal(loaded(x), model.eval()(x))
