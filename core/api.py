@@ -66,11 +66,13 @@ def _hints(fn: Callable[..., Any]) -> dict[str, Any]:
         return {}
 
 
-def check_types(what: str, fn: Callable[..., Any], config: dict[str, Any]) -> None:
+def check_types(
+    what: str, fn: Callable[..., Any], config: dict[str, Any], hints: dict[str, Any]
+) -> None:
     """Raise :class:`ConfigError` for a value that does not fit its parameter's plain type hint
-    (``depth="four"``), before the builder fails on it with an error about something else. A
-    parameter's own default always passes (``x: int = None``)."""
-    hints, defaults = _hints(fn), _keyword_parameters(fn)[0]
+    in ``hints`` (``_hints(fn)``; ``depth="four"``), before the builder fails on it with an error
+    about something else. A parameter's own default always passes (``x: int = None``)."""
+    defaults = _keyword_parameters(fn)[0]
     for key, value in config.items():
         if key not in hints or (key in defaults and value is defaults[key]):
             continue
@@ -81,10 +83,10 @@ def check_types(what: str, fn: Callable[..., Any], config: dict[str, Any]) -> No
             )
 
 
-def _takes_kernel_choices(fn: Callable[..., Any]) -> bool:
-    """Whether the builder's ``kernels`` parameter is the op -> implementation mapping every
-    built-in model takes (hinted as a mapping, or not hinted)."""
-    hint = _hints(fn).get("kernels")
+def _takes_kernel_choices(hints: dict[str, Any]) -> bool:
+    """Whether a builder with these type hints takes ``kernels`` as the op -> implementation
+    mapping every built-in model takes (hinted as a mapping, or not hinted)."""
+    hint = hints.get("kernels")
     if hint is None:
         return True
     options = get_args(hint) if get_origin(hint) in (Union, UnionType) else (hint,)
@@ -162,8 +164,9 @@ def build_backbone(backbone: str, config: dict[str, Any], preset: str | None = N
     plugin, spec = catalogue().lookup("backbones", backbone)
     builder = spec.load()
     check_keys(f"config of backbone {spec.name!r}", builder, config)
-    check_types(f"config of {preset or spec.name!r}", builder, config)
-    if _takes_kernel_choices(builder):
+    hints = _hints(builder)
+    check_types(f"config of {preset or spec.name!r}", builder, config, hints)
+    if _takes_kernel_choices(hints):
         check_choices(config.get("kernels"), f"the kernels config of {preset or spec.name!r}")
     model = builder(**config)
     model.mambaverse_config = {

@@ -94,15 +94,20 @@ def kernel_ops() -> list[str]:
     return sorted({name.split("/")[0] for name in catalogue().entries["kernels"]})
 
 
-def _explicit(
-    op: str, impl: str, reason: str, device: str | None, dtype: str | None
-) -> KernelChoice:
+def _implementation(op: str, impl: str, reason: str) -> KernelSpec:
+    """The registered implementation ``impl`` of ``op``, asked for by ``reason``."""
     specs = implementations(op)
     if impl not in specs:
         raise unknown_name(
             f"implementation of {op!r} ({reason})", impl, specs, listing="mambaverse kernels"
         )
-    spec = specs[impl]
+    return specs[impl]
+
+
+def _explicit(
+    op: str, impl: str, reason: str, device: str | None, dtype: str | None
+) -> KernelChoice:
+    spec = _implementation(op, impl, reason)
     why = spec.unavailable_reason(device, dtype)
     if why is not None:
         raise KernelUnavailableError(f"{op}={impl} (chosen by {reason}) cannot run: {why}")
@@ -121,14 +126,12 @@ def check_choices(choices: Any, source: str) -> None:
             f"{source}: expected a mapping of kernel op to implementation, e.g. "
             f"{{'selective_scan': 'reference'}}, got {choices!r}"
         )
-    _check_ops(tuple(choices.items()), source)
-    for op, impl in choices.items():
-        specs = implementations(op)
-        if impl not in specs:
-            err = unknown_name(
-                f"implementation of {op!r}", impl, specs, listing="mambaverse kernels"
-            )
-            raise UnknownNameError(f"{source}: {err}")
+    try:
+        _check_ops(tuple(choices.items()), source)
+        for op, impl in choices.items():
+            _implementation(op, impl, source)
+    except UnknownNameError as err:  # a config saved on another machine, say
+        raise UnknownNameError(f"{err}; kernels=None uses this machine's defaults") from None
 
 
 def _check_ops(choices: tuple[tuple[str, str], ...], source: str) -> None:

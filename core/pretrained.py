@@ -165,16 +165,9 @@ def load_pretrained(path: str | Path, strict: bool = True, **overrides: Any) -> 
 
     if "mambaverse" in config:
         meta = config["mambaverse"]
-        saved = {**meta["config"], **overrides}
-        try:
-            model = build_backbone(meta["backbone"], saved, preset=meta.get("model"))
-        except UnknownNameError as err:
-            if "kernels config" not in str(err):
-                raise
-            raise UnknownNameError(
-                f"{directory}: {err}; load it with load_pretrained(path, kernels=None) to use "
-                "this machine's defaults"
-            ) from None
+        model = build_backbone(
+            meta["backbone"], {**meta["config"], **overrides}, preset=meta.get("model")
+        )
         from safetensors.torch import load_model
 
         weights = directory / WEIGHTS_FILE

@@ -50,6 +50,7 @@ from .optim import build_optimizer, build_scheduler, freeze
 from .tasks import TASKS, Outcome, auxiliary_loss
 
 MODEL_DIR = "model"
+SUMMARY_FILE = "summary.json"
 
 
 def reseed(seed: int, step: int, micro_batch: int, process: int) -> None:
@@ -191,8 +192,10 @@ class Run:
         if self.resume_from is not None:
             self.progress = checkpoint.load(self.accelerator, self.resume_from, self.output)
         if self.main:
-            earlier = [self.output / name for name in ("summary.json", METRICS_FILE)]
-            if self.resume_from is None and any(path.exists() for path in earlier):
+            summary = self.output / SUMMARY_FILE
+            if self.resume_from is None and (
+                summary.exists() or (self.output / METRICS_FILE).exists()
+            ):
                 # An earlier run without checkpoints (those refuse a fresh run): say what goes,
                 # and drop its summary now, so that none describes this run before it ends.
                 print(
@@ -200,7 +203,7 @@ class Run:
                     "replaced (choose another output_dir to keep them)",
                     flush=True,
                 )
-                earlier[0].unlink(missing_ok=True)
+                summary.unlink(missing_ok=True)
             self.output.mkdir(parents=True, exist_ok=True)
             (self.output / "config.yaml").write_text(to_yaml(config))
         self.metrics = MetricsLog(
@@ -432,7 +435,7 @@ class Run:
         }
         if self.main:
             plot_metrics(self.metrics.path, self.output / PLOT_FILE)
-            (self.output / "summary.json").write_text(json.dumps(summary, indent=1))
+            (self.output / SUMMARY_FILE).write_text(json.dumps(summary, indent=1))
         self.display.line(
             f"test accuracy {summary['test_accuracy']:.2%} (loss {summary['test_loss']:.4f}, "
             f"{summary['test_samples']} samples) after {summary['steps']} steps "

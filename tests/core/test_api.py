@@ -101,9 +101,10 @@ def test_a_default_value_always_fits_its_own_hint():
     def builder(width: int = None, name: str = "a"):  # noqa: RUF013 (as a third party may)
         return width, name
 
-    mambaverse.api.check_types("toy", builder, {"width": None, "name": Path("x")})
+    hints = mambaverse.api._hints(builder)
+    mambaverse.api.check_types("toy", builder, {"width": None, "name": Path("x")}, hints)
     with pytest.raises(ConfigError, match=r"width=1.5 \(float\) does not fit its type, int"):
-        mambaverse.api.check_types("toy", builder, {"width": 1.5})
+        mambaverse.api.check_types("toy", builder, {"width": 1.5}, hints)
 
 
 def test_count_parameters_of_a_preset_or_a_built_model():
