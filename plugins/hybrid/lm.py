@@ -19,7 +19,12 @@ import torch
 from torch import nn
 
 from mambaverse.plugins.mamba_lm.generation import generate
-from mambaverse.plugins.mamba_lm.model import embed_tokens, final_norm, padded_vocab_size
+from mambaverse.plugins.mamba_lm.model import (
+    check_token_ids,
+    embed_tokens,
+    final_norm,
+    padded_vocab_size,
+)
 from mambaverse.plugins.mixers.base import kernel_scope
 from mambaverse.plugins.mixers.mamba import step_decay_rates
 from mambaverse.plugins.mixers.norms import RMSNorm
@@ -121,8 +126,4 @@ class LanguageModel(nn.Module):
     generate = generate
 
     def _check_ids(self, input_ids: torch.Tensor, ndim: int, layout: str) -> None:
-        if input_ids.dim() != ndim or input_ids.dtype not in (torch.int64, torch.int32):
-            raise ValueError(
-                f"{self.name}: expected integer token ids {layout}, got {input_ids.dtype} "
-                f"of shape {tuple(input_ids.shape)}"
-            )
+        check_token_ids(self.name, input_ids, ndim, layout, self.embedding.num_embeddings)

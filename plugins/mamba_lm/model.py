@@ -36,6 +36,27 @@ def padded_vocab_size(vocab_size: int, multiple: int) -> int:
     return -(-vocab_size // multiple) * multiple
 
 
+def check_token_ids(
+    owner: str, input_ids: torch.Tensor, ndim: int, layout: str, vocab_rows: int
+) -> None:
+    """Refuse token ids that are not an integer tensor of ``ndim`` dims, or (on the CPU) that
+    fall outside the embedding's ``vocab_rows`` rows. On an accelerator the range is not checked:
+    reading the ids back would stop the device every step, and its embedding asserts anyway."""
+    if input_ids.dim() != ndim or input_ids.dtype not in (torch.int64, torch.int32):
+        raise ValueError(
+            f"{owner}: expected integer token ids {layout}, got {input_ids.dtype} "
+            f"of shape {tuple(input_ids.shape)}"
+        )
+    if input_ids.device.type != "cpu" or input_ids.numel() == 0:
+        return
+    low, high = int(input_ids.min()), int(input_ids.max())
+    if low < 0 or high >= vocab_rows:
+        raise ValueError(
+            f"{owner}: token ids must lie in [0, {vocab_rows}), got ids from {low} to {high}: "
+            "was the text tokenised with another model's vocabulary?"
+        )
+
+
 def embed_tokens(
     embedding: nn.Embedding, input_ids: torch.Tensor, prefix_embeds: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -177,8 +198,4 @@ class MambaLM(nn.Module):
     generate = generate
 
     def _check_ids(self, input_ids: torch.Tensor, ndim: int, layout: str) -> None:
-        if input_ids.dim() != ndim or input_ids.dtype not in (torch.int64, torch.int32):
-            raise ValueError(
-                f"mamba_lm: expected integer token ids {layout}, got {input_ids.dtype} "
-                f"of shape {tuple(input_ids.shape)}"
-            )
+        check_token_ids("mamba_lm", input_ids, ndim, layout, self.embedding.num_embeddings)

@@ -78,6 +78,20 @@ def test_input_ids_must_be_integer_batches():
         model(torch.zeros(1, 4))
 
 
+@pytest.mark.parametrize("name", ["mamba_micro", "jamba_micro"])
+def test_token_ids_outside_the_vocabulary_are_named(name):
+    model = mambaverse.create_model(name)
+    rows = model.embedding.num_embeddings
+    ids = torch.randint(0, rows, (2, 5))
+    ids[0, 0], ids[1, 3] = 0, rows
+    with pytest.raises(ValueError, match=rf"must lie in \[0, {rows}\), got ids from 0 to {rows}"):
+        model(ids)
+    state = model.allocate_state(2, 8)
+    with pytest.raises(ValueError, match=rf"got ids from -1 to {rows - 1}"):
+        model.step(torch.tensor([-1, rows - 1]), state)
+    assert model(ids.clamp(max=rows - 1)).shape == (2, 5, rows)
+
+
 def test_converters_refuse_what_they_cannot_represent():
     hf = {"model_type": "mamba", "hidden_size": 16, "num_hidden_layers": 1, "vocab_size": 10}
     with pytest.raises(ConfigError, match="hidden_act 'gelu' is not supported"):
