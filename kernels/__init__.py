@@ -26,6 +26,7 @@ _EXPORTS: dict[str, str] = {
     "add_rms_norm": "add_rms_norm",
     "gated_rms_norm": "gated_rms_norm",
     "apply_rotary": "rotary",
+    "cross_entropy": "cross_entropy",
 }
 
 

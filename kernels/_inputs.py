@@ -30,6 +30,18 @@ def require_shape(
         )
 
 
+def require_integers_beside(
+    op: str, name: str, tensor: torch.Tensor, other_name: str, other: torch.Tensor, way_out: str
+) -> None:
+    """``tensor`` (indices: positions, labels) holds integers and lies on ``other``'s device."""
+    if tensor.dtype.is_floating_point or tensor.dtype.is_complex or tensor.dtype == torch.bool:
+        raise TypeError(f"{op}: {name} must be integers, got {tensor.dtype}")
+    if tensor.device != other.device:
+        raise ValueError(
+            f"{op}: {name} are on {tensor.device} but {other_name} on {other.device}; {way_out}"
+        )
+
+
 def require_multiple(op: str, whole: str, size: int, part: str, parts: int) -> None:
     """``size`` (of ``whole``) must split evenly into ``parts`` (of ``part``)."""
     if parts < 1 or size % parts:

@@ -18,7 +18,8 @@ input projection. For ``gated_rms_norm`` (Mamba-2's output norm) the peer is the
 (torch's composite in fp32, what the block ran before the kernel), z a slice of the projection.
 For ``apply_rotary`` the peer is the reference path too (the rotation in fp32 PyTorch), on the
 queries of the bench's 130m Transformer as its attention passes them (a transposed view of the
-(b, l, heads, head_dim) projection).
+(b, l, heads, head_dim) projection). For ``cross_entropy`` the peer is the reference path
+(torch's loss on a float32 copy of the logits), on the bench's 130m models' logits at 16k tokens.
 
 The selective scan is measured on contiguous inputs and on inputs laid out as the Mamba block
 passes them (transposed slices of its projections, channels innermost); the peers run once, on
@@ -47,7 +48,15 @@ import torch
 from .measure import OK, SKIPPED, time_calls
 from .report import add_device_options, describe_device, resolve_device
 
-OPS = ("selective_scan", "ssd_scan", "attention", "causal_conv1d", "gated_rms_norm", "apply_rotary")
+OPS = (
+    "selective_scan",
+    "ssd_scan",
+    "attention",
+    "causal_conv1d",
+    "gated_rms_norm",
+    "apply_rotary",
+    "cross_entropy",
+)
 DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
 
 
@@ -69,6 +78,7 @@ class Sizes:
     norm_lengths: tuple[int, ...]
     rotary: dict[str, int]
     rotary_lengths: tuple[int, ...]
+    loss: dict[str, int]
     copy_elems: int
     matmul_n: int
 
@@ -87,6 +97,7 @@ FULL = Sizes(
     norm_lengths=(2048,),
     rotary={"tokens": 16384, "heads": 12, "head_dim": 64},  # the bench Transformer-130m's q
     rotary_lengths=(4096,),
+    loss={"tokens": 16384, "vocab": 50280},  # the bench 130m models' logits at 16k tokens
     copy_elems=2**28,  # 1 GiB
     matmul_n=8192,
 )
@@ -105,6 +116,7 @@ SMOKE = Sizes(
     norm_lengths=(5,),
     rotary={"tokens": 14, "heads": 2, "head_dim": 6},
     rotary_lengths=(7,),
+    loss={"tokens": 6, "vocab": 21},
     copy_elems=2**20,
     matmul_n=256,
 )
@@ -468,6 +480,21 @@ def bench_apply_rotary(bench: Bench, copy_gbs: float) -> list[Row]:
     return rows
 
 
+def bench_cross_entropy(bench: Bench, copy_gbs: float) -> list[Row]:
+    """A language model's loss: (tokens, vocab) logits against random labels."""
+    tokens, vocab = bench.sizes.loss["tokens"], bench.sizes.loss["vocab"]
+    logits = bench.randn(tokens, vocab).detach().requires_grad_()
+    labels = torch.randint(0, vocab, (tokens,), device=bench.device)
+    shape = f"n{tokens} v{vocab} {bench.dtype_name}"
+    one = logits.numel() * bench.dtype.itemsize
+    n_bytes = {"fwd": one, "fwd+bwd": 3 * one}  # logits in; + logits in, their gradient out
+    return _against_reference(
+        bench, "cross_entropy", shape,
+        lambda kernel, logits=logits, labels=labels: kernel(logits, labels, -100),
+        [logits], n_bytes, copy_gbs,
+    )  # fmt: skip
+
+
 # -- SSD ------------------------------------------------------------------------------------------
 PEER_SSD = "mamba_chunk_scan_combined"
 
@@ -696,6 +723,8 @@ def run(args: argparse.Namespace) -> int:
         rows += bench_gated_rms_norm(bench, ceilings["copy GB/s"])
     if "apply_rotary" in ops:
         rows += bench_apply_rotary(bench, ceilings["copy GB/s"])
+    if "cross_entropy" in ops:
+        rows += bench_cross_entropy(bench, ceilings["copy GB/s"])
     print_table(rows)
 
     out = Path(args.out)

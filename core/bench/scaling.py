@@ -1,7 +1,7 @@
 """``mambaverse bench scaling``: Mamba, Mamba-2, a hybrid and a Transformer of matched parameter
 count (see :mod:`.language_models`), against sequence length.
 
-Training: forward + backward (cross-entropy against random targets, no optimizer step) of
+Training: forward + backward (the `cross_entropy` op against random targets, no optimizer step) of
 ``batch × length`` random tokens, with ``batch = max(1, tokens_per_batch // length)`` so that
 every length does about the same work per step until the batch reaches 1; tokens/s and peak
 memory per length, out-of-memory marked as such. Tokens/s twice: the median of steps each
@@ -22,7 +22,8 @@ import argparse
 from typing import Any
 
 import torch
-import torch.nn.functional as F
+
+from mambaverse.kernels import cross_entropy
 
 from .decoding import measure_decoding
 from .language_models import SIZES, attention_implementations, preset_family
@@ -103,7 +104,7 @@ def training_step(model: torch.nn.Module, batch: int, length: int, device: torch
     def step() -> None:
         model.zero_grad(set_to_none=True)
         logits = model(input_ids)  # (B, L, padded vocab)
-        F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten()).backward()
+        cross_entropy(logits.flatten(0, 1), targets.flatten()).mean().backward()
 
     return step
 

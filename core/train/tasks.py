@@ -11,8 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import torch.nn.functional as F
 from torch import Tensor, nn
+
+from mambaverse.kernels import cross_entropy
 
 from .data import IGNORE_INDEX
 
@@ -33,16 +34,15 @@ class Outcome:
 def score(logits: Tensor, labels: Tensor) -> Outcome:
     """logits (B, ..., V) and labels (B, ...) -> per-sample loss sum, hits and label count."""
     batch, vocab = logits.shape[0], logits.shape[-1]
-    logits = logits.reshape(batch, -1, vocab).float()  # (B, T, V); fp32 for a stable softmax
+    logits = logits.reshape(batch, -1, vocab)  # (B, T, V); the loss runs in fp32 whatever this is
     labels = labels.reshape(batch, -1)  # (B, T)
     if logits.shape[1] != labels.shape[1]:
         raise ValueError(
             f"model output has {logits.shape[1]} positions per sample, labels have {labels.shape[1]}"
         )
     labelled = labels != IGNORE_INDEX
-    nll = F.cross_entropy(
-        logits.transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="none"
-    )  # (B, T), 0 where ignored
+    nll = cross_entropy(logits.reshape(-1, vocab), labels.reshape(-1), IGNORE_INDEX)
+    nll = nll.view(batch, -1)  # (B, T), 0 where ignored
     hits = (logits.argmax(-1) == labels) & labelled
     return Outcome(nll.sum(1), hits.sum(1), labelled.sum(1))
 

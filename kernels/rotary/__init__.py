@@ -13,7 +13,7 @@ import torch
 
 import mambaverse
 
-from .._inputs import require_ndim, require_shape
+from .._inputs import require_integers_beside, require_ndim, require_shape
 
 
 def apply_rotary(
@@ -49,16 +49,13 @@ def apply_rotary(
     if not theta > 0:
         raise ValueError(f"{op}: theta (the rotary base) must be positive, got {theta}")
     require_shape(op, "positions", positions, (x.shape[2],), "(L,)")
-    if (
-        positions.dtype.is_floating_point
-        or positions.dtype.is_complex
-        or positions.dtype == torch.bool
-    ):
-        raise TypeError(f"{op}: positions must be integers, got {positions.dtype}")
-    if positions.device != x.device:
-        raise ValueError(
-            f"{op}: positions are on {positions.device} but x is on {x.device}; "
-            "make them on x's device (torch.arange(L, device=x.device))"
-        )
+    require_integers_beside(
+        op,
+        "positions",
+        positions,
+        "x",
+        x,
+        "make them on x's device (torch.arange(L, device=x.device))",
+    )
     kernel = mambaverse.get_kernel(op, impl=impl, device=x.device, dtype=x.dtype)
     return kernel(x, positions, rotary_dim, float(theta))

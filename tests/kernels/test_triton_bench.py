@@ -24,6 +24,7 @@ PEERS_HERE = {
     "causal_conv1d": {"reference"},
     "gated_rms_norm": {"reference"},
     "apply_rotary": {"reference"},
+    "cross_entropy": {"reference"},
 }
 
 
@@ -123,6 +124,12 @@ def test_rates_and_ratios_from_the_times(monkeypatch):
     assert rotary["fwd", "reference"].achieved == pytest.approx(2 * one / 2.0 / 1e6)
     assert rotary["fwd+bwd", "reference"].achieved == pytest.approx(4 * one / 2.0 / 1e6)
     assert rotary["fwd", "reference"].shape == "b2 h2 l7 d6 bf16"
+    # the loss of (6, 21) bf16 logits: logits in; backward + logits in, their gradient out
+    loss = {(r.pass_, r.impl): r for r in suite.bench_cross_entropy(bench, copy_gbs=100.0)}
+    one = 6 * 21 * 2
+    assert loss["fwd", "reference"].achieved == pytest.approx(one / 2.0 / 1e6)
+    assert loss["fwd+bwd", "reference"].achieved == pytest.approx(3 * one / 2.0 / 1e6)
+    assert loss["fwd", "reference"].shape == "n6 v21 bf16"
 
 
 def test_unknown_op_names_the_nearest(capsys):
