@@ -35,8 +35,8 @@ from mambaverse.kernels.triton_support import (
 OP = "cross_entropy"
 BLOCK_V = 4096  # vocabulary entries per step; the interpreter's 8 give tiny tests ragged blocks
 # The running maximum starts finite: exp(−inf − (−inf)) would be NaN in a lane that has only
-# seen padding so far.
-FLOOR = -1e30
+# seen padding so far. A constexpr, as compiled kernels may read no plain global.
+FLOOR = tl.constexpr(-1e30)
 
 
 @CachedLaunch
