@@ -114,3 +114,24 @@ def test_public_op_dispatches_to_triton():
 def test_gpu_matches_the_formula(rows, vocab, padded, dtype):
     check(rows, vocab, dtype, padded=padded,
           label=f"gpu cross_entropy ({rows}, {vocab}) +{padded} {dtype}")  # fmt: skip
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_logits_past_32_bit_offsets():
+    """(45,000, 50,280) bf16 logits: 2.26e9 elements, so the last rows start past 2³¹ (4.5 GB,
+    as much again for the gradient); the last 8 rows are checked against the formula."""
+    rows, vocab, last = 45_000, 50_280, 8
+    gen = torch.Generator(device=DEVICE).manual_seed(0)
+    x = torch.randn(rows, vocab, generator=gen, device=DEVICE).to(torch.bfloat16).requires_grad_()
+    labels = torch.randint(0, vocab, (rows,), generator=gen, device=DEVICE)
+    loss = kernels.cross_entropy(x, labels, -100)
+    upstream = torch.zeros(rows, device=DEVICE)
+    upstream[-last:] = torch.randn(last, generator=gen, device=DEVICE)
+    (dx,) = torch.autograd.grad((loss * upstream).sum(), [x])
+    expected, grad_of_sum = formula(x.detach()[-last:], labels[-last:])
+    errors = {
+        "loss": rel_err(loss[-last:], expected),
+        "dx": rel_err(dx[-last:], grad_of_sum * upstream[-last:, None].double()),
+    }
+    report("gpu cross_entropy past 2^31 elements", errors, TOL[torch.bfloat16])
