@@ -24,8 +24,8 @@ TOL = {torch.float32: 1e-6, torch.bfloat16: 1e-2, torch.float16: 2e-3}
 
 def check(rows, vocab, dtype, scale=3.0, ignored=0.2, padded=0, seed=0, label=""):
     """Loss and gradient of (rows, vocab) logits of spread ``scale``, a share ``ignored`` of
-    rows ignored (and the last), the logits a slice of rows ``padded`` entries wider (not dense), against the
-    float64 formula; the upstream gradient random per row."""
+    rows ignored (and the last), the logits a slice of rows ``padded`` entries wider (not
+    dense), against the float64 formula; the upstream gradient random per row."""
     gen = torch.Generator().manual_seed(seed)
     stored = torch.randn(rows, vocab + padded, generator=gen) * scale
     x = stored.to(dtype=dtype, device=DEVICE)[:, :vocab].requires_grad_()
