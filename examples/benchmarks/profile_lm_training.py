@@ -38,7 +38,7 @@ KINDS = {
     "attention": r"flash|fmha|attention|^_attn|^_bwd_delta",
     "causal conv": r"^_causal_conv|conv1d|conv_depthwise",
     "matmul": r"gemm|cutlass|sm90_xmma|nvjet|cublas|matmul|splitK",
-    "cross-entropy & softmax": r"softmax|nll|cross_entropy|log_softmax",
+    "cross-entropy & softmax": r"softmax|nll|cross_entropy|log_softmax|^_loss_(fwd|bwd)$",
     "copies & casts": r"copy|CatArray|transpose",
     "reductions (norms, sums)": r"reduce|norm",
 }
