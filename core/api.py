@@ -12,7 +12,7 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from .dispatch import check_choices, choose_kernel, implementations, kernel_ops
 from .errors import ConfigError, KernelUnavailableError, unknown_keys, unknown_name
-from .manager import REGISTRY_PLUGIN, PluginRecord, Preset, catalogue
+from .manager import REGISTRY_PLUGIN, PluginRecord, Preset, catalogue, names_seen_from
 from .specs import TASKS, BackboneSpec, MixerSpec, ScanSpec
 
 
@@ -104,7 +104,8 @@ def _backbone(preset: Preset) -> tuple[str, BackboneSpec]:
     if ":" not in name and preset.plugin != REGISTRY_PLUGIN:
         name = f"{preset.plugin}:{name}"  # a plugin's preset always means its own backbone
     try:
-        return cat.lookup("backbones", name)
+        with names_seen_from(preset.plugin):
+            return cat.lookup("backbones", name)
     except LookupError as err:
         raise ConfigError(
             f"model {preset.name!r} (from {preset.plugin}): backbone: {err}"
@@ -123,7 +124,7 @@ def list_models(pattern: str = "*", task: str | None = None) -> list[str]:
         try:
             if _backbone(_preset(name))[1].task == task:
                 matching.append(name)
-        except LookupError:
+        except (LookupError, ConfigError):
             continue  # ambiguous or broken presets are listed only without a task filter
     return matching
 
@@ -168,7 +169,8 @@ def build_backbone(backbone: str, config: dict[str, Any], preset: str | None = N
     check_types(f"config of {preset or spec.name!r}", builder, config, hints)
     if _takes_kernel_choices(hints):
         check_choices(config.get("kernels"), f"the kernels config of {preset or spec.name!r}")
-    model = builder(**config)
+    with names_seen_from(plugin):
+        model = builder(**config)
     model.mambaverse_config = {
         "backbone": f"{plugin}:{spec.name}",
         "model": preset,
@@ -252,10 +254,10 @@ def list_kernels(device: str | None = None) -> list[dict[str, Any]]:
     for op in kernel_ops():
         try:
             chosen = choose_kernel(op, device=device)
-            chosen_impl, reason = chosen.impl, chosen.reason
+            reason = chosen.reason
         except (KernelUnavailableError, ConfigError, LookupError) as err:
             # No implementation will run: every row of the op says why (a call would raise it).
-            chosen_impl, reason = None, f"none can be used: {err}"
+            chosen, reason = None, f"none can be used: {err}"
         for impl, spec in implementations(op).items():
             rows.append(
                 {
@@ -264,8 +266,8 @@ def list_kernels(device: str | None = None) -> list[dict[str, Any]]:
                     "devices": list(spec.devices),
                     "dtypes": list(spec.dtypes),
                     "unavailable": spec.unavailable_reason(device),
-                    "chosen": impl == chosen_impl,
-                    "reason": reason if chosen_impl in (impl, None) else "",
+                    "chosen": chosen is not None and spec is chosen.spec,
+                    "reason": reason if chosen is None or spec is chosen.spec else "",
                     "description": spec.description,
                 }
             )

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from . import api
 from .cli import Command
+from .manager import catalogue
 
 
 def console() -> Console:
@@ -32,7 +33,11 @@ def _run_list(args: argparse.Namespace) -> int:
         return 1
     table = Table("model", "backbone", "task", "from")
     for name in names:
-        summary = api.model_summary(name)
+        try:
+            summary = api.model_summary(name)
+        except (LookupError, ValueError) as err:  # one broken preset does not hide the others
+            table.add_row(name, "?", f"unusable: {err}", "")
+            continue
         table.add_row(name, summary["backbone"], summary["task"], summary["preset_from"])
     console().print(table)
     return 0
@@ -71,6 +76,12 @@ def _run_plugins(args: argparse.Namespace) -> int:
     table = Table("plugin", "source", "status", "contributed")
     for record in api.list_plugins():
         status = "ok" if record.ok else f"FAILED: {record.error}"
+        if record.ok and record.source not in ("registry", "builtin"):
+            clashes = catalogue().clashes(record.name)
+            if clashes:  # its bare names are ambiguous (built-in models keep their own)
+                status += f"; shares names, reach its own as {record.name}:<name>: " + "; ".join(
+                    clashes
+                )
         contributed = "; ".join(
             f"{kind}: {', '.join(names)}" for kind, names in record.contributed.items()
         )

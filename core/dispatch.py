@@ -21,8 +21,14 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from .errors import ConfigError, KernelUnavailableError, UnknownNameError, unknown_name
-from .manager import catalogue
+from .errors import (
+    AmbiguousNameError,
+    ConfigError,
+    KernelUnavailableError,
+    UnknownNameError,
+    unknown_name,
+)
+from .manager import REGISTRY_PLUGIN, catalogue
 from .registry import load_default
 from .specs import KernelSpec
 
@@ -55,15 +61,20 @@ def kernel_choices(choices: Mapping[str, str] | None) -> Iterator[None]:
 
 @lru_cache(maxsize=16)
 def _parse_env(value: str) -> tuple[tuple[str, str], ...]:
-    pairs = []
+    pairs: dict[str, str] = {}
     for item in filter(None, (part.strip() for part in value.split(","))):
         op, sep, impl = item.partition("=")
         if not sep or not op.strip() or not impl.strip():
             raise ConfigError(
                 f"{ENV_VAR}: {item!r} is not 'op=impl' (e.g. {ENV_VAR}='attention=sdpa')"
             )
-        pairs.append((op.strip(), impl.strip()))
-    return tuple(pairs)
+        if op.strip() in pairs:
+            raise ConfigError(
+                f"{ENV_VAR}: {op.strip()!r} is chosen twice ({pairs[op.strip()]!r} and "
+                f"{impl.strip()!r}); keep one"
+            )
+        pairs[op.strip()] = impl.strip()
+    return tuple(pairs.items())
 
 
 def _normalise(device: Any, dtype: Any) -> tuple[str | None, str | None]:
@@ -74,19 +85,25 @@ def _normalise(device: Any, dtype: Any) -> tuple[str | None, str | None]:
     return device_type, dtype_name
 
 
+def _owners(op: str) -> dict[str, list[tuple[str, KernelSpec]]]:
+    """impl name -> [(plugin, spec), ...] for ``op``."""
+    table = {
+        name.partition("/")[2]: owners
+        for name, owners in catalogue().entries["kernels"].items()
+        if name.partition("/")[0] == op
+    }
+    if not table:
+        raise unknown_name("kernel op", op, kernel_ops(), listing="mambaverse kernels")
+    return table
+
+
 def implementations(op: str) -> dict[str, KernelSpec]:
     """impl name -> spec for ``op`` (a qualified ``plugin:impl`` when two plugins share one)."""
-    cat = catalogue()
-    found: dict[str, KernelSpec] = {}
-    for name, owners in cat.entries["kernels"].items():
-        if name.split("/")[0] != op:
-            continue
-        for plugin, spec in owners:
-            key = spec.impl if len(owners) == 1 else f"{plugin}:{spec.impl}"
-            found[key] = spec
-    if not found:
-        raise unknown_name("kernel op", op, kernel_ops(), listing="mambaverse kernels")
-    return found
+    return {
+        impl if len(owners) == 1 else f"{plugin}:{impl}": spec
+        for impl, owners in _owners(op).items()
+        for plugin, spec in owners
+    }
 
 
 def kernel_ops() -> list[str]:
@@ -95,13 +112,22 @@ def kernel_ops() -> list[str]:
 
 
 def _implementation(op: str, impl: str, reason: str) -> KernelSpec:
-    """The registered implementation ``impl`` of ``op``, asked for by ``reason``."""
-    specs = implementations(op)
-    if impl not in specs:
-        raise unknown_name(
-            f"implementation of {op!r} ({reason})", impl, specs, listing="mambaverse kernels"
+    """The registered implementation ``impl`` (or ``plugin:impl``) of ``op``, asked for by
+    ``reason``; a bare name that two plugins share is an error naming both."""
+    plugin, qualified, bare = impl.rpartition(":")
+    matches = [
+        spec for owner, spec in _owners(op).get(bare, []) if not qualified or owner == plugin
+    ]
+    if len(matches) == 1:
+        return matches[0]
+    what = f"implementation of {op!r} ({reason})"
+    if matches:
+        owners = [owner for owner, _ in _owners(op)[bare]]
+        raise AmbiguousNameError(
+            f"{what} {impl!r} is contributed by plugins {' and '.join(map(repr, owners))}; use "
+            f"one of {', '.join(repr(f'{o}:{impl}') for o in owners)}"
         )
-    return specs[impl]
+    raise unknown_name(what, impl, implementations(op), listing="mambaverse kernels")
 
 
 def _explicit(
@@ -151,6 +177,7 @@ def _choose(
     model: tuple[tuple[str, str], ...],
     device: str | None,
     dtype: str | None,
+    triton_interpret: str,  # a key only: whether Triton can run on the CPU changes the answer
 ) -> KernelChoice:
     if impl is not None:
         return _explicit(op, impl, "the impl= argument", device, dtype)
@@ -165,7 +192,11 @@ def _choose(
 
     specs = implementations(op)
     op_entry = load_default().kernels.get(op)
-    preferred = list(op_entry.default.get(device or "cpu", [])) if op_entry else []
+    # registry.yaml's defaults name its own implementations, whatever else a plugin calls so.
+    preferred = [
+        name if name in specs else f"{REGISTRY_PLUGIN}:{name}"
+        for name in (op_entry.default.get(device or "cpu", []) if op_entry else [])
+    ]
     candidates = preferred + [name for name in specs if name not in preferred]
     refusals = []
     for name in candidates:
@@ -185,7 +216,13 @@ def choose_kernel(
     """The implementation that a call of ``op`` on this device and dtype would use, and why."""
     device_type, dtype_name = _normalise(device, dtype)
     return _choose(
-        op, impl, os.environ.get(ENV_VAR, ""), _model_choices.get(), device_type, dtype_name
+        op,
+        impl,
+        os.environ.get(ENV_VAR, ""),
+        _model_choices.get(),
+        device_type,
+        dtype_name,
+        os.environ.get("TRITON_INTERPRET", ""),
     )
 
 

@@ -12,8 +12,12 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import re
 import threading
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from types import ModuleType
@@ -38,6 +42,16 @@ HOOKS: dict[str, tuple[str, type]] = {
     "mambaverse_datasets": ("datasets", DatasetSpec),
 }
 KINDS = ("kernels", "scans", "mixers", "backbones", "models", "datasets")
+
+# A contributed name is looked up bare, as `plugin:name`, or (an op's implementation) chosen in
+# MAMBAVERSE_KERNELS="op=impl,...": none of ':', '=', ',', '/' or spaces can be in it.
+VALID_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+# The owners a bare name that several plugins contribute resolves to, first match first; empty
+# outside `names_seen_from`, where such a name is ambiguous.
+_preferred_owners: ContextVar[tuple[str, ...]] = ContextVar(
+    "mambaverse_preferred_owners", default=()
+)
 
 
 @dataclass
@@ -149,16 +163,31 @@ class Catalogue:
         return record
 
     @staticmethod
-    def _check_hook_names(module: ModuleType) -> None:
-        for attr in dir(module):
-            if attr.startswith("mambaverse_") and attr not in HOOKS:
-                close = difflib.get_close_matches(attr, HOOKS, n=1)
+    def _check_hook_names(plugin: Any) -> None:
+        """Refuse a ``@hookimpl`` function that implements no hook (a typo would otherwise
+        contribute nothing, silently) and a hook-named function without ``@hookimpl``."""
+        marker = f"{hookspecs.PROJECT}_impl"
+        for attr in dir(plugin):
+            try:
+                value = getattr(plugin, attr)
+            except Exception:  # a property of a plugin object that fails is not a hook
+                continue
+            marked = callable(value) and hasattr(value, marker)
+            if marked and attr not in HOOKS:
+                close = difflib.get_close_matches(attr, HOOKS, n=1) or difflib.get_close_matches(
+                    f"{hookspecs.PROJECT}_{attr}", HOOKS, n=1
+                )
                 hint = (
                     f" (did you mean {close[0]!r}?)"
                     if close
                     else f"; hooks are: {', '.join(HOOKS)}"
                 )
-                raise pluggy.PluginValidationError(module, f"unknown hook {attr!r}{hint}")
+                raise pluggy.PluginValidationError(plugin, f"unknown hook {attr!r}{hint}")
+            if attr in HOOKS and callable(value) and not marked:
+                raise pluggy.PluginValidationError(
+                    plugin,
+                    f"{attr} is not marked @mambaverse.hookimpl, so it would never be called",
+                )
 
     def _call_hooks(self, plugin: str, module: ModuleType) -> dict[str, list[Any]]:
         contributions: dict[str, list[Any]] = {}
@@ -184,6 +213,8 @@ class Catalogue:
         ]
         if presets:
             contributions["models"] = presets
+        for kind, specs in contributions.items():
+            _check_names(kind, specs)
         return contributions
 
     def _commit(self, record: PluginRecord, contributions: dict[str, list[Any]]) -> None:
@@ -215,13 +246,57 @@ class Catalogue:
                 f"{err}; plugins that failed to load: {names} (`mambaverse plugins` says why)"
             ) from None
 
-    def collisions(self) -> dict[str, dict[str, list[str]]]:
-        return {
-            kind: {
-                name: [o for o, _ in owners] for name, owners in table.items() if len(owners) > 1
-            }
-            for kind, table in self.entries.items()
-        }
+    def builtin_owners(self) -> tuple[str, ...]:
+        """registry.yaml and the built-in plugins, in registration order."""
+        return tuple(
+            name for name, r in self.plugins.items() if r.source in ("registry", "builtin")
+        )
+
+    def clashes(self, plugin: str) -> list[str]:
+        """What ``plugin`` contributed that another plugin contributed too, as
+        ``"<kind> <name> (also <other plugins>)"``."""
+        found = []
+        for kind, names in self.plugins[plugin].contributed.items():
+            for name in names:
+                others = [o for o, _ in self.entries[kind][name] if o != plugin]
+                if others:
+                    also = ", ".join(repr(o) for o in others)
+                    found.append(f"{_SINGULAR[kind]} {name!r} (also {also})")
+        return found
+
+
+def _check_names(kind: str, specs: list[Any]) -> None:
+    """A name that cannot be looked up, or that a plugin contributes twice, is the plugin's error."""
+    seen = set()
+    for spec in specs:
+        parts = (spec.op, spec.impl) if kind == "kernels" else (spec.name,)
+        for part in parts:
+            if not VALID_NAME.fullmatch(part):
+                raise ValueError(
+                    f"{_SINGULAR[kind]} name {part!r}: use letters, digits, '_', '.' and '-' "
+                    "(':' separates a plugin from a name, '=' and ',' are MAMBAVERSE_KERNELS' syntax)"
+                )
+        name = _spec_name(kind, spec)
+        if name in seen:
+            raise ValueError(f"{_SINGULAR[kind]} {name!r} is contributed twice")
+        seen.add(name)
+
+
+@contextmanager
+def names_seen_from(plugin: str) -> Iterator[None]:
+    """Inside the block, a bare name that several plugins contribute means ``plugin``'s own, or
+    else the built-in one (registry.yaml's or a built-in plugin's).
+
+    A model is built inside it, for the plugin of its backbone: the names the model uses itself
+    (its preset's backbone, its mixers, scans and layer kinds) keep their meaning when a
+    third-party plugin contributes the same name. A name asked for outside, such as
+    ``get_scan("zigzag")``, stays ambiguous: the error names both plugins.
+    """
+    token = _preferred_owners.set((plugin, *catalogue().builtin_owners()))
+    try:
+        yield
+    finally:
+        _preferred_owners.reset(token)
 
 
 # The command that lists each kind (the rest: `mambaverse plugins`, per plugin).
@@ -248,7 +323,7 @@ def find(table: dict[str, list[tuple[str, Any]]], kind: str, name: str) -> tuple
     """``(owner, spec)`` for ``name`` or ``owner:name`` in ``table`` (name -> [(owner, spec)]).
 
     A bare name contributed by two owners is ambiguous: the error names both and the qualified
-    names that resolve it.
+    names that resolve it (inside :func:`names_seen_from`, the preferred owner's name is taken).
     """
     plugin, sep, bare = name.rpartition(":")
     if sep:
@@ -261,6 +336,10 @@ def find(table: dict[str, list[tuple[str, Any]]], kind: str, name: str) -> tuple
     if not owners:
         raise unknown_name(_SINGULAR[kind], name, table, listing=_LISTING.get(kind))
     if len(owners) > 1:
+        for preferred in _preferred_owners.get():
+            for owner, spec in owners:
+                if owner == preferred:
+                    return owner, spec
         who = " and ".join(repr(o) for o, _ in owners)
         choices = ", ".join(repr(f"{o}:{name}") for o, _ in owners)
         raise AmbiguousNameError(

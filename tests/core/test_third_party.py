@@ -139,4 +139,10 @@ def test_cli_plugins_shows_failures_and_exits_cleanly(broken_site):
     }
     assert "FAILED: RuntimeError: this hook is broken on purpose" in lines["broken_hook"]
     assert "FAILED: ModuleNotFoundError" in lines["broken_import"]
-    assert "scans: zigzag" in lines["collider"] and " ok " in lines["collider"]
+    assert "scans: zigzag" in lines["collider"]
+    # Both third-party plugins work, and each says which of its names the other shares.
+    assert (
+        "ok; shares names, reach its own as collider:<name>: scan 'zigzag' (also 'zigzag')"
+        in (lines["collider"])
+    )
+    assert "reach its own as zigzag:<name>: scan 'zigzag' (also 'collider')" in lines["zigzag"]
