@@ -62,10 +62,11 @@ def write_atomically(
     ``directory``, so that the move is a rename) when other processes must know where to write
     before ``write`` runs: an old one left by a crash is removed first.
     """
-    directory = Path(directory)
+    directory = Path(os.path.abspath(directory))  # "." has no name to put beside it
     directory.parent.mkdir(parents=True, exist_ok=True)
     if staging is None:
         tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 would keep the copy from others
     else:
         tmp = Path(staging)
         shutil.rmtree(tmp, ignore_errors=True)
@@ -85,8 +86,37 @@ def write_atomically(
     return directory
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _check_target(directory: Path) -> None:
+    """The save replaces ``directory`` as a whole: refuse one that holds anything but an
+    earlier save, so that no file of the user's is deleted."""
+    if directory.exists() and not directory.is_dir():
+        raise ConfigError(f"save_pretrained: {directory} is a file; give a directory to save into")
+    foreign = sorted(
+        entry.name
+        for entry in (directory.iterdir() if directory.is_dir() else ())
+        if entry.name not in (CONFIG_FILE, WEIGHTS_FILE)
+    )
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (
+            f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
+        )
+        raise ConfigError(
+            f"save_pretrained: {directory} holds files that are not a saved model ({shown}), "
+            "which the save would delete; save into a new or empty directory"
+        )
+
+
 def save_pretrained(model: Any, directory: str | Path) -> Path:
-    """Write ``model`` (built by :func:`mambaverse.create_model`) to ``directory``, atomically."""
+    """Write ``model`` (built by :func:`mambaverse.create_model`) to ``directory``, atomically.
+
+    ``directory`` is created, or replaced when it holds an earlier save (``config.json`` and
+    ``model.safetensors`` only); a directory holding anything else is refused."""
     from safetensors.torch import save_model
 
     meta = getattr(model, "mambaverse_config", None)
@@ -94,6 +124,7 @@ def save_pretrained(model: Any, directory: str | Path) -> Path:
         raise ConfigError(
             "this model was not built by mambaverse.create_model, so it has no config to save"
         )
+    _check_target(Path(directory))
 
     def write(tmp: Path) -> None:
         (tmp / CONFIG_FILE).write_text(json.dumps({"mambaverse": meta}, indent=2))

@@ -112,14 +112,24 @@ class TrainConfig(Section):
 
 
 class YamlLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, except that ``1e-3`` is a number, as in YAML 1.2 (YAML 1.1, which
-    PyYAML follows, wants ``1.0e-3`` and reads ``1e-3`` as a string)."""
+    """PyYAML's safe loader, except that numbers and booleans are read as in YAML 1.2: ``1e-3``
+    is a number (YAML 1.1, which PyYAML follows, wants ``1.0e-3`` and reads ``1e-3`` as a
+    string), and only ``true`` / ``false`` are booleans (YAML 1.1 also reads ``no``, ``yes``,
+    ``on``, ``off`` so, which would make ``precision: no`` the boolean false). A boolean field
+    still takes ``yes`` or ``no``: pydantic reads those strings as booleans."""
 
 
 YamlLoader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$"),
     list("+-0123456789."),
+)
+YamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in YamlLoader.yaml_implicit_resolvers.items()
+}
+YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
 )
 
 

@@ -3,6 +3,8 @@ folder (the named one is how every process of a distributed checkpoint finds it)
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from mambaverse.pretrained import write_atomically
@@ -73,3 +75,31 @@ def test_a_save_interrupted_between_its_moves_is_named_when_loading(tmp_path):
     (tmp_path / "model").rename(tmp_path / ".model.old-123")  # what a crash there leaves
     with pytest.raises(mambaverse.ConfigError, match=r"a save was interrupted.*\.model\.old-123"):
         mambaverse.load_pretrained(tmp_path / "model")
+
+
+def test_save_pretrained_replaces_an_earlier_save_and_nothing_else(tmp_path, monkeypatch):
+    import mambaverse
+
+    model = mambaverse.create_model("vim_micro")
+    project = tmp_path / "project"
+    (project / "data").mkdir(parents=True)
+    (project / "train.py").write_text("code")
+    with pytest.raises(mambaverse.ConfigError) as err:
+        mambaverse.save_pretrained(model, project)
+    assert "holds files that are not a saved model (data, train.py)" in str(err.value)
+    assert (project / "train.py").read_text() == "code" and (project / "data").is_dir()
+
+    (tmp_path / "weights.safetensors").write_text("x")
+    with pytest.raises(mambaverse.ConfigError, match=r"weights\.safetensors is a file"):
+        mambaverse.save_pretrained(model, tmp_path / "weights.safetensors")
+
+    saved = mambaverse.save_pretrained(model, tmp_path / "model")
+    assert sorted(p.name for p in saved.iterdir()) == ["config.json", "model.safetensors"]
+    mambaverse.save_pretrained(model, saved)  # over an earlier save: replaced
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(saved).st_mode & 0o777 == 0o777 & ~umask  # not mkdtemp's 0700
+
+    monkeypatch.chdir(tmp_path / "model")
+    assert mambaverse.save_pretrained(model, ".") == tmp_path / "model"
+    assert mambaverse.load_pretrained(tmp_path / "model") is not None

@@ -25,6 +25,15 @@ def test_command_line_values_are_yaml_with_exponent_numbers(text, value):
     assert parse_value(text) == value
 
 
+def test_no_and_yes_are_words_as_in_yaml_1_2(tmp_path):
+    # YAML 1.1 reads them as booleans: `precision: no` was the boolean false, and refused.
+    assert parse_value("no") == "no" and parse_value("on") == "on" and parse_value("False") is False
+    assert load_config(None, ["precision=no"]).precision == "no"
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text("precision: no\n")
+    assert load_config(config_file).precision == "no"
+
+
 def test_config_files_read_exponent_numbers_as_numbers(tmp_path):
     config_file = tmp_path / "run.yaml"
     # (The model section's values reach the builder as they are read: no schema coerces them.)
