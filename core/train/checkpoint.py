@@ -120,7 +120,10 @@ def _refusal(directory: Path, reason: str, output_dir: str | Path) -> Checkpoint
     way_out = (
         f"the newest intact checkpoint is {intact[-1]}: resume from it with --resume {intact[-1]}"
         if intact
-        else f"no intact checkpoint is in {checkpoint_dir(output_dir)}; start again without --resume"
+        else (
+            f"no intact checkpoint is in {checkpoint_dir(output_dir)}; to start again, delete that "
+            "directory or choose another output_dir"
+        )
     )
     if not directory.exists():
         return CheckpointError(f"checkpoint {directory} does not exist; {way_out}")
@@ -128,9 +131,16 @@ def _refusal(directory: Path, reason: str, output_dir: str | Path) -> Checkpoint
 
 
 def resolve(output_dir: str | Path, resume: str) -> Path:
-    """The checkpoint ``--resume`` means: ``latest`` in ``output_dir``, or a path."""
+    """The checkpoint ``--resume`` means: ``latest`` in ``output_dir``, or a path: a checkpoint
+    (``step-N``), or a run's output directory or its ``checkpoints`` directory, whose newest
+    checkpoint it means."""
     if resume != "latest":
-        return Path(resume)
+        path = Path(resume)
+        if path.is_dir() and path.name == CHECKPOINTS:
+            return resolve(path.parent, "latest")
+        if (path / CHECKPOINTS).is_dir():
+            return resolve(path, "latest")
+        return path
     found = committed(output_dir)
     if not found:
         raise CheckpointError(

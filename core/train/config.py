@@ -170,6 +170,11 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return raw
 
 
+def config_source(path: str | Path | None, overrides: list[str] = ()) -> str:
+    """How errors name where a config came from: ``run.yaml + overrides``, ``defaults``."""
+    return ("defaults" if path is None else str(path)) + (" + overrides" if overrides else "")
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> TrainConfig:
     """Read ``path``, apply ``key=value`` overrides, validate.
 
@@ -179,7 +184,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Tr
     raw = {} if path is None else read_yaml(path)
     for assignment in overrides:
         apply_override(raw, assignment)
-    source = ("defaults" if path is None else str(path)) + (" + overrides" if overrides else "")
+    source = config_source(path, overrides)
     return validate(TrainConfig, raw, source)
 
 

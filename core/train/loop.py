@@ -218,10 +218,16 @@ class Run:
         will not mix its checkpoints with an earlier run's)."""
         if resume is None:
             earlier = checkpoint.committed(self.output)
-            if earlier:
+            if earlier and any(checkpoint.damage(p) is None for p in earlier):
                 raise ConfigError(
                     f"{self.output} holds checkpoints of an earlier run ({earlier[-1].name}); "
                     f"continue it with --resume, or choose another output_dir"
+                )
+            if earlier:
+                raise ConfigError(
+                    f"{self.output} holds checkpoints of an earlier run, none of them intact "
+                    f"({earlier[-1].name}: {checkpoint.damage(earlier[-1])}); to start again, "
+                    f"delete {checkpoint.checkpoint_dir(self.output)} or choose another output_dir"
                 )
             return None
         path = checkpoint.resolve(self.output, resume)

@@ -57,3 +57,38 @@ def test_the_default_job_reaches_95_percent_in_five_minutes(tmp_path):
     assert summary["model"] == "vim_micro" and summary["test_samples"] == 360
     assert summary["test_accuracy"] >= 0.95
     assert seconds < 300
+
+
+@pytest.mark.parametrize(
+    ("argv", "resume", "max_steps"),
+    [
+        (["--resume", "{cfg}", "max_steps=3"], "latest", 3),  # --resume took the config
+        (["{cfg}", "--resume", "max_steps=4"], "latest", 4),  # ... or an override
+        (["--resume", "max_steps=5"], "latest", 5),
+        (["{cfg}", "--resume", "runs/x/checkpoints/step-00000010"], "runs/x/checkpoints/step-00000010", 7),
+        (["{cfg}", "max_steps=2"], None, 2),
+    ],
+)  # fmt: skip
+def test_resume_never_swallows_the_config_or_an_override(
+    tmp_path, monkeypatch, argv, resume, max_steps
+):
+    import mambaverse.train.loop as loop
+    from mambaverse.cli import main
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("max_steps: 7\n")
+    seen = {}
+    monkeypatch.setattr(loop, "train", lambda config, resume, source: seen.update(
+        max_steps=config.max_steps, resume=resume, source=source) or {})  # fmt: skip
+    assert main(["train", *(a.format(cfg=cfg) for a in argv)]) == 0
+    assert (seen["resume"], seen["max_steps"]) == (resume, max_steps)
+
+
+def test_a_config_given_twice_through_resume_is_refused(tmp_path, capsys):
+    from mambaverse.cli import main
+
+    for name in ("a.yaml", "b.yaml"):
+        (tmp_path / name).write_text("max_steps: 7\n")
+    code = main(["train", str(tmp_path / "a.yaml"), "--resume", str(tmp_path / "b.yaml")])
+    assert code == 2
+    assert "that is a config file, and" in capsys.readouterr().err

@@ -212,3 +212,27 @@ def test_fresh_runs_and_resumes_without_checkpoints_are_refused(toys, tmp_path):
         ConfigError, match=r"holds checkpoints of an earlier run .*continue it with --resume"
     ):
         run(out, "max_steps=3")
+
+
+def test_when_no_checkpoint_is_intact_both_ways_out_lead_somewhere(two_checkpoints):
+    out, older, newer = two_checkpoints
+    (older / "manifest.json").unlink()
+    (newer / "manifest.json").unlink()
+    with pytest.raises(CheckpointError) as err:
+        run(out, "max_steps=15", resume="latest")
+    assert str(err.value).endswith(
+        f"no intact checkpoint is in {out / 'checkpoints'}; to start again, delete that "
+        "directory or choose another output_dir"
+    )
+    with pytest.raises(ConfigError) as err:  # not "continue it with --resume": that cannot work
+        run(out, "max_steps=15")
+    assert "none of them intact (step-00000010: it has no manifest.json" in str(err.value)
+    assert f"delete {out / 'checkpoints'} or choose another output_dir" in str(err.value)
+
+
+@pytest.mark.parametrize("given", ["run", "run/checkpoints"])
+def test_resume_from_a_run_directory_means_its_newest_checkpoint(two_checkpoints, given):
+    out, _, newer = two_checkpoints
+    assert checkpoint.resolve("elsewhere", str(out.parent / given)) == newer
+    summary = run(out, "max_steps=15", "checkpoint.every_steps=5", resume=str(out.parent / given))
+    assert summary["steps"] == 15
