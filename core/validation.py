@@ -53,6 +53,9 @@ def config_error(err: ValidationError, root: type[BaseModel], source: str) -> Co
         return ConfigError(f"{source}: {parent_path}: {unknown_keys('', [str(loc[-1])], valid)}")
     if first["type"] == "missing":
         return ConfigError(f"{source}: {path}: required key is missing")
+    if first["type"] == "value_error" and isinstance(first.get("input"), dict):
+        # A check of several keys together: its message names them and the way out.
+        return ConfigError(f"{source}: {path}: {first['msg'].removeprefix('Value error, ')}")
     got = first.get("input")
     shown = repr(got) if not isinstance(got, dict | list) else type(got).__name__
     return ConfigError(f"{source}: {path}: {first['msg']} (got {shown})")

@@ -149,12 +149,14 @@ class Run:
         info = model_info(config.model.name, count_params=False)
         self.task = info["task"]
         splits = build_dataset(config.data, self.task, source)
+        _check_tokenizer(config, info, splits.model_defaults, source)
         # The data decides class count, image size, channels, vocabulary, unless the config says.
         overrides = {k: v for k, v in splits.model_defaults.items() if k in info["config"]}
         overrides.update(config.model.overrides())
 
         set_seed(config.seed)  # the same initial weights on every process
         model = create_model(config.model.name, **overrides)
+        _check_vocabulary(model, splits.model_defaults, source)
         _check_row_lengths(model, splits, source)
         self.model_meta = model.mambaverse_config
         self.frozen = freeze(model, config.freeze)
@@ -518,6 +520,32 @@ def train(config: TrainConfig, resume: str | None = None, source: str = "config"
         # accelerate keeps its state (device, precision) in a process-wide singleton; forget it
         # so that a later train() in this process may choose other settings.
         AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def _check_tokenizer(
+    config: TrainConfig, info: dict[str, Any], data_defaults: dict[str, Any], source: str
+) -> None:
+    """Token ids from a dataset's own vocabulary (bytes, say) mean nothing to a model that
+    tokenises with its own tokenizer (and so takes no ``vocab_size``): refuse the pair."""
+    if "vocab_size" in data_defaults and "vocab_size" not in info["config"]:
+        raise ConfigError(
+            f"{source}: data.name: dataset {config.data.name!r} gives token ids of its own "
+            f"vocabulary ({data_defaults['vocab_size']} ids), but model {config.model.name!r} "
+            "reads ids of its own tokenizer (it takes no vocab_size); use a dataset of text that "
+            "the model tokenises (Cobra's: vlm_jsonl, vlm_digits)"
+        )
+
+
+def _check_vocabulary(model: torch.nn.Module, data_defaults: dict[str, Any], source: str) -> None:
+    """Before the first step: token ids past the model's vocabulary are named, not met mid-run
+    (as an index error, or on a GPU a device-side assert)."""
+    needed, has = data_defaults.get("vocab_size"), getattr(model, "vocab_size", None)
+    if needed is not None and has is not None and has < needed:
+        raise ConfigError(
+            f"{source}: the data's token ids go up to {needed - 1} (vocab_size {needed}), but "
+            f"the model's vocabulary has {has} ids; raise model.vocab_size to at least {needed}, "
+            "or leave it out to take the data's"
+        )
 
 
 def _check_row_lengths(model: torch.nn.Module, splits: Any, source: str) -> None:

@@ -103,6 +103,12 @@ def test_selective_copying_asks_for_the_data_tokens_in_order():
         assert len(data) == 5 and (data > RECALL).all() and (tail == RECALL).all()
         assert torch.equal(item["labels"][40:], data)
         assert (item["labels"][:40] == IGNORE_INDEX).all()
+    with pytest.raises(ConfigError) as err:
+        build("lm", name="selective_copying", seq_len=8, num_tokens=16)
+    assert str(err.value).endswith(
+        "data: num_tokens 16 data tokens cannot be scattered in seq_len 8 positions; make "
+        "seq_len at least num_tokens"
+    )
 
 
 def test_synthetic_samples_are_fixed_by_data_seed_and_split():
@@ -188,3 +194,6 @@ def test_caption_lines_pair_images_and_text(tmp_path):
         ConfigError, match=r"bad.jsonl:1: expected \{\"image\": ..., \"caption\": ...\}"
     ):
         build("vlm", name="captions", path=str(tmp_path / "bad.jsonl"))
+    (tmp_path / "one.jsonl").write_text(lines[0] + "\n")
+    with pytest.raises(ConfigError, match=r"1 sample\(s\) cannot be split into train and test"):
+        build("vlm", name="captions", path=str(tmp_path / "one.jsonl"), test_fraction=0.2)

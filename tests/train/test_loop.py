@@ -132,6 +132,28 @@ def test_captioning_model_on_caption_lines(toys, tmp_path):
     assert summary["test_samples"] == 3 and 0 < summary["test_loss"] < 20
 
 
+def test_captions_of_bytes_are_refused_for_a_model_with_its_own_tokenizer(toys, tmp_path):
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(tmp_path / "0.png")
+    line = json.dumps({"image": "0.png", "caption": "a digit"})
+    (tmp_path / "c.jsonl").write_text(f"{line}\n{line}\n")
+    with pytest.raises(ConfigError) as err:
+        run(tmp_path, f"data.path={tmp_path / 'c.jsonl'}", "data.img_size=8",
+            base=["model.name=cobra_tiny", "data.name=captions"])  # fmt: skip
+    assert "dataset 'captions' gives token ids of its own vocabulary (257 ids)" in str(err.value)
+    assert "use a dataset of text that the model tokenises" in str(err.value)
+    assert not (tmp_path / "run").exists()
+
+
+def test_token_ids_past_the_model_s_vocabulary_are_named_before_training(tmp_path):
+    np.save(tmp_path / "tokens.npy", np.arange(2, 999, dtype=np.int64))
+    with pytest.raises(ConfigError) as err:
+        run(tmp_path, f"data.path={tmp_path / 'tokens.npy'}", "data.seq_len=32",
+            "model.vocab_size=256", base=["model.name=mamba_micro", "data.name=tokens"])  # fmt: skip
+    assert "the data's token ids go up to 998 (vocab_size 999), but the model's vocabulary has " \
+        "256 ids; raise model.vocab_size to at least 999" in str(err.value)  # fmt: skip
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
 def test_bf16_autocast_on_cpu(toys, tmp_path):
     summary = run(tmp_path, "precision=bf16", "max_steps=3")
     assert summary["steps"] == 3 and np.isfinite(summary["test_loss"])

@@ -29,9 +29,15 @@ def split_indices(
     """A fixed train/test split of ``range(count)``, stratified by ``stratify`` if given."""
     from sklearn.model_selection import train_test_split
 
-    return train_test_split(
-        np.arange(count), test_size=test_fraction, random_state=seed, stratify=stratify
-    )
+    try:
+        return train_test_split(
+            np.arange(count), test_size=test_fraction, random_state=seed, stratify=stratify
+        )
+    except ValueError as err:  # too few samples (or of a class) for this split
+        raise ConfigError(
+            f"data: {count} sample(s) cannot be split into train and test with test_fraction "
+            f"{test_fraction} ({err}); give more samples or change data.test_fraction"
+        ) from None
 
 
 # -- digits -------------------------------------------------------------------------------------

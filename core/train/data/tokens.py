@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch.utils.data import Dataset
 
 from ...errors import ConfigError
@@ -115,6 +115,15 @@ class SelectiveCopyingOptions(SyntheticOptions):
 
     seq_len: int = Field(4096, ge=1)
     num_tokens: int = Field(16, ge=1)
+
+    @model_validator(mode="after")
+    def _tokens_fit_the_context(self) -> SelectiveCopyingOptions:
+        if self.num_tokens > self.seq_len:
+            raise ValueError(
+                f"num_tokens {self.num_tokens} data tokens cannot be scattered in seq_len "
+                f"{self.seq_len} positions; make seq_len at least num_tokens"
+            )
+        return self
 
 
 def selective_copying_batch(
