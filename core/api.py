@@ -265,7 +265,7 @@ def list_kernels(device: str | None = None) -> list[dict[str, Any]]:
                     "impl": impl,
                     "devices": list(spec.devices),
                     "dtypes": list(spec.dtypes),
-                    "unavailable": spec.unavailable_reason(device),
+                    "unavailable": spec.unavailable_reason(device_type),
                     "chosen": chosen is not None and spec is chosen.spec,
                     "reason": reason if chosen is None or spec is chosen.spec else "",
                     "description": spec.description,

@@ -137,6 +137,8 @@ class Run:
     def __init__(self, config: TrainConfig, resume: str | None, source: str) -> None:
         self.config, self.source = config, source
         self.output = Path(config.output_dir)
+        if self.output.exists() and not self.output.is_dir():
+            raise ConfigError(f"{source}: output_dir: {self.output} is a file, not a directory")
         self.accelerator = Accelerator(
             mixed_precision=config.precision,
             dataloader_config=DataLoaderConfiguration(

@@ -56,6 +56,12 @@ def test_kernels_table_marks_the_choice_and_why(toy, capsys):
     assert any("gpu" in row and "no: runs on cuda, not on cpu" in row for row in rows)
 
 
+def test_kernels_table_for_a_numbered_device_reads_its_type(toy):
+    rows = {r["impl"]: r for r in mambaverse.list_kernels("cuda:0") if r["op"] == "toy_add"}
+    assert "not on cuda:0" not in (rows["gpu"]["unavailable"] or "")  # runs on cuda, so cuda:0
+    assert rows["slow"]["unavailable"].startswith("runs on cpu, not on cuda")
+
+
 def test_python_dash_m_and_usage_errors():
     result = subprocess.run(
         [sys.executable, "-m", "mambaverse", "info"], capture_output=True, text=True, check=False

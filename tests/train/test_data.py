@@ -158,6 +158,9 @@ def test_image_folder_layouts(tmp_path):
     assert test_labels == [0, 0, 0, 1, 1, 1, 2, 2, 2] and len(splits.train) == 21
     with pytest.raises(ConfigError, match=r"image folder .* does not exist"):
         build("vision", name="imagefolder", path=str(tmp_path / "nowhere"))
+    (tmp_path / "empty" / "cat").mkdir(parents=True)  # a class folder without images
+    with pytest.raises(ConfigError, match=r"Found no valid file for the classes cat.*<class>/"):
+        build("vision", name="imagefolder", path=str(tmp_path / "empty"))
 
 
 def test_caption_tokens_are_bytes_then_end_of_text():

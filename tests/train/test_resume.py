@@ -236,3 +236,9 @@ def test_resume_from_a_run_directory_means_its_newest_checkpoint(two_checkpoints
     assert checkpoint.resolve("elsewhere", str(out.parent / given)) == newer
     summary = run(out, "max_steps=15", "checkpoint.every_steps=5", resume=str(out.parent / given))
     assert summary["steps"] == 15
+
+
+def test_an_output_dir_that_is_a_file_is_refused(toys, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ConfigError, match=r"output_dir: .*afile is a file, not a directory"):
+        run(tmp_path / "afile")

@@ -128,22 +128,31 @@ class LabelledImages(Dataset):
         return {"images": image, "labels": torch.tensor(label)}
 
 
-def build_image_folder(options: ImageFolderOptions) -> Splits:
+def _image_folder(path: Path, transform: Any) -> Any:
     from torchvision.datasets import ImageFolder
 
+    try:
+        return ImageFolder(str(path), transform=transform)
+    except FileNotFoundError as err:  # no class folders, or a class without images
+        raise ConfigError(
+            f"data.path: {path}: {err} (expected <class>/<image> folders, e.g. {path}/cat/1.png)"
+        ) from None
+
+
+def build_image_folder(options: ImageFolderOptions) -> Splits:
     root = existing_dir(options.path, "image folder")
     transform = image_transform(options)
     held_out = next((root / n for n in ("test", "val") if (root / n).is_dir()), None)
     if (root / "train").is_dir() and held_out is not None:
-        train = ImageFolder(str(root / "train"), transform=transform)
-        test = ImageFolder(str(held_out), transform=transform)
+        train = _image_folder(root / "train", transform)
+        test = _image_folder(held_out, transform)
         if train.classes != test.classes:
             raise ConfigError(
                 f"data.path: {root}/train and {held_out} have different class folders"
             )
         classes = train.classes
     else:
-        everything = ImageFolder(str(root), transform=transform)
+        everything = _image_folder(root, transform)
         train_idx, test_idx = split_indices(
             len(everything), options.test_fraction, options.split_seed, everything.targets
         )
