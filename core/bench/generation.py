@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 import mambaverse
+from mambaverse.errors import ConfigError
 from mambaverse.plugins.mamba_lm.decode_graph import clear_decode_graphs, device_refusal
 
 from .decoding import GraphDecoding, measure_decoding
@@ -132,6 +133,9 @@ def measure_both_ways(
 def run(args: argparse.Namespace) -> int:
     device, dtype = resolve_device(args)
     settings = apply_defaults(args, FULL, SMOKE)
+    if mambaverse.model_summary(args.preset)["backbone"] != "cobra":
+        cobras = ", ".join(mambaverse.list_models(task="vlm"))
+        raise ConfigError(f"--preset {args.preset}: not a Cobra VLM; VLM presets: {cobras}")
     deadline = Deadline(args.time_budget)
     impls = args.attention or attention_implementations(device, dtype)
     with torch.device(device):

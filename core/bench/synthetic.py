@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from mambaverse.errors import unknown_name
 from mambaverse.train.config import ScheduleSection
 from mambaverse.train.data.base import IGNORE_INDEX
 from mambaverse.train.data.tokens import (
@@ -323,9 +324,9 @@ def evaluate(
 def run(args: argparse.Namespace) -> int:
     device, dtype = resolve_device(args, cuda_dtype="float32")  # training: float32 weights
     settings = {**apply_defaults(args, FULL, SMOKE), **vars_of(args)}
-    unknown = sorted(set(args.tasks) - set(TASKS))
-    if unknown:
-        raise SystemExit(f"--tasks: unknown {unknown}; choose from {', '.join(TASKS)}")
+    for task in args.tasks:
+        if task not in TASKS:
+            raise unknown_name("task (--tasks)", task, TASKS)
     deadline = Deadline(args.time_budget)
     specs = family(args, args.models)
     results: list[dict[str, Any]] = []

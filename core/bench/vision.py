@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 import mambaverse
+from mambaverse.errors import ConfigError, unknown_name
 
 from .measure import SKIPPED, Deadline, free_memory, measure
 from .report import (
@@ -103,15 +104,35 @@ def measure_model(
     return result
 
 
+def check_pair(pair: str, resolutions: list[int]) -> tuple[str, str]:
+    """``PRESET=TIMM_MODEL`` as (preset, timm name), both known, the preset built (on the meta
+    device: no memory) at every resolution, so that a bad argument fails before any timing."""
+    import timm
+
+    preset, _, timm_name = pair.partition("=")
+    if not timm_name:
+        raise ConfigError(f"--pairs: {pair!r} is not PRESET=TIMM_MODEL")
+    if mambaverse.model_summary(preset)["task"] != "vision":
+        raise ConfigError(f"--pairs: {preset!r} is not a vision model")
+    if not timm.is_model(timm_name):
+        family = timm.list_models(timm_name.split("_")[0] + "*")  # deit_tinyy: the deits first
+        raise unknown_name("timm model (--pairs)", timm_name, family or timm.list_models())
+    for resolution in resolutions:
+        try:
+            with torch.device("meta"):
+                mambaverse.create_model(preset, img_size=resolution)
+        except ValueError as err:
+            raise ConfigError(f"--resolutions {resolution}: {err}") from None
+    return preset, timm_name
+
+
 def run(args: argparse.Namespace) -> int:
     device, dtype = resolve_device(args)
     settings = apply_defaults(args, FULL, SMOKE)
     deadline = Deadline(args.time_budget)
     rows: list[dict[str, Any]] = []
-    for pair in args.pairs:
-        preset, _, timm_name = pair.partition("=")
-        if not timm_name:
-            raise SystemExit(f"--pairs: {pair!r} is not PRESET=TIMM_MODEL")
+    pairs = [check_pair(pair, args.resolutions) for pair in args.pairs]  # before any timing
+    for preset, timm_name in pairs:
         for resolution in args.resolutions:
             for kind, name in [("mamba", preset), *((v, timm_name) for v in DEIT_VARIANTS)]:
                 label = name if kind == "mamba" else f"{name.split('_patch')[0]} ({kind})"

@@ -93,6 +93,26 @@ def test_unknown_suite_names_the_suites(capsys: pytest.CaptureFixture[str]) -> N
     assert "kernels, scaling, vision, generation, synthetic" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["kernels", "--device", "foo"], "--device foo: not a device; use cpu or cuda"),
+        (["vision", "--pairs", "vim_micro=deit_tinyy"], "did you mean 'deit_tiny_patch16_224'"),
+        (["vision", "--pairs", "vim_micro"], "'vim_micro' is not PRESET=TIMM_MODEL"),
+        (["vision", "--resolutions", "30"], "--resolutions 30: vim: image size 30×30 is not"),
+        (["generation", "--preset", "vim_micro"], "--preset vim_micro: not a Cobra VLM"),
+        (["synthetic", "--tasks", "inductin"], "did you mean 'induction_heads'?"),
+    ],
+)
+def test_bad_arguments_are_one_line_errors_before_any_timing(
+    argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["bench", argv[0], "--smoke", "--out", str(tmp_path), *argv[1:]]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mambaverse bench: error: ") and message in err
+    assert err.count("\n") == 1 and not any(tmp_path.iterdir())
+
+
 def test_suite_options_include_out() -> None:
     from mambaverse.bench import suite_parser
 
