@@ -11,8 +11,9 @@ import importlib
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from .errors import MambaverseError
+from .errors import ConfigError, MambaverseError
 
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -64,6 +65,19 @@ def build_parser() -> argparse.ArgumentParser:
         command_parser = sub.add_parser(name, help=help_text, description=help_text)
         command_parser.set_defaults(_target=target)
     return parser
+
+
+def parse_device(text: str | None) -> Any:
+    """``--device``: a ``torch.device`` that can run here (default: CUDA if visible, else CPU)."""
+    import torch
+
+    try:
+        device = torch.device(text or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError:
+        raise ConfigError(f"--device {text}: not a device; use cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {text}: no CUDA device is visible; use --device cpu")
+    return device
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from ..errors import ConfigError
+from ..cli import parse_device
 from .measure import OK
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -82,12 +82,7 @@ def resolve_device(
 ) -> tuple[torch.device, torch.dtype]:
     """--device (default: CUDA if visible) and --dtype (default: ``cuda_dtype`` on CUDA, else
     float32)."""
-    try:
-        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    except RuntimeError:
-        raise ConfigError(f"--device {args.device}: not a device; use cpu or cuda") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {args.device}: no CUDA device is visible; use --device cpu")
+    device = parse_device(args.device)
     default = cuda_dtype if device.type == "cuda" else "float32"
     return device, DTYPES[args.dtype or default]
 

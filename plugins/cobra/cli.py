@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 
-from mambaverse.cli import Command
+from mambaverse.cli import Command, parse_device
 from mambaverse.errors import ConfigError, MambaverseError
 
 from .templates import CAPTION_PROMPT
@@ -30,21 +30,20 @@ def _configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    import torch
-
     from mambaverse.pretrained import load_pretrained
 
     from .images import load_image
 
     if args.max_new_tokens < 1 or args.batch_size < 1:
         raise ConfigError("--max-new-tokens and --batch-size must be at least 1")
+    device = parse_device(args.device)  # before the model is loaded
     model = load_pretrained(args.checkpoint)
     if not hasattr(model, "generate") or not hasattr(model, "towers"):
         backbone = getattr(model, "mambaverse_config", {}).get("backbone", type(model).__name__)
         raise ConfigError(
             f"{args.checkpoint}: holds a {backbone} model, not a vision-language model"
         )
-    model.to(torch.device(args.device)).eval()
+    model.to(device).eval()
 
     readable, failed = [], 0
     for path in args.images:
