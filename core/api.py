@@ -300,5 +300,5 @@ def create_mixer(name: str, dim: int, **config: Any) -> Any:
     """Build mixer ``name`` for width ``dim``; unknown config keys list the valid ones."""
     spec = get_mixer(name)
     factory = spec.load()
-    check_keys(f"config of mixer {name!r}", factory, config, skip=("dim",))
+    check_keys(f"mixer {name!r} config", factory, config, skip=("dim",))
     return factory(dim, **config)

@@ -186,6 +186,13 @@ class VisionBackbone(nn.Module):
                 f"{self.family}: expected floating-point images, got {x.dtype}; convert them "
                 "(e.g. x.float() / 255, then normalise with the model's pretrained_cfg mean and std)"
             )
+        weights = next(self.parameters()).dtype
+        if x.dtype != weights and not torch.is_autocast_enabled(x.device.type):
+            raise ValueError(
+                f"{self.family}: images are {x.dtype} but the model's weights are {weights}; "
+                f"convert one to the other (x.to({weights}) or model.to({x.dtype})), or run "
+                "under torch.autocast"
+            )
         size = (x.shape[2], x.shape[3])
         check_image_size(self.family, size, self.stride)
         return size

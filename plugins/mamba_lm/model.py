@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mambaverse.api import create_mixer, get_mixer
+from mambaverse.api import check_keys, create_mixer, get_mixer
 from mambaverse.errors import ConfigError
 from mambaverse.plugins.mixers.base import kernel_scope
 from mambaverse.plugins.mixers.mamba import step_decay_rates
@@ -133,6 +133,18 @@ class MambaLM(nn.Module):
         self.kernels = dict(kernels) if kernels else None
 
         self.embedding = nn.Embedding(self.padded_vocab_size, d_model)
+        try:
+            check_keys(
+                f"mixer {mixer!r} config",
+                get_mixer(mixer).load(),
+                mixer_config or {},
+                skip=("dim",),
+            )
+        except ConfigError as err:
+            raise ConfigError(
+                f"mamba_lm: {err} (from mixer_config {mixer_config}: a preset sets it for its "
+                f"own mixer; with mixer={mixer!r} give mixer_config that mixer's keys, or {{}})"
+            ) from None
         self.layers = nn.ModuleList(
             ResidualBlock(
                 create_mixer(mixer, d_model, **(mixer_config or {})),

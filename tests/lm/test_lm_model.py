@@ -116,3 +116,14 @@ def test_unsupported_hf_model_type_lists_mamba_and_mamba2(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "rwkv"}))
     with pytest.raises(mambaverse.UnknownNameError, match=r"supported: .*\bmamba\b.*\bmamba2\b"):
         mambaverse.load_pretrained(tmp_path)
+
+
+def test_another_mixer_than_the_preset_s_names_the_preset_s_mixer_config():
+    with pytest.raises(mambaverse.ConfigError) as err:
+        mambaverse.create_model("mamba_micro", mixer="attention")
+    message = str(err.value)
+    assert message.startswith("mamba_lm: unknown mixer 'attention' config key 'd_conv'")
+    assert "valid keys: causal, head_dim" in message
+    assert "with mixer='attention' give mixer_config that mixer's keys, or {}" in message
+    model = mambaverse.create_model("mamba_micro", mixer="attention", mixer_config={})
+    assert model(torch.randint(0, model.vocab_size, (1, 5))).shape[:2] == (1, 5)

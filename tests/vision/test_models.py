@@ -179,6 +179,10 @@ def test_channels_last_and_integer_images_are_named():
         model(torch.randn(2, 32, 32, 3))
     with pytest.raises(ValueError, match=r"expected floating-point images, got torch.uint8"):
         model(torch.randint(0, 255, (2, 3, 32, 32), dtype=torch.uint8))
+    with pytest.raises(ValueError, match=r"images are torch.float64 but the model's weights are "):
+        model(torch.randn(2, 3, 32, 32, dtype=torch.float64))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast casts for the model: allowed
+        assert model(torch.randn(2, 3, 32, 32, dtype=torch.bfloat16)).dtype == torch.bfloat16
 
 
 @pytest.mark.parametrize(
