@@ -41,6 +41,20 @@ def _model_at(root: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | 
     return current if isinstance(current, type) and issubclass(current, BaseModel) else None
 
 
+def _sections_with(model: type[BaseModel], key: str) -> list[str]:
+    """The fields of ``model`` that are sections (models) holding a key ``key``."""
+    found = []
+    for name, field in model.model_fields.items():
+        section = _strip_union(field.annotation)
+        if (
+            isinstance(section, type)
+            and issubclass(section, BaseModel)
+            and key in section.model_fields
+        ):
+            found.append(name)
+    return found
+
+
 def config_error(err: ValidationError, root: type[BaseModel], source: str) -> ConfigError:
     """The first problem in ``err`` as a one-line :class:`ConfigError` naming the key path."""
     first = err.errors()[0]
@@ -50,7 +64,12 @@ def config_error(err: ValidationError, root: type[BaseModel], source: str) -> Co
         parent = _model_at(root, loc[:-1])
         valid = sorted(parent.model_fields) if parent else []
         parent_path = ".".join(str(p) for p in loc[:-1]) or "(top level)"
-        return ConfigError(f"{source}: {parent_path}: {unknown_keys('', [str(loc[-1])], valid)}")
+        message = f"{source}: {parent_path}: {unknown_keys('', [str(loc[-1])], valid)}"
+        inside = _sections_with(parent, str(loc[-1])) if parent else []
+        if inside:  # `lr=1e-3` for `optim.lr=1e-3`
+            keys = " or ".join(f"{section}.{loc[-1]}" for section in inside)
+            message += f"; {loc[-1]} is a key of a section: {keys}"
+        return ConfigError(message)
     if first["type"] == "missing":
         return ConfigError(f"{source}: {path}: required key is missing")
     if first["type"] == "value_error" and isinstance(first.get("input"), dict):

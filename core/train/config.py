@@ -137,7 +137,12 @@ def parse_value(text: str) -> Any:
     """A command-line value, read as YAML (``1e-3`` a number, see :class:`YamlLoader`)."""
     try:
         return yaml.load(text, Loader=YamlLoader)
-    except yaml.YAMLError:
+    except yaml.YAMLError as err:
+        if text.lstrip().startswith(("[", "{")):  # meant as a list or a mapping
+            raise ConfigError(
+                f"{text!r} is not a valid YAML list or mapping ({str(err).splitlines()[0]}); "
+                "quote an item that starts with '*' or '&', e.g. ['*.bias']"
+            ) from None
         return text
 
 
@@ -154,13 +159,17 @@ def apply_override(config: dict[str, Any], assignment: str) -> None:
             prefix = ".".join(parents[: depth + 1])
             raise ConfigError(f"override {assignment!r}: {prefix} is a value, not a section")
         node = child
-    node[leaf] = parse_value(text)
+    try:
+        node[leaf] = parse_value(text)
+    except ConfigError as err:
+        raise ConfigError(f"override {assignment!r}: {err}") from None
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist")
+        hint = "" if path.suffix in (".yaml", ".yml") else f"; to set a key, write {path}=VALUE"
+        raise ConfigError(f"config file {str(path)!r} does not exist{hint}")
     try:
         raw = yaml.load(path.read_text(), Loader=YamlLoader) or {}
     except yaml.YAMLError as err:

@@ -51,6 +51,11 @@ def test_dotted_overrides_build_nested_sections():
         apply_override(config, "optim.lr.x=1")
     with pytest.raises(ConfigError, match="expected key=value"):
         apply_override(config, "optim.lr")
+    with pytest.raises(ConfigError) as err:  # YAML reads *.bias as an alias
+        apply_override(config, "freeze=[*.bias]")
+    assert "quote an item that starts with '*' or '&', e.g. ['*.bias']" in str(err.value)
+    apply_override(config, "freeze=['*.bias']")
+    assert config["freeze"] == ["*.bias"]
 
 
 def one_line(err: pytest.ExceptionInfo) -> str:
@@ -72,6 +77,13 @@ def test_unknown_key_names_it_and_the_valid_keys(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_config(None, ["epochz=3"])
     assert "unknown key 'epochz' (did you mean 'epochs'?)" in one_line(err)
+    with pytest.raises(ConfigError) as err:  # a section's key given at the top level
+        load_config(None, ["every_steps=3"])
+    assert one_line(err).endswith(
+        "every_steps is a key of a section: eval.every_steps or checkpoint.every_steps"
+    )
+    with pytest.raises(ConfigError, match=r"'optim.lr' does not exist; to set a key, write optim"):
+        load_config("optim.lr")
 
 
 def test_bad_values_name_the_key_path_and_the_choices():
