@@ -167,6 +167,20 @@ def _hf_converter(model_type: str) -> tuple[str, Any]:
     return backbone, resolve_target(converter)
 
 
+def _training_hint(directory: Path) -> str:
+    """Where the model is, when ``directory`` is a training run or one of its checkpoints."""
+    from .train.checkpoint import CHECKPOINTS, MANIFEST
+    from .train.loop import MODEL_DIR
+
+    if (directory / MODEL_DIR / CONFIG_FILE).is_file():
+        return f"; it is a training run: its model is {directory / MODEL_DIR}"
+    if (directory / MANIFEST).is_file() and directory.parent.name == CHECKPOINTS:
+        model = directory.parent.parent / MODEL_DIR
+        found = f"; the run's model is {model}" if (model / CONFIG_FILE).is_file() else ""
+        return f"; it is a training checkpoint, for `mambaverse train --resume {directory}`{found}"
+    return ""
+
+
 def load_pretrained(path: str | Path, strict: bool = True, **overrides: Any) -> Any:
     """Load a mambaverse or Hugging Face checkpoint directory into a mambaverse model.
 
@@ -186,7 +200,9 @@ def load_pretrained(path: str | Path, strict: bool = True, **overrides: Any) -> 
         )
         raise ConfigError(f"{directory}: does not exist{hint}")
     if not config_file.is_file():
-        raise ConfigError(f"{directory}: not a checkpoint directory (no {CONFIG_FILE})")
+        raise ConfigError(
+            f"{directory}: not a checkpoint directory (no {CONFIG_FILE}){_training_hint(directory)}"
+        )
     try:
         config = json.loads(config_file.read_text())
     except json.JSONDecodeError as err:

@@ -242,3 +242,17 @@ def test_an_output_dir_that_is_a_file_is_refused(toys, tmp_path):
     (tmp_path / "afile").write_text("x")
     with pytest.raises(ConfigError, match=r"output_dir: .*afile is a file, not a directory"):
         run(tmp_path / "afile")
+
+
+def test_loading_a_run_or_its_checkpoint_as_a_model_says_where_the_model_is(two_checkpoints):
+    from mambaverse import load_pretrained
+
+    out, _, newer = two_checkpoints
+    with pytest.raises(ConfigError, match=rf"it is a training run: its model is {out / 'model'}"):
+        load_pretrained(out)
+    with pytest.raises(ConfigError) as err:
+        load_pretrained(newer)
+    assert str(err.value).endswith(
+        f"it is a training checkpoint, for `mambaverse train --resume {newer}`; the run's "
+        f"model is {out / 'model'}"
+    )
