@@ -51,6 +51,10 @@ class KVCache:
     def max_seqlen(self) -> int:
         return self.keys.shape[2]
 
+    @property
+    def batch_size(self) -> int:
+        return self.keys.shape[0]
+
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.keys, self.values))
 

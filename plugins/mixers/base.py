@@ -47,6 +47,7 @@ class TokenMixer(nn.Module):
                 f"{self.mixer_name} mixer: expected input (batch, length, {self.dim}), "
                 f"got {tuple(x.shape)}"
             )
+        self._check_state(x, state)
         with kernel_scope(self.kernels):
             return self.mix(x, state)
 
@@ -57,8 +58,18 @@ class TokenMixer(nn.Module):
                 f"{self.mixer_name} mixer step: expected one token (batch, {self.dim}), "
                 f"got {tuple(x.shape)}"
             )
+        self._check_state(x, state)
         with kernel_scope(self.kernels):
             return self.mix_step(x, state)
+
+    def _check_state(self, x: torch.Tensor, state: Any) -> None:
+        allocated = getattr(state, "batch_size", x.shape[0])
+        if allocated != x.shape[0]:
+            raise ValueError(
+                f"{self.mixer_name} mixer: the decoding state was allocated for batch "
+                f"{allocated}, got a batch of {x.shape[0]}; allocate it with "
+                f"allocate_state(batch_size={x.shape[0]}, ...)"
+            )
 
     def mix(self, x: torch.Tensor, state: Any) -> torch.Tensor:
         raise NotImplementedError

@@ -20,6 +20,10 @@ class SSMState:
     conv: torch.Tensor
     ssm: torch.Tensor
 
+    @property
+    def batch_size(self) -> int:
+        return self.conv.shape[0]
+
     @classmethod
     def zeros(
         cls,

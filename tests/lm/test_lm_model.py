@@ -127,3 +127,13 @@ def test_another_mixer_than_the_preset_s_names_the_preset_s_mixer_config():
     assert "with mixer='attention' give mixer_config that mixer's keys, or {}" in message
     model = mambaverse.create_model("mamba_micro", mixer="attention", mixer_config={})
     assert model(torch.randint(0, model.vocab_size, (1, 5))).shape[:2] == (1, 5)
+
+
+@pytest.mark.parametrize("name", ["mamba_micro", "mamba2_micro", "jamba_micro"])
+def test_a_decoding_state_of_another_batch_size_is_named(name):
+    model = mambaverse.create_model(name).eval()
+    state = model.allocate_state(1, 16)
+    with pytest.raises(ValueError) as err:
+        model.step(torch.tensor([1, 2]), state)
+    assert "the decoding state was allocated for batch 1, got a batch of 2" in str(err.value)
+    assert "allocate_state(batch_size=2, ...)" in str(err.value)
