@@ -510,18 +510,22 @@ def train(config: TrainConfig, resume: str | None = None, source: str = "config"
         torch.set_num_threads(config.threads)
     try:
         run = Run(config, resume, source)
-    except BaseException:
-        torch.set_num_threads(threads)
+    except BaseException:  # a config refused after the Accelerator was made, say
+        _restore(threads)
         raise
     try:
         return run.train()
     finally:
-        torch.set_num_threads(threads)
         run.display.close()
         run.accelerator.end_training()
-        # accelerate keeps its state (device, precision) in a process-wide singleton; forget it
-        # so that a later train() in this process may choose other settings.
-        AcceleratorState._reset_state(reset_partial_state=True)
+        _restore(threads)
+
+
+def _restore(threads: int) -> None:
+    torch.set_num_threads(threads)
+    # accelerate keeps its state (device, precision) in a process-wide singleton; forget it so
+    # that a later train() in this process may choose other settings.
+    AcceleratorState._reset_state(reset_partial_state=True)
 
 
 def _check_tokenizer(
