@@ -120,7 +120,12 @@ class CobraVLM(nn.Module):
         them if > 0 (training needs the answers' logits only: the LM head is the costly part)."""
         with kernel_scope(self.kernels):
             image_tokens = self.embed_images(images)
-            self._check_length(image_tokens.shape[1], input_ids.shape[1], "the training sequence")
+            self._check_length(
+                image_tokens.shape[1],
+                input_ids.shape[1],
+                "the sequence",
+                "use smaller images (fewer image tokens) or shorter texts",
+            )
             return self.language_model(
                 input_ids,
                 prefix_embeds=image_tokens,
@@ -191,7 +196,10 @@ class CobraVLM(nn.Module):
             answers = [""] * batch
             for length, rows in by_length.items():
                 self._check_length(
-                    image_tokens.shape[1], length + max_new_tokens, "the prompt plus max_new_tokens"
+                    image_tokens.shape[1],
+                    length + max_new_tokens,
+                    "the prompt plus max_new_tokens",
+                    "shorten the prompt or max_new_tokens",
                 )
                 input_ids = torch.tensor([encoded[r] for r in rows], device=device)
                 out = self.language_model.generate(
@@ -226,12 +234,12 @@ class CobraVLM(nn.Module):
                 found.append(f"{where}: {image_tokens} image + {text} text tokens")
         return found
 
-    def _check_length(self, image_tokens: int, text_tokens: int, what: str) -> None:
+    def _check_length(self, image_tokens: int, text_tokens: int, what: str, fix: str) -> None:
         if image_tokens + text_tokens > self.max_length:
             raise InputError(
                 f"{what} is too long: {image_tokens} image tokens + {text_tokens} text tokens = "
                 f"{image_tokens + text_tokens} > the model's max_length {self.max_length}; "
-                "shorten the prompt (or max_new_tokens), or raise max_length"
+                f"{fix}, or raise max_length"
             )
 
 

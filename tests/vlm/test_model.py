@@ -215,3 +215,17 @@ def test_checkpoint_round_trip_and_caption_command(model, tmp_path, capsys):
     assert "caption: error: the prompt plus max_new_tokens is too long" in capsys.readouterr().err
     assert main([*argv[:4], "--device", "foo"]) == 2  # checked before the model is loaded
     assert "caption: error: --device foo: not a device; use cpu or cuda" in capsys.readouterr().err
+
+
+def test_a_training_sequence_over_max_length_names_both_parts_and_the_fixes(model):
+    images = torch.rand(1, 3, 16, 16)
+    image_tokens = model.embed_images(images).shape[1]
+    ids = torch.zeros(1, model.max_length - image_tokens + 1, dtype=torch.long)
+    with pytest.raises(InputError) as err:
+        model(images, ids)
+    assert f"the sequence is too long: {image_tokens} image tokens + {ids.shape[1]} text" in str(
+        err.value
+    )
+    assert "use smaller images (fewer image tokens) or shorter texts, or raise max_length" in str(
+        err.value
+    )
