@@ -13,6 +13,7 @@ registry default falls through to the next candidate.
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -230,8 +231,57 @@ def get_kernel(
     op: str, impl: str | None = None, device: Any = None, dtype: Any = None
 ) -> Callable[..., Any]:
     """The function implementing ``op`` (see the module docstring for how it is chosen)."""
-    return choose_kernel(op, impl, device, dtype).spec.load()
+    return _load(choose_kernel(op, impl, device, dtype).spec)
+
+
+@lru_cache(maxsize=256)
+def _load(spec: KernelSpec) -> Callable[..., Any]:
+    """``spec``'s function; a plugin's that cannot take the op's arguments is refused here, by
+    name, rather than failing inside the op with a bare TypeError."""
+    fn = spec.load()
+    owners = catalogue().entries["kernels"].get(f"{spec.op}/{spec.impl}", [])
+    plugin = next((owner for owner, s in owners if s is spec), "?")
+    if plugin != REGISTRY_PLUGIN:
+        problem = _signature_problem(spec.op, fn)
+        if problem:
+            raise KernelUnavailableError(
+                f"kernel {spec.op}/{spec.impl} of plugin {plugin!r} {problem}; fix the plugin, "
+                f"or choose another implementation ({ENV_VAR}='{spec.op}=reference')"
+            )
+    return fn
+
+
+def _signature_problem(op: str, fn: Callable[..., Any]) -> str | None:
+    """How ``fn`` fails to take the arguments of the public op ``mambaverse.kernels.<op>``
+    (``None`` when it takes them, or when the op has no public function to compare with)."""
+    import mambaverse.kernels
+
+    public = getattr(mambaverse.kernels, op, None)
+    try:
+        wanted = [n for n in inspect.signature(public).parameters if n != "impl"] if public else []
+        taken = inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # no signature to read (a builtin, say)
+        return None
+    if not wanted:
+        return None
+    open_ended = any(p.kind is p.VAR_KEYWORD for p in taken.values())
+    missing = [] if open_ended else [n for n in wanted if n not in taken]
+    required = [
+        n
+        for n, p in taken.items()
+        if p.default is p.empty
+        and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        and n not in wanted
+    ]
+    if not missing and not required:
+        return None
+    parts = [f"does not take {', '.join(map(repr, missing))}"] if missing else []
+    parts += [f"requires {', '.join(map(repr, required))}, which the op does not pass"] * bool(
+        required
+    )
+    return f"{' and '.join(parts)} (the op is {op}({', '.join(wanted)}))"
 
 
 def clear_cache() -> None:
     _choose.cache_clear()
+    _load.cache_clear()

@@ -184,3 +184,41 @@ def test_a_built_in_plugin_that_fails_leaves_the_listings_working(monkeypatch, c
     assert main(["list", "cobra*"]) == 0
     out = capsys.readouterr().out
     assert "cobra_3b" in out and "unusable: model 'cobra_3b' (from registry.yaml)" in out
+
+
+def narrow_attention(q, k, v):  # the op also passes causal and scale
+    return q
+
+
+def needy_attention(q, k, v, window, causal=False, scale=None):  # window: the op passes none
+    return q
+
+
+def open_attention(q, k, v, **options):
+    return q
+
+
+class Kernels:
+    @hookimpl
+    def mambaverse_kernels(self):
+        return [
+            KernelSpec("attention", "narrow", narrow_attention, devices=("cpu",)),
+            KernelSpec("attention", "needy", needy_attention, devices=("cpu",)),
+            KernelSpec("attention", "open", open_attention, devices=("cpu",)),
+        ]
+
+
+def test_a_plugin_kernel_that_cannot_take_the_op_s_arguments_is_named():
+    mambaverse.register_plugin(Kernels(), "kernels_plugin")
+    with pytest.raises(mambaverse.KernelUnavailableError) as err:
+        mambaverse.get_kernel("attention", impl="narrow", device="cpu")
+    assert str(err.value).startswith(
+        "kernel attention/narrow of plugin 'kernels_plugin' does not take 'causal', 'scale' "
+        "(the op is attention(q, k, v, causal, scale))"
+    )
+    assert "MAMBAVERSE_KERNELS='attention=reference'" in str(err.value)
+    with pytest.raises(mambaverse.KernelUnavailableError, match="requires 'window', which the op"):
+        mambaverse.get_kernel("attention", impl="needy", device="cpu")
+    assert mambaverse.get_kernel("attention", impl="open", device="cpu") is open_attention
+    q = torch.randn(1, 2, 3, 4)
+    assert mambaverse.kernels.attention(q, q, q, impl="open") is q  # the op calls it as it is
