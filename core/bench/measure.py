@@ -140,6 +140,27 @@ def measure(
     return Measurement(status=status)
 
 
+def graphed(fn: Callable[[], Any], warmup: int = 3) -> Callable[[], None]:
+    """``fn`` captured in one CUDA graph; returns the graph's replay.
+
+    As torch's whole-network capture does: ``warmup`` calls on a side stream first (lazy
+    initialisation, compilation and the allocator's first blocks stay out of the capture), then
+    one call captured. The graph keeps ``fn``'s tensors: its inputs must stay where they are,
+    and every replay overwrites its outputs (a training step's gradients). Raises what breaks a
+    capture, such as a host synchronisation inside ``fn``.
+    """
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph.replay
+
+
 class Deadline:
     """A wall-clock budget for a suite: points after it are skipped (and marked so), which keeps
     a GPU run inside its time limit whatever the machine's speed. None = no limit."""

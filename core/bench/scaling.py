@@ -23,11 +23,12 @@ from typing import Any
 
 import torch
 
+from mambaverse.errors import ConfigError
 from mambaverse.kernels import cross_entropy
 
 from .decoding import measure_decoding
 from .language_models import SIZES, attention_implementations, preset_family
-from .measure import OK, SKIPPED, Deadline, free_memory, measure
+from .measure import OK, SKIPPED, Deadline, failure, free_memory, graphed, measure
 from .report import (
     add_common_options,
     apply_defaults,
@@ -93,6 +94,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--parts", type=name_list, default=["train", "generate"], help="train, generate or both"
     )
+    parser.add_argument(
+        "--cuda-graph",
+        action="store_true",
+        help="also time each training step replayed from one CUDA graph (forward + backward "
+        "captured after warm-up, every model alike: the host's launch time left out)",
+    )
 
 
 def training_step(model: torch.nn.Module, batch: int, length: int, device: torch.device):
@@ -111,6 +118,8 @@ def training_step(model: torch.nn.Module, batch: int, length: int, device: torch
 
 def run(args: argparse.Namespace) -> int:
     device, dtype = resolve_device(args)
+    if args.cuda_graph and device.type != "cuda":
+        raise ConfigError(f"--cuda-graph: CUDA graphs need a CUDA device, not {device.type}")
     settings = apply_defaults(args, FULL, SMOKE)
     deadline = Deadline(args.time_budget)
     impls = args.attention or attention_implementations(device, dtype)
@@ -133,14 +142,15 @@ def run(args: argparse.Namespace) -> int:
                 step = training_step(model, batch, length, device)
                 m = measure(step, device, args.warmup, args.repeats, back_to_back=True)
                 row.update(status=m.status, ms=m.ms, peak_bytes=m.peak_bytes)
+                if m.ok and args.cuda_graph:
+                    row.update(measure_graphed(step, batch * length, device, args))
                 if m.ok:
                     row["tokens_per_s"] = batch * length * 1e3 / m.ms
                     row["ms_back_to_back"] = m.back_to_back_ms
                     row["tokens_per_s_back_to_back"] = batch * length * 1e3 / m.back_to_back_ms
                 training.append(row)
-                print(f"  train L={length} B={batch}: {cell(row, 'tokens_per_s', si)} tok/s "
-                      f"({cell(row, 'tokens_per_s_back_to_back', si)} back to back), "
-                      f"peak {byte_size(m.peak_bytes)}", flush=True)  # fmt: skip
+                print(f"  train L={length} B={batch}: {training_cell(row)} "
+                      "(tokens/s synchronized (back to back) / peak)", flush=True)  # fmt: skip
             model.zero_grad(set_to_none=True)
             free_memory(device)
         if "generate" in args.parts:
@@ -169,13 +179,33 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def measure_graphed(
+    step: Any, tokens: int, device: torch.device, args: argparse.Namespace
+) -> dict[str, Any]:
+    """The training step replayed from a CUDA graph: its status, ms and tokens/s."""
+    try:
+        replay = graphed(step)
+    except Exception as err:  # what breaks the capture is a result too
+        return {"graph_status": failure(err)}
+    m = measure(replay, device, args.warmup, args.repeats)
+    del replay
+    if not m.ok:
+        return {"graph_status": m.status}
+    return {"graph_status": OK, "ms_graph": m.ms, "tokens_per_s_graph": tokens * 1e3 / m.ms}
+
+
 def training_cell(row: dict[str, Any]) -> str:
     """A training point's cell: tokens/s of steps waited for (of steps back to back) / peak
     memory, or the status of a point that did not run."""
     if row.get("status", OK) != OK:
         return row["status"]
+    graph = ""
+    if "graph_status" in row:  # --cuda-graph
+        graph = ", graph " + (
+            si(row["tokens_per_s_graph"]) if row["graph_status"] == OK else row["graph_status"]
+        )
     return (
-        f"{si(row['tokens_per_s'])} ({si(row['tokens_per_s_back_to_back'])}) / "
+        f"{si(row['tokens_per_s'])} ({si(row['tokens_per_s_back_to_back'])}{graph}) / "
         f"{byte_size(row['peak_bytes'])}"
     )
 

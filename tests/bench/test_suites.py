@@ -102,6 +102,7 @@ def test_unknown_suite_names_the_suites(capsys: pytest.CaptureFixture[str]) -> N
         (["vision", "--resolutions", "30"], "--resolutions 30: vim: image size 30×30 is not"),
         (["generation", "--preset", "vim_micro"], "--preset vim_micro: not a Cobra VLM"),
         (["synthetic", "--tasks", "inductin"], "did you mean 'induction_heads'?"),
+        (["scaling", "--device", "cpu", "--cuda-graph"], "CUDA graphs need a CUDA device"),
     ],
 )
 def test_bad_arguments_are_one_line_errors_before_any_timing(
