@@ -223,7 +223,8 @@ def choose_kernel(
         _model_choices.get(),
         device_type,
         dtype_name,
-        os.environ.get("TRITON_INTERPRET", ""),
+        # Only the CPU's choice depends on it (Triton kernels run there interpreted).
+        os.environ.get("TRITON_INTERPRET", "") if device_type == "cpu" else "",
     )
 
 
@@ -231,13 +232,19 @@ def get_kernel(
     op: str, impl: str | None = None, device: Any = None, dtype: Any = None
 ) -> Callable[..., Any]:
     """The function implementing ``op`` (see the module docstring for how it is chosen)."""
-    return _load(choose_kernel(op, impl, device, dtype).spec)
+    spec = choose_kernel(op, impl, device, dtype).spec
+    fn = _loaded.get(id(spec))  # specs live as long as the catalogue; clear_cache() empties it
+    if fn is None:
+        fn = _loaded[id(spec)] = _load(spec)
+    return fn
 
 
-@lru_cache(maxsize=256)
+_loaded: dict[int, Callable[..., Any]] = {}
+
+
 def _load(spec: KernelSpec) -> Callable[..., Any]:
-    """``spec``'s function; a plugin's that cannot take the op's arguments is refused here, by
-    name, rather than failing inside the op with a bare TypeError."""
+    """``spec``'s function; a plugin's that cannot take as many arguments as its op passes is
+    refused here, by name, rather than failing inside the op with a bare TypeError."""
     fn = spec.load()
     owners = catalogue().entries["kernels"].get(f"{spec.op}/{spec.impl}", [])
     plugin = next((owner for owner, s in owners if s is spec), "?")
@@ -252,36 +259,33 @@ def _load(spec: KernelSpec) -> Callable[..., Any]:
 
 
 def _signature_problem(op: str, fn: Callable[..., Any]) -> str | None:
-    """How ``fn`` fails to take the arguments of the public op ``mambaverse.kernels.<op>``
-    (``None`` when it takes them, or when the op has no public function to compare with)."""
+    """Why ``fn`` cannot take the arguments of the public op ``mambaverse.kernels.<op>`` (``None``
+    when it can, or when the op has no public function to compare with).
+
+    Ops pass their first arguments by position and the rest by name, at a split that differs
+    from op to op: ``fn`` is refused only if no split fits it."""
     import mambaverse.kernels
 
     public = getattr(mambaverse.kernels, op, None)
+    if public is None:
+        return None
     try:
-        wanted = [n for n in inspect.signature(public).parameters if n != "impl"] if public else []
-        taken = inspect.signature(fn).parameters
+        wanted = [n for n in inspect.signature(public).parameters if n != "impl"]
+        signature = inspect.signature(fn)
     except (TypeError, ValueError):  # no signature to read (a builtin, say)
         return None
-    if not wanted:
-        return None
-    open_ended = any(p.kind is p.VAR_KEYWORD for p in taken.values())
-    missing = [] if open_ended else [n for n in wanted if n not in taken]
-    required = [
-        n
-        for n, p in taken.items()
-        if p.default is p.empty
-        and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-        and n not in wanted
-    ]
-    if not missing and not required:
-        return None
-    parts = [f"does not take {', '.join(map(repr, missing))}"] if missing else []
-    parts += [f"requires {', '.join(map(repr, required))}, which the op does not pass"] * bool(
-        required
+    for split in range(len(wanted), -1, -1):
+        try:
+            signature.bind(*wanted[:split], **dict.fromkeys(wanted[split:]))
+            return None
+        except TypeError:
+            continue
+    return (
+        f"cannot take the op's arguments {op}({', '.join(wanted)}), by position or by name "
+        f"(it takes {signature})"
     )
-    return f"{' and '.join(parts)} (the op is {op}({', '.join(wanted)}))"
 
 
 def clear_cache() -> None:
     _choose.cache_clear()
-    _load.cache_clear()
+    _loaded.clear()

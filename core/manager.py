@@ -43,9 +43,10 @@ HOOKS: dict[str, tuple[str, type]] = {
 }
 KINDS = ("kernels", "scans", "mixers", "backbones", "models", "datasets")
 
-# A contributed name is looked up bare, as `plugin:name`, or (an op's implementation) chosen in
-# MAMBAVERSE_KERNELS="op=impl,...": none of ':', '=', ',', '/' or spaces can be in it.
-VALID_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+# A contributed name is looked up bare or as `plugin:name`, so it holds no ':'; a kernel's op and
+# implementation are also written `op/impl` and chosen in MAMBAVERSE_KERNELS="op=impl,...".
+FORBIDDEN = {"kernels": re.compile(r"[:/=,\s]")}
+FORBIDDEN_ELSEWHERE = re.compile(r":")
 
 # The owners a bare name that several plugins contribute resolves to, first match first; empty
 # outside `names_seen_from`, where such a name is ambiguous.
@@ -172,17 +173,19 @@ class Catalogue:
                 value = getattr(plugin, attr)
             except Exception:  # a property of a plugin object that fails is not a hook
                 continue
-            marked = callable(value) and hasattr(value, marker)
-            if marked and attr not in HOOKS:
-                close = difflib.get_close_matches(attr, HOOKS, n=1) or difflib.get_close_matches(
-                    f"{hookspecs.PROJECT}_{attr}", HOOKS, n=1
+            options = getattr(value, marker, None) if callable(value) else None
+            marked = options is not None
+            hook = (options or {}).get("specname") or attr  # @hookimpl(specname=...) names it
+            if marked and hook not in HOOKS:
+                close = difflib.get_close_matches(hook, HOOKS, n=1) or difflib.get_close_matches(
+                    f"{hookspecs.PROJECT}_{hook}", HOOKS, n=1
                 )
                 hint = (
                     f" (did you mean {close[0]!r}?)"
                     if close
                     else f"; hooks are: {', '.join(HOOKS)}"
                 )
-                raise pluggy.PluginValidationError(plugin, f"unknown hook {attr!r}{hint}")
+                raise pluggy.PluginValidationError(plugin, f"unknown hook {hook!r}{hint}")
             if attr in HOOKS and callable(value) and not marked:
                 raise pluggy.PluginValidationError(
                     plugin,
@@ -270,12 +273,16 @@ def _check_names(kind: str, specs: list[Any]) -> None:
     seen = set()
     for spec in specs:
         parts = (spec.op, spec.impl) if kind == "kernels" else (spec.name,)
+        forbidden = FORBIDDEN.get(kind, FORBIDDEN_ELSEWHERE)
         for part in parts:
-            if not VALID_NAME.fullmatch(part):
-                raise ValueError(
-                    f"{_SINGULAR[kind]} name {part!r}: use letters, digits, '_', '.' and '-' "
-                    "(':' separates a plugin from a name, '=' and ',' are MAMBAVERSE_KERNELS' syntax)"
+            if not part or forbidden.search(part):
+                why = (
+                    "no ':', '/', '=', ',' or spaces: they separate plugin, op, implementation "
+                    "and choices in 'plugin:impl', 'op/impl' and MAMBAVERSE_KERNELS"
+                    if kind == "kernels"
+                    else "no ':': it separates a plugin from a name in 'plugin:name'"
                 )
+                raise ValueError(f"{_SINGULAR[kind]} name {part!r} cannot be looked up ({why})")
         name = _spec_name(kind, spec)
         if name in seen:
             raise ValueError(f"{_SINGULAR[kind]} {name!r} is contributed twice")
