@@ -89,6 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sub_action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
         _command(COMMANDS[chosen][0]).configure(sub_action.choices[chosen])
     args = parser.parse_args(argv)
+    args._argv = argv  # the words as given, for a command that must know their order
     if args.command is None:
         parser.print_help()
         return 0

@@ -69,7 +69,7 @@ def _parse_env(value: str) -> tuple[tuple[str, str], ...]:
             raise ConfigError(
                 f"{ENV_VAR}: {item!r} is not 'op=impl' (e.g. {ENV_VAR}='attention=sdpa')"
             )
-        if op.strip() in pairs:
+        if pairs.get(op.strip(), impl.strip()) != impl.strip():  # the same choice twice is fine
             raise ConfigError(
                 f"{ENV_VAR}: {op.strip()!r} is chosen twice ({pairs[op.strip()]!r} and "
                 f"{impl.strip()!r}); keep one"

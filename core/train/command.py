@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import re
+from pathlib import Path
 
 from ..cli import Command
 
@@ -35,32 +37,34 @@ def _run(args: argparse.Namespace) -> int:
     from .config import config_source, load_config
     from .loop import train
 
-    config_file, overrides = args.config, list(args.overrides)
+    words = [w for w in (args.config, *args.overrides) if w is not None]
     resume = args.resume
     if resume is not None and resume != "latest" and _not_a_path(resume):
         # `--resume CONFIG.yaml ...`: argparse gave --resume the next argument; it was meant bare.
-        if "=" in resume:
-            overrides = [resume, *overrides]
-        elif config_file is None or "=" in config_file:
-            overrides = [config_file, *overrides] if config_file else overrides
-            config_file = resume
-        else:
-            raise ConfigError(
-                f"--resume {resume}: that is a config file, and {config_file} is the config; "
-                "--resume takes a checkpoint, a run's output_dir, or nothing (the newest in "
-                "output_dir)"
-            )
+        argv = getattr(args, "_argv", [])
+        words = sorted([*words, resume], key=lambda w: argv.index(w) if w in argv else len(argv))
         resume = "latest"
-    if config_file is not None and "=" in config_file:  # only overrides were given
-        config_file, overrides = None, [config_file, *overrides]
+    files = [w for w in words if not _OVERRIDE.match(w)]
+    if len(files) > 1:
+        raise ConfigError(
+            f"two config files, {files[0]} and {files[1]}; give one (and key=value overrides)"
+        )
+    config_file = files[0] if files else None
+    overrides = [w for w in words if _OVERRIDE.match(w)]
     config = load_config(config_file, overrides)
     summary = train(config, resume=resume, source=config_source(config_file, overrides))
     return 128 + summary["signal"] if "interrupted" in summary else 0
 
 
+_OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")  # key=value, key a dotted name
+
+
 def _not_a_path(value: str) -> bool:
-    """Whether ``--resume``'s value is a config file or an override rather than a checkpoint."""
-    return "=" in value or value.endswith((".yaml", ".yml"))
+    """Whether ``--resume``'s value is a config file or an override rather than a checkpoint
+    (a directory that exists is a path, even ``runs/lr=0.001``)."""
+    if value.endswith((".yaml", ".yml")):
+        return True
+    return not Path(value).is_dir() and bool(_OVERRIDE.match(value))
 
 
 train_command = Command(_configure, _run)

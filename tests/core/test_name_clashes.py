@@ -179,6 +179,8 @@ def test_an_op_chosen_twice_in_the_environment_is_refused(monkeypatch):
     monkeypatch.setenv("MAMBAVERSE_KERNELS", "selective_scan=reference, selective_scan=triton")
     with pytest.raises(ConfigError, match="'selective_scan' is chosen twice"):
         mambaverse.choose_kernel("selective_scan", device="cpu")
+    monkeypatch.setenv("MAMBAVERSE_KERNELS", "selective_scan=reference,selective_scan=reference")
+    assert mambaverse.choose_kernel("selective_scan", device="cpu").impl == "reference"
 
 
 def test_the_choice_follows_triton_interpret(monkeypatch):

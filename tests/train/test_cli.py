@@ -67,6 +67,9 @@ def test_the_default_job_reaches_95_percent_in_five_minutes(tmp_path):
         (["--resume", "max_steps=5"], "latest", 5),
         (["{cfg}", "--resume", "runs/x/checkpoints/step-00000010"], "runs/x/checkpoints/step-00000010", 7),
         (["{cfg}", "max_steps=2"], None, 2),
+        (["--resume", "max_steps=5", "max_steps=9"], "latest", 9),  # the last override wins
+        (["max_steps=9", "--resume", "max_steps=5"], "latest", 5),
+        (["--resume", "{tmp}/lr=0.001"], "{tmp}/lr=0.001", 7),  # an existing path is a path
     ],
 )  # fmt: skip
 def test_resume_never_swallows_the_config_or_an_override(
@@ -77,11 +80,16 @@ def test_resume_never_swallows_the_config_or_an_override(
 
     cfg = tmp_path / "c.yaml"
     cfg.write_text("max_steps: 7\n")
+    (tmp_path / "lr=0.001").mkdir()
     seen = {}
     monkeypatch.setattr(loop, "train", lambda config, resume, source: seen.update(
         max_steps=config.max_steps, resume=resume, source=source) or {})  # fmt: skip
-    assert main(["train", *(a.format(cfg=cfg) for a in argv)]) == 0
-    assert (seen["resume"], seen["max_steps"]) == (resume, max_steps)
+    words = [a.format(cfg=cfg, tmp=tmp_path) for a in argv]
+    if "{tmp}" in argv[-1]:  # a config is needed besides: the default one's max_steps is not 7
+        words = [str(cfg), *words]
+    assert main(["train", *words]) == 0
+    expected = resume if resume is None else resume.format(tmp=tmp_path)
+    assert (seen["resume"], seen["max_steps"]) == (expected, max_steps)
 
 
 def test_a_config_given_twice_through_resume_is_refused(tmp_path, capsys):
@@ -91,4 +99,4 @@ def test_a_config_given_twice_through_resume_is_refused(tmp_path, capsys):
         (tmp_path / name).write_text("max_steps: 7\n")
     code = main(["train", str(tmp_path / "a.yaml"), "--resume", str(tmp_path / "b.yaml")])
     assert code == 2
-    assert "that is a config file, and" in capsys.readouterr().err
+    assert "two config files" in capsys.readouterr().err
