@@ -83,6 +83,28 @@ def check_types(
             )
 
 
+# Words a config file may use for a boolean (YAML 1.1's; the training config reads YAML 1.2's
+# true/false only, so that `precision: no` stays a word): taken as booleans where a builder's
+# parameter is hinted bool.
+_BOOLEAN_WORDS = {"yes": True, "on": True, "true": True, "no": False, "off": False, "false": False}
+
+
+def _boolean_words(config: dict[str, Any], hints: dict[str, Any]) -> dict[str, Any]:
+    """``config`` with yes/no/on/off/true/false strings turned into booleans where the hint of
+    the key is ``bool`` (or ``bool | None``)."""
+
+    def is_bool(hint: Any) -> bool:
+        options = get_args(hint) if get_origin(hint) in (Union, UnionType) else (hint,)
+        return bool in options
+
+    return {
+        key: _BOOLEAN_WORDS[value.lower()]
+        if isinstance(value, str) and value.lower() in _BOOLEAN_WORDS and is_bool(hints.get(key))
+        else value
+        for key, value in config.items()
+    }
+
+
 def _takes_kernel_choices(hints: dict[str, Any]) -> bool:
     """Whether a builder with these type hints takes ``kernels`` as the op -> implementation
     mapping every built-in model takes (hinted as a mapping, or not hinted)."""
@@ -166,6 +188,7 @@ def build_backbone(backbone: str, config: dict[str, Any], preset: str | None = N
     builder = spec.load()
     check_keys(f"config of backbone {spec.name!r}", builder, config)
     hints = _hints(builder)
+    config = _boolean_words(config, hints)
     check_types(f"config of {preset or spec.name!r}", builder, config, hints)
     if _takes_kernel_choices(hints):
         check_choices(config.get("kernels"), f"the kernels config of {preset or spec.name!r}")

@@ -112,11 +112,12 @@ class TrainConfig(Section):
 
 
 class YamlLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, except that numbers and booleans are read as in YAML 1.2: ``1e-3``
-    is a number (YAML 1.1, which PyYAML follows, wants ``1.0e-3`` and reads ``1e-3`` as a
-    string), and only ``true`` / ``false`` are booleans (YAML 1.1 also reads ``no``, ``yes``,
-    ``on``, ``off`` so, which would make ``precision: no`` the boolean false). A boolean field
-    still takes ``yes`` or ``no``: pydantic reads those strings as booleans."""
+    """PyYAML's safe loader (YAML 1.1) with two of YAML 1.2's rules: ``1e-3`` is a number (YAML
+    1.1 wants ``1.0e-3`` and reads ``1e-3`` as a string), and only ``true`` / ``false`` are
+    booleans (YAML 1.1 also reads ``no``, ``yes``, ``on``, ``off`` so, which would make
+    ``precision: no`` the boolean false). A boolean setting still takes ``yes`` or ``no``:
+    pydantic reads those strings as booleans, and a model's boolean parameters take them too
+    (:func:`mambaverse.api.build_backbone`). Other YAML 1.1 readings stay (``010`` is octal)."""
 
 
 YamlLoader.add_implicit_resolver(

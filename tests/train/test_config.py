@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+import mambaverse
 from mambaverse.errors import ConfigError, UnknownNameError
 from mambaverse.train.config import TrainConfig, apply_override, load_config, parse_value
 from mambaverse.train.data import build_dataset
@@ -139,3 +140,13 @@ def test_digits_example_is_the_default_job():
 )
 def test_every_example_training_config_is_valid(name):
     load_config(Path(ROOT / "examples" / "configs" / name))
+
+
+def test_a_model_s_boolean_parameter_takes_yes_and_no(tmp_path):
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text("model:\n  name: mamba_micro\n  tie_embeddings: no\n")
+    overrides = load_config(config_file).model.overrides()
+    assert overrides == {"tie_embeddings": "no"}  # a word until the builder's hint says bool
+    model = mambaverse.create_model("mamba_micro", **overrides)
+    assert model.mambaverse_config["config"]["tie_embeddings"] is False
+    assert model.lm_head.weight is not model.embedding.weight
