@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -62,11 +62,12 @@ def write_atomically(
     ``directory``, so that the move is a rename) when other processes must know where to write
     before ``write`` runs: an old one left by a crash is removed first.
     """
-    directory = Path(os.path.abspath(directory))  # "." has no name to put beside it
+    directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     if staging is None:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 would keep the copy from others
+        # mkdir, not mkdtemp: the folder gets the umask's permissions, not 0700.
+        tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        tmp.mkdir()
     else:
         tmp = Path(staging)
         shutil.rmtree(tmp, ignore_errors=True)
@@ -86,15 +87,16 @@ def write_atomically(
     return directory
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _check_target(directory: Path) -> None:
+def check_save_target(directory: str | Path) -> None:
     """The save replaces ``directory`` as a whole: refuse one that holds anything but an
-    earlier save, so that no file of the user's is deleted."""
+    earlier save (so that no file of the user's is deleted), and the working directory or one
+    holding it (which the move would take away from under the process)."""
+    directory = Path(directory)
+    if Path.cwd().resolve().is_relative_to(directory.resolve()):
+        raise ConfigError(
+            f"save_pretrained: {directory} is the working directory or holds it, which the "
+            "save would replace as a whole; save into a subdirectory"
+        )
     if directory.exists() and not directory.is_dir():
         raise ConfigError(f"save_pretrained: {directory} is a file; give a directory to save into")
     foreign = sorted(
@@ -124,7 +126,7 @@ def save_pretrained(model: Any, directory: str | Path) -> Path:
         raise ConfigError(
             "this model was not built by mambaverse.create_model, so it has no config to save"
         )
-    _check_target(Path(directory))
+    check_save_target(directory)
 
     def write(tmp: Path) -> None:
         (tmp / CONFIG_FILE).write_text(json.dumps({"mambaverse": meta}, indent=2))

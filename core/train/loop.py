@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader
 
 from ..api import build_backbone, create_model, model_info
 from ..errors import ConfigError, InputError
-from ..pretrained import save_pretrained
+from ..pretrained import check_save_target, save_pretrained
 from . import checkpoint
 from .config import TrainConfig, to_yaml
 from .data import build_dataset
@@ -139,6 +139,7 @@ class Run:
         self.output = Path(config.output_dir)
         if self.output.exists() and not self.output.is_dir():
             raise ConfigError(f"{source}: output_dir: {self.output} is a file, not a directory")
+        check_save_target(self.output / MODEL_DIR)  # on every process, not after training
         self.accelerator = Accelerator(
             mixed_precision=config.precision,
             dataloader_config=DataLoaderConfiguration(

@@ -137,7 +137,10 @@ def ratios(rows: list[dict[str, Any]], cobra: str, transformer: str) -> list[dic
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     settings = apply_defaults(args, FULL, SMOKE)
-    device, dtype = resolve_device(args)
+    try:
+        device, dtype = resolve_device(args)
+    except mambaverse.ConfigError as err:  # a one-line error, as `mambaverse bench` prints it
+        raise SystemExit(f"vlm_generation: error: {err}") from None
     with tempfile.TemporaryDirectory() as scratch, torch.device(device):
         vlm = mambaverse.create_model(
             args.preset,

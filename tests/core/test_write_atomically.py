@@ -100,6 +100,8 @@ def test_save_pretrained_replaces_an_earlier_save_and_nothing_else(tmp_path, mon
     os.umask(umask)
     assert os.stat(saved).st_mode & 0o777 == 0o777 & ~umask  # not mkdtemp's 0700
 
-    monkeypatch.chdir(tmp_path / "model")
-    assert mambaverse.save_pretrained(model, ".") == tmp_path / "model"
-    assert mambaverse.load_pretrained(tmp_path / "model") is not None
+    monkeypatch.chdir(tmp_path / "model")  # the working directory: replacing it would pull it
+    for target in (".", tmp_path):  # out from under the process
+        with pytest.raises(mambaverse.ConfigError, match="is the working directory or holds it"):
+            mambaverse.save_pretrained(model, target)
+    assert os.getcwd() == str(tmp_path / "model") and mambaverse.load_pretrained(".") is not None

@@ -256,3 +256,11 @@ def test_loading_a_run_or_its_checkpoint_as_a_model_says_where_the_model_is(two_
         f"it is a training checkpoint, for `mambaverse train --resume {newer}`; the run's "
         f"model is {out / 'model'}"
     )
+
+
+def test_a_model_directory_holding_other_files_is_refused_before_training(toys, tmp_path):
+    (tmp_path / "run" / "model").mkdir(parents=True)
+    (tmp_path / "run" / "model" / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match=r"holds files that are not a saved model \(notes.txt\)"):
+        run(tmp_path / "run")
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()  # refused before any step

@@ -213,7 +213,8 @@ def test_checkpoint_round_trip_and_caption_command(model, tmp_path, capsys):
     too_long = [*argv[:4], "--prompt", "digit " * 300]  # a prompt over max_length: one line
     assert main(too_long) == 2
     assert "caption: error: the prompt plus max_new_tokens is too long" in capsys.readouterr().err
-    assert main([*argv[:4], "--device", "foo"]) == 2  # checked before the model is loaded
+    nowhere = ["caption", "--checkpoint", str(tmp_path / "nowhere"), paths[0], "--device", "foo"]
+    assert main(nowhere) == 2  # the device is checked before the (missing) model is loaded
     assert "caption: error: --device foo: not a device; use cpu or cuda" in capsys.readouterr().err
 
 
