@@ -89,17 +89,19 @@ def check_types(
 _BOOLEAN_WORDS = {"yes": True, "on": True, "true": True, "no": False, "off": False, "false": False}
 
 
+def _hint_options(hint: Any) -> tuple[Any, ...]:
+    """The members of a union hint (``X | None`` -> ``(X, NoneType)``), or the hint alone."""
+    return get_args(hint) if get_origin(hint) in (Union, UnionType) else (hint,)
+
+
 def _boolean_words(config: dict[str, Any], hints: dict[str, Any]) -> dict[str, Any]:
     """``config`` with yes/no/on/off/true/false strings turned into booleans where the hint of
     the key is ``bool`` (or ``bool | None``)."""
-
-    def is_bool(hint: Any) -> bool:
-        options = get_args(hint) if get_origin(hint) in (Union, UnionType) else (hint,)
-        return bool in options
-
     return {
         key: _BOOLEAN_WORDS[value.lower()]
-        if isinstance(value, str) and value.lower() in _BOOLEAN_WORDS and is_bool(hints.get(key))
+        if isinstance(value, str)
+        and value.lower() in _BOOLEAN_WORDS
+        and bool in _hint_options(hints.get(key))
         else value
         for key, value in config.items()
     }
@@ -111,8 +113,9 @@ def _takes_kernel_choices(hints: dict[str, Any]) -> bool:
     hint = hints.get("kernels")
     if hint is None:
         return True
-    options = get_args(hint) if get_origin(hint) in (Union, UnionType) else (hint,)
-    return any(get_origin(o) in (dict, Mapping) or o in (dict, Mapping) for o in options)
+    return any(
+        get_origin(o) in (dict, Mapping) or o in (dict, Mapping) for o in _hint_options(hint)
+    )
 
 
 # -- models ------------------------------------------------------------------------------------

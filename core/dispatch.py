@@ -29,7 +29,7 @@ from .errors import (
     UnknownNameError,
     unknown_name,
 )
-from .manager import REGISTRY_PLUGIN, catalogue
+from .manager import REGISTRY_PLUGIN, catalogue, find
 from .registry import load_default
 from .specs import KernelSpec
 
@@ -115,20 +115,13 @@ def kernel_ops() -> list[str]:
 def _implementation(op: str, impl: str, reason: str) -> KernelSpec:
     """The registered implementation ``impl`` (or ``plugin:impl``) of ``op``, asked for by
     ``reason``; a bare name that two plugins share is an error naming both."""
-    plugin, qualified, bare = impl.rpartition(":")
-    matches = [
-        spec for owner, spec in _owners(op).get(bare, []) if not qualified or owner == plugin
-    ]
-    if len(matches) == 1:
-        return matches[0]
     what = f"implementation of {op!r} ({reason})"
-    if matches:
-        owners = [owner for owner, _ in _owners(op)[bare]]
-        raise AmbiguousNameError(
-            f"{what} {impl!r} is contributed by plugins {' and '.join(map(repr, owners))}; use "
-            f"one of {', '.join(repr(f'{o}:{impl}') for o in owners)}"
-        )
-    raise unknown_name(what, impl, implementations(op), listing="mambaverse kernels")
+    try:
+        return find(_owners(op), "kernels", impl)[1]
+    except AmbiguousNameError as err:
+        raise AmbiguousNameError(f"{what}: {err}") from None
+    except UnknownNameError:
+        raise unknown_name(what, impl, implementations(op), listing="mambaverse kernels") from None
 
 
 def _explicit(

@@ -45,8 +45,8 @@ KINDS = ("kernels", "scans", "mixers", "backbones", "models", "datasets")
 
 # A contributed name is looked up bare or as `plugin:name`, so it holds no ':'; a kernel's op and
 # implementation are also written `op/impl` and chosen in MAMBAVERSE_KERNELS="op=impl,...".
-FORBIDDEN = {"kernels": re.compile(r"[:/=,\s]")}
-FORBIDDEN_ELSEWHERE = re.compile(r":")
+FORBIDDEN_IN_NAMES = re.compile(r":")
+FORBIDDEN_IN_KERNEL_NAMES = re.compile(r"[:/=,\s]")
 
 # The owners a bare name that several plugins contribute resolves to, first match first; empty
 # outside `names_seen_from`, where such a name is ambiguous.
@@ -270,18 +270,18 @@ class Catalogue:
 
 def _check_names(kind: str, specs: list[Any]) -> None:
     """A name that cannot be looked up, or that a plugin contributes twice, is the plugin's error."""
+    forbidden = FORBIDDEN_IN_KERNEL_NAMES if kind == "kernels" else FORBIDDEN_IN_NAMES
+    why = (
+        "no ':', '/', '=', ',' or spaces: they separate plugin, op, implementation and choices "
+        "in 'plugin:impl', 'op/impl' and MAMBAVERSE_KERNELS"
+        if kind == "kernels"
+        else "no ':': it separates a plugin from a name in 'plugin:name'"
+    )
     seen = set()
     for spec in specs:
         parts = (spec.op, spec.impl) if kind == "kernels" else (spec.name,)
-        forbidden = FORBIDDEN.get(kind, FORBIDDEN_ELSEWHERE)
         for part in parts:
             if not part or forbidden.search(part):
-                why = (
-                    "no ':', '/', '=', ',' or spaces: they separate plugin, op, implementation "
-                    "and choices in 'plugin:impl', 'op/impl' and MAMBAVERSE_KERNELS"
-                    if kind == "kernels"
-                    else "no ':': it separates a plugin from a name in 'plugin:name'"
-                )
                 raise ValueError(f"{_SINGULAR[kind]} name {part!r} cannot be looked up ({why})")
         name = _spec_name(kind, spec)
         if name in seen:

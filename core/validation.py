@@ -43,16 +43,11 @@ def _model_at(root: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | 
 
 def _sections_with(model: type[BaseModel], key: str) -> list[str]:
     """The fields of ``model`` that are sections (models) holding a key ``key``."""
-    found = []
-    for name, field in model.model_fields.items():
-        section = _strip_union(field.annotation)
-        if (
-            isinstance(section, type)
-            and issubclass(section, BaseModel)
-            and key in section.model_fields
-        ):
-            found.append(name)
-    return found
+    return [
+        name
+        for name in model.model_fields
+        if (section := _model_at(model, (name,))) is not None and key in section.model_fields
+    ]
 
 
 def config_error(err: ValidationError, root: type[BaseModel], source: str) -> ConfigError:

@@ -223,18 +223,19 @@ class Run:
         will not mix its checkpoints with an earlier run's)."""
         if resume is None:
             earlier = checkpoint.committed(self.output)
-            if earlier and any(checkpoint.damage(p) is None for p in earlier):
+            if not earlier:
+                return None
+            newest = checkpoint.damage(earlier[-1])  # each checkpoint hashed at most once
+            if newest is None or any(checkpoint.damage(p) is None for p in earlier[:-1]):
                 raise ConfigError(
                     f"{self.output} holds checkpoints of an earlier run ({earlier[-1].name}); "
                     f"continue it with --resume, or choose another output_dir"
                 )
-            if earlier:
-                raise ConfigError(
-                    f"{self.output} holds checkpoints of an earlier run, none of them intact "
-                    f"({earlier[-1].name}: {checkpoint.damage(earlier[-1])}); to start again, "
-                    f"delete {checkpoint.checkpoint_dir(self.output)} or choose another output_dir"
-                )
-            return None
+            raise ConfigError(
+                f"{self.output} holds checkpoints of an earlier run, none of them intact "
+                f"({earlier[-1].name}: {newest}); to start again, "
+                f"delete {checkpoint.checkpoint_dir(self.output)} or choose another output_dir"
+            )
         path = checkpoint.resolve(self.output, resume)
         _, saved_config = checkpoint.read_progress(path, self.output)
         self._warn_config_changes(yaml.safe_load(saved_config), path)

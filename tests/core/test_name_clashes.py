@@ -129,32 +129,29 @@ def test_hooks_are_recognised_by_their_marker_not_their_prefix():
     assert own.ok and own.contributed == {"scans": ["mynet_scan"]}
 
 
-class Unusable:
+class Contributes:
+    """A plugin contributing the scans and kernels it is given."""
+
     def __init__(self, *specs):
         self.specs = specs
 
     @hookimpl
     def mambaverse_scans(self):
-        return list(self.specs)
+        return [spec for spec in self.specs if isinstance(spec, ScanSpec)]
+
+    @hookimpl
+    def mambaverse_kernels(self):
+        return [spec for spec in self.specs if isinstance(spec, KernelSpec)]
 
 
 def test_names_that_could_not_be_looked_up_are_refused():
-    record = mambaverse.register_plugin(Unusable(ScanSpec("a:b", "x:f", "x:m")), "unusable")
+    record = mambaverse.register_plugin(Contributes(ScanSpec("a:b", "x:f", "x:m")), "unusable")
     assert "scan name 'a:b' cannot be looked up (no ':'" in record.error
     assert mambaverse.get_scan("causal")  # the rest keeps working
     for n, impl in enumerate(("x=y", "with space", "a,b", "op/impl")):
         spec = KernelSpec("attention", impl, open_attention)
-        record = mambaverse.register_plugin(KernelsOf(spec), f"unusable_{n}")
+        record = mambaverse.register_plugin(Contributes(spec), f"unusable_{n}")
         assert f"kernel name {impl!r} cannot be looked up (no ':', '/', '='" in record.error
-
-
-class KernelsOf:
-    def __init__(self, *specs):
-        self.specs = specs
-
-    @hookimpl
-    def mambaverse_kernels(self):
-        return list(self.specs)
 
 
 class Slashed:
@@ -171,7 +168,7 @@ def test_specname_hooks_and_names_with_slashes_work():
 
 def test_a_name_contributed_twice_by_one_plugin_is_refused():
     twice = ScanSpec("twice", "x:f", "x:m")
-    record = mambaverse.register_plugin(Unusable(twice, twice), "twice")
+    record = mambaverse.register_plugin(Contributes(twice, twice), "twice")
     assert "scan 'twice' is contributed twice" in record.error
 
 
@@ -225,7 +222,7 @@ def renamed_cross_entropy(x, y, ignore=-100):  # other names: the op passes thes
 
 def test_a_plugin_kernel_that_cannot_take_the_op_s_arguments_is_named():
     mambaverse.register_plugin(
-        KernelsOf(
+        Contributes(
             KernelSpec("attention", "narrow", narrow_attention, devices=("cpu",)),
             KernelSpec("attention", "open", open_attention, devices=("cpu",)),
             KernelSpec("cross_entropy", "renamed", renamed_cross_entropy, devices=("cpu",)),
@@ -248,5 +245,5 @@ def test_a_plugin_kernel_that_cannot_take_the_op_s_arguments_is_named():
 
 def test_a_kernel_spec_given_lists_can_be_called():
     listed = KernelSpec("attention", "listed", open_attention, devices=["cpu"], dtypes=[])
-    mambaverse.register_plugin(KernelsOf(listed), "list_spec")
+    mambaverse.register_plugin(Contributes(listed), "list_spec")
     assert mambaverse.get_kernel("attention", impl="listed", device="cpu") is open_attention
