@@ -8,9 +8,10 @@ import numbers
 import os
 from collections.abc import Callable, Mapping
 from types import UnionType
-from typing import Any, Union, get_args, get_origin, get_type_hints
+from typing import Annotated, Any, Union, get_args, get_origin, get_type_hints
 
-from .dispatch import check_choices, choose_kernel, implementations, kernel_ops
+from .bounds import out_of_bounds
+from .dispatch import check_choices, choose_kernel, implementations, kernel_ops, load_problem
 from .errors import ConfigError, KernelUnavailableError, unknown_keys, unknown_name
 from .manager import REGISTRY_PLUGIN, PluginRecord, Preset, catalogue, names_seen_from
 from .specs import TASKS, BackboneSpec, MixerSpec, ScanSpec
@@ -39,7 +40,9 @@ def _accepts(hint: Any, value: Any) -> bool | None:
     """Whether ``value`` fits a plain type hint (int, float, bool, str, or one of those or None);
     None for the hints this does not judge (sequences, mappings, Literals, which the builders
     check with the nearest names, unions of several). Numbers are judged as numbers (numpy's
-    too), paths pass for strings."""
+    too), paths pass for strings; an ``Annotated`` hint by its type (its bounds: _broken_bound)."""
+    if get_origin(hint) is Annotated:
+        hint = hint.__origin__
     if get_origin(hint) in (Union, UnionType):
         args = [a for a in get_args(hint) if a is not type(None)]
         if len(args) != 1:
@@ -61,7 +64,7 @@ def _hints(fn: Callable[..., Any]) -> dict[str, Any]:
     """The builder's resolved type hints; none where they do not resolve here (a third party's
     names that are not importable, say), which leaves its values to the builder."""
     try:
-        return get_type_hints(fn.__init__ if inspect.isclass(fn) else fn)
+        return get_type_hints(fn.__init__ if inspect.isclass(fn) else fn, include_extras=True)
     except Exception:
         return {}
 
@@ -77,10 +80,42 @@ def check_types(
         if key not in hints or (key in defaults and value is defaults[key]):
             continue
         if _accepts(hints[key], value) is False:
-            expected = getattr(hints[key], "__name__", None) or str(hints[key])
             raise ConfigError(
-                f"{what}: {key}={value!r} ({type(value).__name__}) does not fit its type, {expected}"
+                f"{what}: {key}={value!r} ({type(value).__name__}) does not fit its type, "
+                f"{_type_text(hints[key])}"
             )
+        broken = _broken_bound(hints[key], value)
+        if broken:
+            raise ConfigError(f"{what}: {key}={value!r} is out of range: it must be {broken}")
+
+
+def _type_text(hint: Any) -> str:
+    """``int``, ``int | None``: a hint as a user writes it (bounds left to their own message)."""
+    if get_origin(hint) is Annotated:
+        return _type_text(hint.__origin__)
+    if get_origin(hint) in (Union, UnionType):
+        return " | ".join(_type_text(option) for option in get_args(hint))
+    return "None" if hint is type(None) else getattr(hint, "__name__", None) or str(hint)
+
+
+def check_config(
+    what: str, fn: Callable[..., Any], config: dict[str, Any], skip: tuple[str, ...] = ()
+) -> None:
+    """:func:`check_keys` (the valid keys but ``skip`` listed), then :func:`check_types` (types
+    and the bounds of ``mambaverse.bounds``) for ``fn(**config)``, before it is called."""
+    check_keys(what, fn, config, skip)
+    check_types(what, fn, config, _hints(fn))
+
+
+def _broken_bound(hint: Any, value: Any) -> str | None:
+    """The bound of an ``Annotated`` hint (or of such a member of a union: ``Positive | None``,
+    ``Positive | tuple[int, int]``) that a number ``value`` breaks (mambaverse.bounds)."""
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        return None
+    for option in _hint_options(hint):
+        if get_origin(option) is Annotated:
+            return out_of_bounds(option.__metadata__, value)
+    return None
 
 
 # Words a config file may use for a boolean (YAML 1.1's; the training config reads YAML 1.2's
@@ -284,6 +319,8 @@ def list_kernels(device: str | None = None) -> list[dict[str, Any]]:
         except (KernelUnavailableError, ConfigError, LookupError) as err:
             # No implementation will run: every row of the op says why (a call would raise it).
             chosen, reason = None, f"none can be used: {err}"
+        if chosen is not None and (problem := load_problem(chosen.spec)):
+            chosen, reason = None, f"none can be used: {problem}"  # as a call would raise
         for impl, spec in implementations(op).items():
             rows.append(
                 {
@@ -291,7 +328,7 @@ def list_kernels(device: str | None = None) -> list[dict[str, Any]]:
                     "impl": impl,
                     "devices": list(spec.devices),
                     "dtypes": list(spec.dtypes),
-                    "unavailable": spec.unavailable_reason(device_type),
+                    "unavailable": spec.unavailable_reason(device_type) or load_problem(spec),
                     "chosen": chosen is not None and spec is chosen.spec,
                     "reason": reason if chosen is None or spec is chosen.spec else "",
                     "description": spec.description,
@@ -326,5 +363,5 @@ def create_mixer(name: str, dim: int, **config: Any) -> Any:
     """Build mixer ``name`` for width ``dim``; unknown config keys list the valid ones."""
     spec = get_mixer(name)
     factory = spec.load()
-    check_keys(f"mixer {name!r} config", factory, config, skip=("dim",))
+    check_config(f"mixer {name!r} config", factory, {"dim": dim, **config}, skip=("dim",))
     return factory(dim, **config)

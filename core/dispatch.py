@@ -235,12 +235,32 @@ def get_kernel(
 _loaded: dict[int, Callable[..., Any]] = {}
 
 
+def owner(spec: KernelSpec) -> str:
+    """The plugin that contributed ``spec`` (``REGISTRY_PLUGIN`` for registry.yaml's)."""
+    owners = catalogue().entries["kernels"].get(f"{spec.op}/{spec.impl}", [])
+    return next((plugin for plugin, s in owners if s is spec), "?")
+
+
+def load_problem(spec: KernelSpec) -> str | None:
+    """Why a plugin's kernel ``spec`` would fail when called (its module does not import, or
+    its function cannot take the op's arguments); None when it loads. registry.yaml's kernels
+    are not imported for this (they are the project's own, and tested)."""
+    if owner(spec) == REGISTRY_PLUGIN or id(spec) in _loaded:
+        return None
+    try:
+        _loaded[id(spec)] = _load(spec)
+    except Exception as err:  # the plugin's import error, or the refusal of _load
+        return (
+            str(err) if isinstance(err, KernelUnavailableError) else f"{type(err).__name__}: {err}"
+        )
+    return None
+
+
 def _load(spec: KernelSpec) -> Callable[..., Any]:
     """``spec``'s function; a plugin's that cannot take as many arguments as its op passes is
     refused here, by name, rather than failing inside the op with a bare TypeError."""
     fn = spec.load()
-    owners = catalogue().entries["kernels"].get(f"{spec.op}/{spec.impl}", [])
-    plugin = next((owner for owner, s in owners if s is spec), "?")
+    plugin = owner(spec)
     if plugin != REGISTRY_PLUGIN:
         problem = _signature_problem(spec.op, fn)
         if problem:

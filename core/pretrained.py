@@ -118,7 +118,9 @@ def save_pretrained(model: Any, directory: str | Path) -> Path:
     """Write ``model`` (built by :func:`mambaverse.create_model`) to ``directory``, atomically.
 
     ``directory`` is created, or replaced when it holds an earlier save (``config.json`` and
-    ``model.safetensors`` only); a directory holding anything else is refused."""
+    ``model.safetensors`` only); a directory holding anything else is refused. A model with a
+    ``checkpoint_config(config) -> config`` method adjusts the config recorded (a path made
+    absolute, a source of initial weights dropped: the checkpoint holds the weights)."""
     from safetensors.torch import save_model
 
     meta = getattr(model, "mambaverse_config", None)
@@ -127,6 +129,9 @@ def save_pretrained(model: Any, directory: str | Path) -> Path:
             "this model was not built by mambaverse.create_model, so it has no config to save"
         )
     check_save_target(directory)
+    recorded = getattr(model, "checkpoint_config", None)
+    if recorded is not None:  # the model's say in what rebuilds it from the checkpoint
+        meta = {**meta, "config": recorded(dict(meta["config"]))}
 
     def write(tmp: Path) -> None:
         (tmp / CONFIG_FILE).write_text(json.dumps({"mambaverse": meta}, indent=2))
@@ -135,23 +140,55 @@ def save_pretrained(model: Any, directory: str | Path) -> Path:
     return write_atomically(directory, write)
 
 
+# Hugging Face's weight files, in the order transformers looks for them.
+_HF_WEIGHTS = (
+    "model.safetensors.index.json",
+    "model.safetensors",
+    "pytorch_model.bin.index.json",
+    "pytorch_model.bin",
+)
+
+
+def _hf_weight_files(directory: Path) -> list[Path]:
+    """The files holding a Hugging Face checkpoint's weights, found as transformers finds them:
+    the first of :data:`_HF_WEIGHTS` present, an index naming its shards. Other weight files
+    beside them (a backup, an adapter) are never read."""
+    for name in _HF_WEIGHTS:
+        path = directory / name
+        if not path.is_file():
+            continue
+        if not name.endswith(".index.json"):
+            return [path]
+        try:
+            shards = sorted(set(json.loads(path.read_text())["weight_map"].values()))
+        except (json.JSONDecodeError, KeyError, AttributeError) as err:
+            raise ConfigError(
+                f"{path}: not a weight index ({err!r}); the checkpoint is damaged"
+            ) from None
+        missing = [shard for shard in shards if not (directory / shard).is_file()]
+        if missing:
+            raise ConfigError(
+                f"{path} names shards that are missing: {', '.join(missing)}; the download is "
+                "incomplete"
+            )
+        return [directory / shard for shard in shards]
+    raise ConfigError(
+        f"{directory}: no Hugging Face weights ({', '.join(_HF_WEIGHTS)}); the folder holds "
+        f"{', '.join(sorted(p.name for p in directory.iterdir())) or 'nothing'}"
+    )
+
+
 def _read_tensors(directory: Path) -> dict[str, Any]:
     import torch
     from safetensors.torch import load_file
 
-    files = sorted(directory.glob("*.safetensors"))
-    if files:
-        tensors: dict[str, Any] = {}
-        for file in files:
+    tensors: dict[str, Any] = {}
+    for file in _hf_weight_files(directory):
+        if file.suffix == ".safetensors":
             tensors.update(load_file(str(file)))
-        return tensors
-    bins = sorted(directory.glob("pytorch_model*.bin"))
-    if bins:
-        tensors = {}
-        for file in bins:
+        else:
             tensors.update(torch.load(file, map_location="cpu", weights_only=True))
-        return tensors
-    raise ConfigError(f"{directory}: no *.safetensors or pytorch_model*.bin weights found")
+    return tensors
 
 
 def _hf_converter(model_type: str) -> tuple[str, Any]:
@@ -183,6 +220,46 @@ def _training_hint(directory: Path) -> str:
     return ""
 
 
+# Config keys an import may not override: they change how the checkpoint's tensors are read.
+_WEIGHT_KEYS = ("tie_embeddings", "vocab_size", "pad_vocab_size_multiple", "d_model")
+
+
+def _load_converted(model: Any, state: dict[str, Any], strict: bool, directory: Path) -> None:
+    """Load a converted Hugging Face state dict. A missing or unexpected tensor, or a tensor of
+    another shape, is a :class:`ConfigError` naming them; with ``strict=False`` missing and
+    unexpected tensors are left out with a warning that lists them."""
+    import warnings
+
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = [
+        f"{name} {tuple(state[name].shape)} (the model's is {tuple(expected[name].shape)})"
+        for name in sorted(set(state) & set(expected))
+        if state[name].shape != expected[name].shape
+    ]
+
+    def listed(names: list[str]) -> str:
+        return ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
+
+    if wrong:
+        raise ConfigError(f"{directory}: tensors of another shape: {listed(wrong)}")
+    problems = [
+        f"{label} {listed(names)}"
+        for label, names in (("missing", missing), ("unexpected", unexpected))
+        if names
+    ]
+    if problems and strict:
+        raise ConfigError(
+            f"{directory}: {'; '.join(problems)} (names after conversion to mambaverse's); "
+            "load_pretrained(..., strict=False) loads the rest, leaving missing tensors as "
+            "initialised"
+        )
+    if problems:
+        warnings.warn(f"{directory}: loaded with strict=False: {'; '.join(problems)}", stacklevel=3)
+    model.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=False)
+
+
 def load_pretrained(path: str | Path, strict: bool = True, **overrides: Any) -> Any:
     """Load a mambaverse or Hugging Face checkpoint directory into a mambaverse model.
 
@@ -201,6 +278,11 @@ def load_pretrained(path: str | Path, strict: bool = True, **overrides: Any) -> 
             else " (a checkpoint directory was expected)"
         )
         raise ConfigError(f"{directory}: does not exist{hint}")
+    if directory.is_file():
+        raise ConfigError(
+            f"{directory}: a file; load_pretrained takes the checkpoint's folder "
+            f"(load_pretrained({str(directory.parent)!r}))"
+        )
     if not config_file.is_file():
         raise ConfigError(
             f"{directory}: not a checkpoint directory (no {CONFIG_FILE}){_training_hint(directory)}"
@@ -234,9 +316,23 @@ def load_pretrained(path: str | Path, strict: bool = True, **overrides: Any) -> 
 
     if "model_type" in config:
         backbone, convert = _hf_converter(config["model_type"])
-        our_config, state_dict = convert(config, _read_tensors(directory))
+        try:
+            our_config, state_dict = convert(config, _read_tensors(directory))
+        except KeyError as err:  # a key the converter needs and transformers has no default for
+            raise ConfigError(f"{config_file}: required key {err} is missing") from None
+        changed = sorted(
+            key
+            for key in _WEIGHT_KEYS
+            if key in overrides and key in our_config and overrides[key] != our_config[key]
+        )
+        if changed:
+            raise ConfigError(
+                f"{directory}: {', '.join(f'{k}={overrides[k]!r}' for k in changed)} cannot be "
+                f"overridden: the checkpoint's weights were made with "
+                f"{', '.join(f'{k}={our_config[k]!r}' for k in changed)}"
+            )
         model = build_backbone(backbone, {**our_config, **overrides})
-        model.load_state_dict(state_dict, strict=strict)
+        _load_converted(model, state_dict, strict, directory)
         return model
 
     raise ConfigError(

@@ -53,6 +53,9 @@ class Progress:
     batches_done: int = 0  # micro-batches of that epoch already consumed, per process
     samples_seen: int = 0  # training samples over all processes
     train_seconds: float = 0.0  # wall time spent training (not evaluating) so far
+    # The latest test record (as in metrics.jsonl): a run resumed from its last step reports it
+    # instead of evaluating, and so writing, the same step's test line again.
+    last_eval: dict[str, Any] | None = None
 
 
 def checkpoint_dir(output_dir: str | Path) -> Path:

@@ -216,7 +216,6 @@ class Run:
         )
         self.display = Display(self.main, self.total_steps, self.progress.step)
         self.window = Window(self.accelerator.device)
-        self.last_eval: dict[str, Any] | None = None
 
     def _checkpoint_to_resume(self, resume: str | None) -> Path | None:
         """Check, before any work, that the checkpoint to resume is intact (or that a fresh run
@@ -265,9 +264,9 @@ class Run:
                     progress.batches_done = 0
                     if self.config.eval.every_steps is None:
                         self._evaluate()
-            if self.last_eval is None or self.last_eval["step"] != progress.step:
+            if progress.last_eval is None or progress.last_eval["step"] != progress.step:
                 self._evaluate()
-        return self._finish(self.last_eval)
+        return self._finish(progress.last_eval)
 
     def _train_epoch(self, signals: StopSignals) -> bool:
         """Optimiser steps over the rest of the epoch, or up to ``total_steps``; True if stopped."""
@@ -384,7 +383,7 @@ class Run:
         )
         if running:
             self.window.start()
-        self.last_eval = record
+        self.progress.last_eval = record
         return record
 
     def _save_checkpoint(self) -> Path:

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mambaverse.api import check_keys, create_mixer, get_mixer, list_mixers
+from mambaverse.api import check_config, create_mixer, get_mixer, list_mixers
 from mambaverse.errors import ConfigError
 from mambaverse.plugins.mixers.mamba import Mamba
 
@@ -62,7 +62,7 @@ def build_grid_mixer(
     config = dict(mixer_config or {})
     if spec.load() is Mamba:
         options = {**(mamba_options or {}), **config}
-        check_keys(
+        check_config(
             f"config of mixer {mixer!r} on a grid", ScanMamba, options, skip=("dim", "walker")
         )
         return ScanMamba(dim, walker, **options)

@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mambaverse.bounds import NonNegativeFloat, Positive, PositiveFloat
 from mambaverse.errors import ConfigError
 from mambaverse.kernels import merge_walks
 from mambaverse.plugins.mixers.base import kernel_scope
@@ -90,13 +91,13 @@ class ScanMamba(nn.Module):
         self,
         dim: int,
         walker: Walker,
-        d_state: int = 16,
-        d_conv: int = 4,
-        expand: float = 2.0,
-        dt_rank: int | Literal["auto"] = "auto",
-        dt_min: float = 0.001,
-        dt_max: float = 0.1,
-        dt_init_floor: float = 1e-4,
+        d_state: Positive = 16,
+        d_conv: Positive = 4,
+        expand: PositiveFloat = 2.0,
+        dt_rank: Positive | Literal["auto"] = "auto",
+        dt_min: PositiveFloat = 0.001,
+        dt_max: PositiveFloat = 0.1,
+        dt_init_floor: NonNegativeFloat = 1e-4,
         conv: Literal["1d", "2d", "none"] = "1d",
         conv_bias: bool = True,
         bias: bool = False,

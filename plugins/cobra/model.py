@@ -21,13 +21,16 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from mambaverse.api import create_model, list_models, model_config
+from mambaverse.bounds import Positive
 from mambaverse.errors import ConfigError, InputError, unknown_name
+from mambaverse.plugins.mamba_lm.generation import token_ids
 from mambaverse.plugins.mixers.base import kernel_scope
 
 from .images import as_pixels
@@ -62,13 +65,13 @@ class CobraVLM(nn.Module):
     def __init__(
         self,
         towers: Sequence[str | Mapping[str, Any]] | str = COBRA_TOWERS,
-        img_size: int = 384,
+        img_size: Positive = 384,
         projector: str = "fused-gelu-mlp",
         language_model: str = "mamba_2.8b",
         language_model_config: Mapping[str, Any] | None = None,
         tokenizer: str | None = None,
         template: str = "chat",
-        max_length: int = 2048,
+        max_length: Positive = 2048,
         stage: Literal["align", "finetune"] = "finetune",
         train_towers: bool = False,
         projector_from: str | None = None,
@@ -157,6 +160,14 @@ class CobraVLM(nn.Module):
         return {"input_ids": input_ids, "labels": labels}
 
     @torch.inference_mode()
+    def checkpoint_config(self, config: dict[str, Any]) -> dict[str, Any]:
+        """The config a checkpoint records (``save_pretrained``): without ``projector_from``,
+        whose weights the checkpoint holds, and with a tokenizer directory as an absolute path,
+        so that loading works from any working directory."""
+        if config.get("tokenizer") is not None:
+            config["tokenizer"] = str(Path(config["tokenizer"]).resolve())
+        return {**config, "projector_from": None}
+
     def generate(
         self,
         images: Any,
@@ -169,7 +180,8 @@ class CobraVLM(nn.Module):
 
         images: a tensor (B, 3, H, W) in [0, 1], or PIL images, or image paths.
         sampling: the language model's ``generate`` options (temperature, top_k, top_p,
-        do_sample, generator); greedy by default. Decoding uses the language model's recurrent
+        do_sample, generator, eos_token_id: stop tokens besides the end of text); greedy by
+        default. Decoding uses the language model's recurrent
         state: constant memory per new token for SSM layers.
         cuda_graph: after the prefill of image tokens + prompt, decode each token by replaying
         one captured CUDA graph of the language model's step (mamba_lm's ``generate``): None =
@@ -178,10 +190,12 @@ class CobraVLM(nn.Module):
         cannot); False = eager.
         """
         device = next(self.projector.parameters()).device
+        # Stop tokens of the caller's, besides the end of text that always ends an answer.
+        extra_eos = token_ids(sampling.pop("eos_token_id", None))
         pixels = as_pixels(images, self.img_size).to(device)
         batch = pixels.shape[0]
         if prompts is None or isinstance(prompts, str):
-            prompts = [prompts or CAPTION_PROMPT] * batch
+            prompts = [CAPTION_PROMPT if prompts is None else prompts] * batch
         if len(prompts) != batch:
             raise ValueError(f"generate: {batch} images but {len(prompts)} prompts")
 
@@ -205,7 +219,7 @@ class CobraVLM(nn.Module):
                 out = self.language_model.generate(
                     input_ids,
                     max_new_tokens,
-                    eos_token_id=self.tokenizer.eot_token_id,
+                    eos_token_id=[self.tokenizer.eot_token_id, *extra_eos],
                     prefix_embeds=image_tokens[rows],
                     cuda_graph=cuda_graph,
                     **sampling,

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mambaverse.bounds import NonNegative, Positive, PositiveFloat, Rate
 from mambaverse.plugins._vision.backbone import init_weights
 from mambaverse.plugins._vision.grid_mixer import build_grid_mixer
 from mambaverse.plugins._vision.hierarchical import HierarchicalBackbone, build_stages
@@ -138,25 +139,25 @@ class EfficientVMamba(HierarchicalBackbone):
 
     def __init__(
         self,
-        img_size: int | tuple[int, int] = 224,
-        patch_size: int = 4,
-        in_chans: int = 3,
-        num_classes: int = 1000,
+        img_size: Positive | tuple[int, int] = 224,
+        patch_size: Positive = 4,
+        in_chans: Positive = 3,
+        num_classes: NonNegative = 1000,
         dims: int | Sequence[int] = 96,
         depths: Sequence[int] = (2, 2, 9, 2),
-        d_state: int = 16,
-        ssm_ratio: float = 2.0,
-        dt_rank: int | Literal["auto"] = "auto",
-        ssm_conv: int = 3,
-        step_size: int = 2,
-        evss_stages: int = 2,
+        d_state: Positive = 16,
+        ssm_ratio: PositiveFloat = 2.0,
+        dt_rank: Positive | Literal["auto"] = "auto",
+        ssm_conv: Positive = 3,
+        step_size: Positive = 2,
+        evss_stages: NonNegative = 2,
         scan: str = "atrous",
         scan_options: dict[str, Any] | None = None,
         mixer: str = "mamba",
         mixer_config: dict[str, Any] | None = None,
         global_pool: Literal["avg", ""] = "avg",
-        drop_rate: float = 0.0,
-        drop_path_rate: float = 0.2,
+        drop_rate: Rate = 0.0,
+        drop_path_rate: Rate = 0.2,
         features_only: bool = False,
         out_indices: Sequence[int] = (0, 1, 2, 3),
         kernels: dict[str, str] | None = None,

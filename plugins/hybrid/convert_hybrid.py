@@ -66,7 +66,8 @@ def from_hf_jamba(hf: dict[str, Any], tensors: dict[str, Any]) -> tuple[dict[str
         },
         "attention": {
             "num_heads": hf.get("num_attention_heads", 32),
-            "num_kv_heads": hf.get("num_key_value_heads") or hf.get("num_attention_heads", 32),
+            # transformers' JambaConfig: 8 key-value heads unless the config says otherwise
+            "num_kv_heads": hf.get("num_key_value_heads", 8) or hf.get("num_attention_heads", 32),
             "rope_theta": None,  # Jamba's attention has no positional encoding
         },
     }
@@ -85,7 +86,7 @@ def from_hf_jamba(hf: dict[str, Any], tensors: dict[str, Any]) -> tuple[dict[str
             "aux_loss_coef": hf.get("router_aux_loss_coef", 0.001),
         }
     rules = [*LM_RULES, *_JAMBA_MAMBA_RULES, *_BLOCK_RULES]
-    state = tie_head(rename(tensors, rules, "jamba"), config["tie_embeddings"], "jamba")
+    state = tie_head(rename(tensors, rules), config["tie_embeddings"], "jamba")
     return config, state
 
 
@@ -125,7 +126,7 @@ def from_hf_bamba(hf: dict[str, Any], tensors: dict[str, Any]) -> tuple[dict[str
         },
         "attention": {
             "num_heads": num_heads,
-            "num_kv_heads": hf.get("num_key_value_heads") or num_heads,
+            "num_kv_heads": hf.get("num_key_value_heads", 8) or num_heads,  # as BambaConfig
             "head_dim": head_dim,
             "rope_theta": rope_theta(hf),
             "rotary_dim": int(head_dim * partial),
@@ -136,7 +137,7 @@ def from_hf_bamba(hf: dict[str, Any], tensors: dict[str, Any]) -> tuple[dict[str
     config = _config(hf, layers, mixer_config, eps)
     config["mlp_config"]["bias"] = hf.get("mlp_bias", False)
     rules = [*LM_RULES, *_BAMBA_MAMBA_RULES, *_BLOCK_RULES]
-    state = tie_head(rename(tensors, rules, "bamba"), config["tie_embeddings"], "bamba")
+    state = tie_head(rename(tensors, rules), config["tie_embeddings"], "bamba")
     return config, state
 
 

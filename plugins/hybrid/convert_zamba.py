@@ -33,7 +33,7 @@ import torch
 
 from mambaverse.errors import ConfigError
 
-from .hf_common import LM_RULES, rename, require, rope_theta, tie_head
+from .hf_common import LM_RULES, RECOMPUTED, rename, require, rope_theta, tie_head
 
 Tensors = dict[str, torch.Tensor]
 
@@ -208,11 +208,11 @@ def _state(
     blocks = config.get("num_shared_blocks", 1)
     block_of = {layer: k % blocks for k, layer in enumerate(hybrid)}
     lm_tensors = {name: t for name, t in tensors.items() if not _LAYER.fullmatch(name)}
-    state = rename(lm_tensors, LM_RULES, model_type)
+    state = rename(lm_tensors, LM_RULES)
     copies: dict[str, list[tuple[int, torch.Tensor]]] = {}  # shared tensor -> (layer, value)
     for name, tensor in tensors.items():
         match = _LAYER.fullmatch(name)
-        if match is None:
+        if match is None or RECOMPUTED.fullmatch(name):
             continue
         i, rest = int(match[1]), match[2]
         shared = _SHARED.fullmatch(rest)
@@ -227,7 +227,7 @@ def _state(
         elif rest.startswith("linear."):
             state[f"layers.{i}.{rest}"] = tensor
         else:
-            raise ConfigError(f"{model_type} checkpoint: unexpected tensor {name!r}")
+            state[name] = tensor  # for the load to report as unexpected
     for ours, stored in copies.items():
         (first, value), *others = sorted(stored, key=lambda copy: copy[0])
         for layer, other in others:

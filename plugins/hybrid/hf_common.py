@@ -19,20 +19,24 @@ LM_RULES: list[Rule] = [
 ]
 
 
-def rename(tensors: dict[str, Any], rules: Sequence[Rule], model_type: str) -> dict[str, Any]:
-    """Each tensor under the name the first matching rule gives; an unmatched name is an error."""
+# Rotary frequencies: a buffer that older transformers versions saved, recomputed here.
+RECOMPUTED = re.compile(r".*rotary_emb\.inv_freq")
+
+
+def rename(tensors: dict[str, Any], rules: Sequence[Rule]) -> dict[str, Any]:
+    """Each tensor under the name the first matching rule gives. An unmatched name is kept as it
+    is, for the load to report as unexpected (or leave out, with ``strict=False``)."""
     compiled = [(re.compile(pattern), replacement) for pattern, replacement in rules]
     renamed: dict[str, Any] = {}
     for name, tensor in tensors.items():
+        if RECOMPUTED.fullmatch(name):
+            continue
         for pattern, replacement in compiled:
             if pattern.fullmatch(name):
                 renamed[pattern.sub(replacement, name)] = tensor
                 break
         else:
-            raise ConfigError(
-                f"{model_type} checkpoint: unexpected tensor {name!r}; is it a {model_type} "
-                "causal LM saved by transformers?"
-            )
+            renamed[name] = tensor
     return renamed
 
 

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from mambaverse.api import create_mixer
+from mambaverse.bounds import NonNegative, NonNegativeFloat, Positive, PositiveFloat
 from mambaverse.errors import ConfigError
 from mambaverse.plugins.mamba_lm.block import ResidualBlock
 from mambaverse.plugins.mixers.norms import RMSNorm, add_and_norm
@@ -88,21 +89,21 @@ class HybridLM(LanguageModel):
 
     def __init__(
         self,
-        vocab_size: int = 65536,
-        d_model: int = 1024,
+        vocab_size: Positive = 65536,
+        d_model: Positive = 1024,
         layers: str | Sequence[str] = "mmmmammm",
         mixer_config: dict[str, dict[str, Any]] | None = None,
         mlp_config: dict[str, Any] | None = None,
-        moe_every: int = 0,
-        moe_offset: int = 0,
+        moe_every: NonNegative = 0,
+        moe_offset: NonNegative = 0,
         moe_layers: Sequence[int] | None = None,
         moe_config: dict[str, Any] | None = None,
-        norm_eps: float = 1e-6,
+        norm_eps: PositiveFloat = 1e-6,
         residual_in_fp32: bool = False,
         tie_embeddings: bool = False,
-        pad_vocab_size_multiple: int = 1,
+        pad_vocab_size_multiple: Positive = 1,
         initializer_range: float = 0.02,
-        aux_loss_coef: float = 0.001,
+        aux_loss_coef: NonNegativeFloat = 0.001,
         kernels: dict[str, str] | None = None,
     ) -> None:
         super().__init__(

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mambaverse.bounds import Positive
 from mambaverse.errors import ConfigError
 from mambaverse.plugins.mixers.mlp import MLP
 
@@ -66,10 +67,10 @@ class MoE(nn.Module):
 
     def __init__(
         self,
-        dim: int,
-        num_experts: int = 16,
-        top_k: int = 2,
-        hidden_dim: int | None = None,
+        dim: Positive,
+        num_experts: Positive = 16,
+        top_k: Positive = 2,
+        hidden_dim: Positive | None = None,
         bias: bool = False,
     ) -> None:
         super().__init__()

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from mambaverse.api import create_mixer
+from mambaverse.bounds import Positive, PositiveFloat
 from mambaverse.errors import ConfigError
 from mambaverse.plugins.mixers.attention import KVCache
 from mambaverse.plugins.mixers.norms import RMSNorm
@@ -150,19 +151,19 @@ class ZambaLM(LanguageModel):
 
     def __init__(
         self,
-        vocab_size: int = 32000,
-        d_model: int = 1024,
+        vocab_size: Positive = 32000,
+        d_model: Positive = 1024,
         layers: str = "mmmmmh" * 4,
         mixer: str = "mamba",
         mixer_config: dict[str, Any] | None = None,
         attention_config: dict[str, Any] | None = None,
         mlp_config: dict[str, Any] | None = None,
-        num_shared_blocks: int = 1,
-        adapter_rank: int | None = None,
+        num_shared_blocks: Positive = 1,
+        adapter_rank: Positive | None = None,
         attention_adapters: bool = False,
-        norm_eps: float = 1e-5,
+        norm_eps: PositiveFloat = 1e-5,
         tie_embeddings: bool = True,
-        pad_vocab_size_multiple: int = 1,
+        pad_vocab_size_multiple: Positive = 1,
         initializer_range: float = 0.02,
         kernels: dict[str, str] | None = None,
     ) -> None:

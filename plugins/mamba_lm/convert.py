@@ -23,59 +23,80 @@ from mambaverse.errors import ConfigError
 _MAMBA_SSM_PARAMS = ("conv1d.", "x_proj.", "dt_proj.", "A_log", "D")
 
 
+# transformers' defaults (MambaConfig(), Mamba2Config()) for the keys read here: a config.json
+# without one of them means what transformers' class makes of it.
+MAMBA_DEFAULTS = {
+    "vocab_size": 50280, "hidden_size": 768, "num_hidden_layers": 32, "state_size": 16,
+    "expand": 2, "conv_kernel": 4, "layer_norm_epsilon": 1e-5, "time_step_rank": "auto",
+    "time_step_min": 0.001, "time_step_max": 0.1, "time_step_init_scheme": "random",
+    "time_step_scale": 1.0, "time_step_floor": 1e-4, "use_conv_bias": True, "use_bias": False,
+    "residual_in_fp32": True, "tie_word_embeddings": True, "hidden_act": "silu",
+}  # fmt: skip
+MAMBA2_DEFAULTS = {
+    "vocab_size": 32768, "hidden_size": 4096, "num_hidden_layers": 64, "state_size": 128,
+    "expand": 2, "conv_kernel": 4, "layer_norm_epsilon": 1e-5, "num_heads": 128, "head_dim": 64,
+    "n_groups": 8, "time_step_min": 0.001, "time_step_max": 0.1, "time_step_floor": 1e-4,
+    "time_step_limit": (0.0, "inf"), "use_conv_bias": True, "use_bias": False,
+    "residual_in_fp32": True, "tie_word_embeddings": False, "chunk_size": 256,
+    "hidden_act": "silu",
+}  # fmt: skip
+
+
 def from_hf_mamba(hf: dict[str, Any], tensors: dict[str, Any]) -> tuple[dict[str, Any], dict]:
     """(mamba_lm config, state dict) from a transformers ``MambaConfig`` dict and its tensors."""
+    hf = {**MAMBA_DEFAULTS, **hf}
     _require_silu(hf)
     d_model = hf["hidden_size"]
-    expand = hf.get("expand", 2)
+    expand = hf["expand"]
     if "intermediate_size" in hf and hf["intermediate_size"] != int(expand * d_model):
         raise ConfigError(
             f"mamba checkpoint: intermediate_size {hf['intermediate_size']} != expand·hidden_size "
             f"{int(expand * d_model)}; mamba_lm derives it from expand"
         )
     mixer_config = {
-        "d_state": hf.get("state_size", 16),
-        "d_conv": hf.get("conv_kernel", 4),
+        "d_state": hf["state_size"],
+        "d_conv": hf["conv_kernel"],
         "expand": expand,
-        "dt_rank": hf.get("time_step_rank", "auto"),
-        "dt_min": hf.get("time_step_min", 0.001),
-        "dt_max": hf.get("time_step_max", 0.1),
-        "dt_init": hf.get("time_step_init_scheme", "random"),
-        "dt_scale": hf.get("time_step_scale", 1.0),
-        "dt_init_floor": hf.get("time_step_floor", 1e-4),
-        "conv_bias": hf.get("use_conv_bias", True),
-        "bias": hf.get("use_bias", False),
+        "dt_rank": hf["time_step_rank"],
+        "dt_min": hf["time_step_min"],
+        "dt_max": hf["time_step_max"],
+        "dt_init": hf["time_step_init_scheme"],
+        "dt_scale": hf["time_step_scale"],
+        "dt_init_floor": hf["time_step_floor"],
+        "conv_bias": hf["use_conv_bias"],
+        "bias": hf["use_bias"],
     }
-    config = _lm_config(hf, "mamba", mixer_config, tie_default=True)
+    config = _lm_config(hf, "mamba", mixer_config)
     return config, _state_dict(tensors, config, _mamba_mixer_name)
 
 
 def from_hf_mamba2(hf: dict[str, Any], tensors: dict[str, Any]) -> tuple[dict[str, Any], dict]:
     """(mamba_lm config, state dict) from a transformers ``Mamba2Config`` dict and its tensors."""
+    hf = {**MAMBA2_DEFAULTS, **hf}
     _require_silu(hf)
-    d_model, expand, headdim = hf["hidden_size"], hf.get("expand", 2), hf.get("head_dim", 64)
-    if "num_heads" in hf and hf["num_heads"] * headdim != int(expand * d_model):
+    d_model, expand, headdim = hf["hidden_size"], hf["expand"], hf["head_dim"]
+    if hf["num_heads"] * headdim != int(expand * d_model):
         raise ConfigError(
             f"mamba2 checkpoint: num_heads·head_dim = {hf['num_heads'] * headdim} != "
             f"expand·hidden_size = {int(expand * d_model)}"
         )
-    eps = hf.get("layer_norm_epsilon", 1e-5)
+    eps = hf["layer_norm_epsilon"]
     mixer_config = {
-        "d_state": hf.get("state_size", 128),
-        "d_conv": hf.get("conv_kernel", 4),
+        "d_state": hf["state_size"],
+        "d_conv": hf["conv_kernel"],
         "expand": expand,
         "headdim": headdim,
-        "ngroups": hf.get("n_groups", 1),
+        "ngroups": hf["n_groups"],
         "norm_eps": eps,  # transformers' gated norm uses the model's epsilon
-        "dt_min": hf.get("time_step_min", 0.001),
-        "dt_max": hf.get("time_step_max", 0.1),
-        "dt_init_floor": hf.get("time_step_floor", 1e-4),
-        "dt_limit": [_as_float(v) for v in hf.get("time_step_limit", (0.0, "inf"))],
-        "conv_bias": hf.get("use_conv_bias", True),
-        "bias": hf.get("use_bias", False),
-        "chunk_size": hf.get("chunk_size", 256),
+        "dt_min": hf["time_step_min"],
+        "dt_max": hf["time_step_max"],
+        "dt_init_floor": hf["time_step_floor"],
+        "dt_limit": [_as_float(v) for v in hf["time_step_limit"]],
+        "conv_bias": hf["use_conv_bias"],
+        "bias": hf["use_bias"],
+        "chunk_size": hf["chunk_size"],
     }
-    config = _lm_config(hf, "mamba2", mixer_config, tie_default=False)
+    config = _lm_config(hf, "mamba2", mixer_config)
     return config, _state_dict(tensors, config, lambda name: name)
 
 
@@ -85,7 +106,7 @@ def _as_float(value: Any) -> float:
 
 
 def _require_silu(hf: dict[str, Any]) -> None:
-    act = hf.get("hidden_act", "silu")
+    act = hf["hidden_act"]
     if act not in ("silu", "swish"):
         raise ConfigError(
             f"{hf.get('model_type')} checkpoint: hidden_act {act!r} is not supported "
@@ -93,9 +114,7 @@ def _require_silu(hf: dict[str, Any]) -> None:
         )
 
 
-def _lm_config(
-    hf: dict[str, Any], mixer: str, mixer_config: dict[str, Any], tie_default: bool
-) -> dict[str, Any]:
+def _lm_config(hf: dict[str, Any], mixer: str, mixer_config: dict[str, Any]) -> dict[str, Any]:
     return {
         "vocab_size": hf["vocab_size"],
         "d_model": hf["hidden_size"],
@@ -103,9 +122,9 @@ def _lm_config(
         "mixer": mixer,
         "mixer_config": mixer_config,
         "norm": "rmsnorm",
-        "norm_eps": hf.get("layer_norm_epsilon", 1e-5),
-        "residual_in_fp32": hf.get("residual_in_fp32", True),
-        "tie_embeddings": hf.get("tie_word_embeddings", tie_default),
+        "norm_eps": hf["layer_norm_epsilon"],
+        "residual_in_fp32": hf["residual_in_fp32"],
+        "tie_embeddings": hf["tie_word_embeddings"],
         # The checkpoint's vocabulary is already padded as it was trained.
         "pad_vocab_size_multiple": 1,
     }

@@ -16,6 +16,8 @@ launching each of them from Python. Choosing the token (argmax or sampling) stay
 
 from __future__ import annotations
 
+import functools
+import numbers
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
@@ -37,7 +39,20 @@ def state_nbytes(state: list[Any]) -> int:
     return sum(layer_state.nbytes() for layer_state in state)
 
 
-@torch.inference_mode()
+def _normal_tensor_result(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """Run ``fn`` in inference mode, but return a normal tensor (as transformers' generate does):
+    an inference tensor can be neither edited in place nor saved for a backward pass."""
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> torch.Tensor:
+        with torch.inference_mode():
+            out = fn(*args, **kwargs)
+        return out.clone()
+
+    return run
+
+
+@_normal_tensor_result
 def generate(
     model: Any,
     input_ids: torch.Tensor,
@@ -96,6 +111,7 @@ def generate(
         state, step = graph.reset(), graph.step  # prefill into the graph's own state
     logits = model(input_ids, state, num_last_tokens=1, **prefix)[:, -1]
     finished = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
+    ended_with = torch.zeros(batch, dtype=torch.long, device=input_ids.device)
     new_tokens = []
     for i in range(max_new_tokens):
         # Padded vocabulary rows are not tokens of the tokenizer: never choose them.
@@ -103,8 +119,11 @@ def generate(
             logits[:, : model.vocab_size], do_sample, temperature, top_k, top_p, generator
         )
         if eos_ids is not None:
-            token = torch.where(finished, eos_ids[0], token)
-            finished |= torch.isin(token, eos_ids)
+            # A finished sequence repeats the end token it emitted (one of its vocabulary).
+            token = torch.where(finished, ended_with, token)
+            ends = ~finished & torch.isin(token, eos_ids)
+            ended_with = torch.where(ends, token, ended_with)
+            finished |= ends
         new_tokens.append(token)
         if (eos_ids is not None and bool(finished.all())) or i == max_new_tokens - 1:
             break
@@ -139,8 +158,19 @@ def _decode_graph(
     return None
 
 
-def _as_ids(ids: int | Sequence[int] | None, device: torch.device) -> torch.Tensor | None:
+def token_ids(ids: int | Sequence[int] | torch.Tensor | None) -> list[int]:
+    """Token ids as a list: from None, an int (numpy's too), a sequence or a tensor."""
     if ids is None:
-        return None
-    ids = [ids] if isinstance(ids, int) else list(ids)
-    return torch.tensor(ids, device=device) if ids else None
+        return []
+    if isinstance(ids, torch.Tensor):
+        return [int(i) for i in ids.flatten().tolist()]
+    if isinstance(ids, numbers.Integral):
+        return [int(ids)]
+    return [int(i) for i in ids]
+
+
+def _as_ids(
+    ids: int | Sequence[int] | torch.Tensor | None, device: torch.device
+) -> torch.Tensor | None:
+    listed = token_ids(ids)
+    return torch.tensor(listed, dtype=torch.long, device=device) if listed else None

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from mambaverse.api import check_keys, create_mixer, get_mixer
+from mambaverse.bounds import Positive, PositiveFloat
 from mambaverse.errors import ConfigError
 from mambaverse.plugins.mixers.base import kernel_scope
 from mambaverse.plugins.mixers.mamba import step_decay_rates
@@ -107,16 +108,16 @@ class MambaLM(nn.Module):
 
     def __init__(
         self,
-        vocab_size: int = 50277,
-        d_model: int = 768,
-        n_layer: int = 24,
+        vocab_size: Positive = 50277,
+        d_model: Positive = 768,
+        n_layer: Positive = 24,
         mixer: str = "mamba",
         mixer_config: dict[str, Any] | None = None,
         norm: str = "rmsnorm",
-        norm_eps: float = 1e-5,
+        norm_eps: PositiveFloat = 1e-5,
         residual_in_fp32: bool = True,
         tie_embeddings: bool = True,
-        pad_vocab_size_multiple: int = 8,
+        pad_vocab_size_multiple: Positive = 8,
         initializer_range: float = 0.02,
         rescale_prenorm_residual: bool = True,
         kernels: dict[str, str] | None = None,

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from mambaverse.bounds import Positive
 from mambaverse.errors import ConfigError
 from mambaverse.kernels import apply_rotary, attention
 from mambaverse.kernels.attention.sdpa import grouped_sdpa
@@ -111,16 +112,16 @@ class Attention(TokenMixer):
 
     def __init__(
         self,
-        dim: int,
-        num_heads: int = 8,
-        num_kv_heads: int | None = None,
-        head_dim: int | None = None,
+        dim: Positive,
+        num_heads: Positive = 8,
+        num_kv_heads: Positive | None = None,
+        head_dim: Positive | None = None,
         causal: bool = True,
         rope_theta: float | None = 10000.0,
         rotary_dim: int | None = None,
         qkv_bias: bool = False,
         out_bias: bool = False,
-        out_dim: int | None = None,
+        out_dim: Positive | None = None,
         scale: float | None = None,
         kernels: dict[str, str] | None = None,
     ) -> None:

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mambaverse.bounds import NonNegativeFloat, Positive, PositiveFloat
 from mambaverse.errors import ConfigError
 from mambaverse.kernels import (
     causal_conv1d,
@@ -166,6 +167,7 @@ class SelectiveSSM(DecayRates, nn.Module):
         """
         length = x.shape[-1]
         if state is not None:
+            state.begin_prefill()
             # F.pad left-pads with zeros when length < d_conv and crops when it is longer.
             state.conv.copy_(F.pad(x, (self.d_conv - length, 0)))
         if self.conv1d is not None:
@@ -315,19 +317,19 @@ class Mamba(TokenMixer):
 
     def __init__(
         self,
-        dim: int,
-        d_state: int = 16,
-        d_conv: int = 4,
-        expand: float = 2,
-        dt_rank: int | Literal["auto"] = "auto",
-        dt_min: float = 0.001,
-        dt_max: float = 0.1,
+        dim: Positive,
+        d_state: Positive = 16,
+        d_conv: Positive = 4,
+        expand: PositiveFloat = 2,
+        dt_rank: Positive | Literal["auto"] = "auto",
+        dt_min: PositiveFloat = 0.001,
+        dt_max: PositiveFloat = 0.1,
         dt_init: Literal["random", "constant"] = "random",
         dt_scale: float = 1.0,
-        dt_init_floor: float = 1e-4,
+        dt_init_floor: NonNegativeFloat = 1e-4,
         conv_bias: bool = True,
         bias: bool = False,
-        nheads: int = 1,
+        nheads: Positive = 1,
         dt_bc_norm_eps: float | None = None,
         kernels: dict[str, str] | None = None,
     ) -> None:

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mambaverse.bounds import NonNegativeFloat, Positive, PositiveFloat
 from mambaverse.errors import ConfigError
 from mambaverse.kernels import causal_conv1d, causal_conv1d_update, ssd_scan, ssd_state_update
 from mambaverse.kernels.shared_grad import split_sharing_grad
@@ -47,22 +48,22 @@ class Mamba2(DecayRates, TokenMixer):
 
     def __init__(
         self,
-        dim: int,
-        d_state: int = 128,
-        d_conv: int = 4,
-        expand: float = 2,
-        headdim: int = 64,
-        ngroups: int = 1,
+        dim: Positive,
+        d_state: Positive = 128,
+        d_conv: Positive = 4,
+        expand: PositiveFloat = 2,
+        headdim: Positive = 64,
+        ngroups: Positive = 1,
         A_init_range: Sequence[float] = (1.0, 16.0),
         norm_before_gate: bool = False,
-        norm_eps: float = 1e-5,
-        dt_min: float = 0.001,
-        dt_max: float = 0.1,
-        dt_init_floor: float = 1e-4,
+        norm_eps: PositiveFloat = 1e-5,
+        dt_min: PositiveFloat = 0.001,
+        dt_max: PositiveFloat = 0.1,
+        dt_init_floor: NonNegativeFloat = 1e-4,
         dt_limit: Sequence[float] = NO_DT_LIMIT,
         conv_bias: bool = True,
         bias: bool = False,
-        chunk_size: int = 256,
+        chunk_size: Positive = 256,
         kernels: dict[str, str] | None = None,
     ) -> None:
         super().__init__(dim, kernels)
@@ -116,6 +117,7 @@ class Mamba2(DecayRates, TokenMixer):
         )
         xBC = xBC.transpose(1, 2)  # (B, conv_dim, L)
         if state is not None:
+            state.begin_prefill()
             # The last d_conv inputs (zero-padded on the left when the prompt is shorter).
             state.conv.copy_(F.pad(xBC, (self.d_conv - length, 0)))
         xBC = causal_conv1d(xBC, self.conv1d.weight.squeeze(1), self.conv1d.bias, activation="silu")

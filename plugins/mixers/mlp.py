@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mambaverse.bounds import Positive
 from mambaverse.errors import unknown_name
 
 ACTIVATIONS = ("gelu", "gelu_tanh", "swiglu", "geglu")
@@ -31,11 +32,11 @@ class MLP(nn.Module):
 
     def __init__(
         self,
-        dim: int,
-        hidden_dim: int | None = None,
+        dim: Positive,
+        hidden_dim: Positive | None = None,
         activation: Literal["gelu", "gelu_tanh", "swiglu", "geglu"] = "gelu",
         bias: bool = False,
-        multiple_of: int = 128,
+        multiple_of: Positive = 128,
     ) -> None:
         super().__init__()
         if activation not in ACTIVATIONS:

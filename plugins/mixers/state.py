@@ -19,6 +19,18 @@ class SSMState:
 
     conv: torch.Tensor
     ssm: torch.Tensor
+    filled: bool = False  # a prefill has stored a sequence here (see begin_prefill)
+
+    def begin_prefill(self) -> None:
+        """Called by a layer's prefill, which overwrites the state from an empty one: refuse a
+        state that already holds a sequence, rather than silently dropping it."""
+        if self.filled:
+            raise ValueError(
+                "this decoding state already holds a sequence, and an SSM layer's prefill starts "
+                "from an empty state: pass the whole prompt in one call and continue with "
+                "step(), or allocate a new state (model.allocate_state)"
+            )
+        self.filled = True
 
     @property
     def batch_size(self) -> int:

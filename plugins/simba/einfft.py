@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mambaverse.bounds import NonNegativeFloat, Positive, PositiveFloat
 from mambaverse.errors import ConfigError
 
 
@@ -35,10 +36,10 @@ class EinFFT(nn.Module):
 
     def __init__(
         self,
-        dim: int,
-        num_blocks: int = 4,
-        sparsity_threshold: float = 0.01,
-        scale: float = 0.02,
+        dim: Positive,
+        num_blocks: Positive = 4,
+        sparsity_threshold: NonNegativeFloat = 0.01,
+        scale: PositiveFloat = 0.02,
     ) -> None:
         super().__init__()
         if num_blocks <= 0 or dim % num_blocks:

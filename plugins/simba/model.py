@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from mambaverse.api import create_mixer, get_mixer, list_mixers
+from mambaverse.bounds import NonNegative, Positive, PositiveFloat, Rate
 from mambaverse.errors import ConfigError
 from mambaverse.plugins._vision.grid_mixer import build_grid_mixer
 from mambaverse.plugins._vision.hierarchical import HierarchicalBackbone, build_stages
@@ -81,26 +82,26 @@ class SiMBA(HierarchicalBackbone):
 
     def __init__(
         self,
-        img_size: int | tuple[int, int] = 224,
-        in_chans: int = 3,
-        num_classes: int = 1000,
-        stem_hidden_dim: int = 32,
+        img_size: Positive | tuple[int, int] = 224,
+        in_chans: Positive = 3,
+        num_classes: NonNegative = 1000,
+        stem_hidden_dim: Positive = 32,
         embed_dims: Sequence[int] = (64, 128, 320, 448),
         depths: Sequence[int] = (3, 4, 6, 3),
-        d_state: int = 64,
-        d_conv: int = 4,
-        expand: float = 2.0,
+        d_state: Positive = 64,
+        d_conv: Positive = 4,
+        expand: PositiveFloat = 2.0,
         scan: str = "causal",
         scan_options: dict[str, Any] | None = None,
         mixer: str = "mamba",
         mixer_config: dict[str, Any] | None = None,
         channel_mixer: str = "einfft",
         channel_mixer_config: dict[str, Any] | None = None,
-        norm_eps: float = 1e-6,
+        norm_eps: PositiveFloat = 1e-6,
         token_label: bool = False,
         global_pool: Literal["token", "avg", ""] = "token",
-        drop_rate: float = 0.0,
-        drop_path_rate: float = 0.1,
+        drop_rate: Rate = 0.0,
+        drop_path_rate: Rate = 0.1,
         features_only: bool = False,
         out_indices: Sequence[int] = (0, 1, 2, 3),
         kernels: dict[str, str] | None = None,

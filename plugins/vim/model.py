@@ -25,6 +25,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from mambaverse.bounds import NonNegative, Positive, PositiveFloat, Rate
 from mambaverse.plugins._vision.backbone import (
     VisionBackbone,
     init_weights,
@@ -87,26 +88,26 @@ class VisionMamba(VisionBackbone):
 
     def __init__(
         self,
-        img_size: int | tuple[int, int] = 224,
-        patch_size: int = 16,
-        in_chans: int = 3,
-        num_classes: int = 1000,
-        embed_dim: int = 192,
-        depth: int = 24,
-        d_state: int = 16,
-        d_conv: int = 4,
-        expand: float = 2.0,
+        img_size: Positive | tuple[int, int] = 224,
+        patch_size: Positive = 16,
+        in_chans: Positive = 3,
+        num_classes: NonNegative = 1000,
+        embed_dim: Positive = 192,
+        depth: Positive = 24,
+        d_state: Positive = 16,
+        d_conv: Positive = 4,
+        expand: PositiveFloat = 2.0,
         scan: str = "bidirectional",
         scan_options: dict[str, Any] | None = None,
         mixer: str = "mamba",
         mixer_config: dict[str, Any] | None = None,
         rms_norm: bool = True,
-        norm_epsilon: float = 1e-5,
+        norm_epsilon: PositiveFloat = 1e-5,
         residual_in_fp32: bool = True,
         if_abs_pos_embed: bool = True,
         global_pool: Literal["token", "avg", ""] = "token",
-        drop_rate: float = 0.0,
-        drop_path_rate: float = 0.1,
+        drop_rate: Rate = 0.0,
+        drop_path_rate: Rate = 0.1,
         features_only: bool = False,
         out_indices: Sequence[int] = (-4, -3, -2, -1),
         kernels: dict[str, str] | None = None,

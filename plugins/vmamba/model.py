@@ -22,6 +22,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from mambaverse.bounds import NonNegative, NonNegativeFloat, Positive, PositiveFloat, Rate
 from mambaverse.errors import ConfigError
 from mambaverse.plugins._vision.backbone import init_weights
 from mambaverse.plugins._vision.grid_mixer import build_grid_mixer
@@ -69,26 +70,26 @@ class VMamba(HierarchicalBackbone):
 
     def __init__(
         self,
-        img_size: int | tuple[int, int] = 224,
-        patch_size: int = 4,
-        in_chans: int = 3,
-        num_classes: int = 1000,
+        img_size: Positive | tuple[int, int] = 224,
+        patch_size: Positive = 4,
+        in_chans: Positive = 3,
+        num_classes: NonNegative = 1000,
         dims: int | Sequence[int] = 96,
         depths: Sequence[int] = (2, 2, 9, 2),
-        ssm_d_state: int = 1,
-        ssm_ratio: float = 2.0,
-        ssm_dt_rank: int | Literal["auto"] = "auto",
-        ssm_conv: int = 3,
+        ssm_d_state: Positive = 1,
+        ssm_ratio: PositiveFloat = 2.0,
+        ssm_dt_rank: Positive | Literal["auto"] = "auto",
+        ssm_conv: Positive = 3,
         ssm_conv_bias: bool = False,
         ssm_gate: bool = False,
-        mlp_ratio: float = 4.0,
+        mlp_ratio: NonNegativeFloat = 4.0,
         scan: str = "cross2d",
         scan_options: dict[str, Any] | None = None,
         mixer: str = "mamba",
         mixer_config: dict[str, Any] | None = None,
         global_pool: Literal["avg", ""] = "avg",
-        drop_rate: float = 0.0,
-        drop_path_rate: float = 0.1,
+        drop_rate: Rate = 0.0,
+        drop_path_rate: Rate = 0.1,
         features_only: bool = False,
         out_indices: Sequence[int] = (0, 1, 2, 3),
         kernels: dict[str, str] | None = None,

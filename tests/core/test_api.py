@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import pytest
+import torch
+from annotated_types import Interval
 
 import mambaverse
 from mambaverse import ConfigError, KernelUnavailableError, UnknownNameError
+from mambaverse.bounds import Positive
 
 from .toy_plugin import ToyPlugin
 
@@ -105,6 +109,52 @@ def test_a_default_value_always_fits_its_own_hint():
     mambaverse.api.check_types("toy", builder, {"width": None, "name": Path("x")}, hints)
     with pytest.raises(ConfigError, match=r"width=1.5 \(float\) does not fit its type, int"):
         mambaverse.api.check_types("toy", builder, {"width": 1.5}, hints)
+
+
+@pytest.mark.parametrize(
+    ("name", "override", "message"),
+    [
+        (
+            "vim_micro",
+            {"depth": -1},
+            r"config of 'vim_micro': depth=-1 is out of range: it must be >= 1",
+        ),
+        ("vim_micro", {"embed_dim": 0}, r"embed_dim=0 is out of range: it must be >= 1"),
+        ("vim_micro", {"img_size": 0}, r"img_size=0 is out of range"),
+        (
+            "vim_micro",
+            {"drop_path_rate": 1.0},
+            r"drop_path_rate=1.0 is out of range: it must be < 1",
+        ),
+        ("vim_micro", {"expand": 0.0}, r"expand=0.0 is out of range: it must be > 0"),
+        ("vim_micro", {"mixer_config": {"d_state": -3}}, r"mixer 'mamba' on a grid: d_state=-3"),
+        ("vmamba_micro", {"mlp_ratio": -1.0}, r"mlp_ratio=-1.0 is out of range: it must be >= 0"),
+        ("mamba_micro", {"n_layer": 0}, r"n_layer=0 is out of range: it must be >= 1"),
+        ("mamba2_micro", {"mixer_config": {"headdim": 0}}, r"mixer 'mamba2' config: headdim=0"),
+    ],
+)
+def test_a_value_out_of_its_range_is_refused_before_the_model_is_built(name, override, message):
+    with pytest.raises(ConfigError, match=message):
+        mambaverse.create_model(name, **override)
+
+
+def test_values_at_the_edges_of_their_ranges_build():
+    vim = mambaverse.create_model("vim_micro", num_classes=0, img_size=(32, 48), drop_rate=0.0)
+    assert vim(torch.randn(1, 3, 32, 48)).shape[-1] == vim.num_features  # features, no head
+    assert mambaverse.create_model("vmamba_micro", mlp_ratio=0.0) is not None  # no MLP
+
+
+def test_a_third_party_builder_declares_its_own_bounds():
+    def builder(ratio: Annotated[float, Interval(gt=0, le=4)] = 1.0, width: Positive | None = None):
+        return ratio, width
+
+    mambaverse.api.check_config("toy", builder, {"ratio": 4, "width": None})
+    with pytest.raises(ConfigError, match=r"toy: ratio=4.5 is out of range: it must be <= 4"):
+        mambaverse.api.check_config("toy", builder, {"ratio": 4.5})
+    with pytest.raises(ConfigError, match=r"toy: width=0 is out of range: it must be >= 1"):
+        mambaverse.api.check_config("toy", builder, {"width": 0})
+    with pytest.raises(ConfigError, match=r"width='2' \(str\) does not fit its type, int \| None"):
+        mambaverse.api.check_config("toy", builder, {"width": "2"})
 
 
 def test_count_parameters_of_a_preset_or_a_built_model():

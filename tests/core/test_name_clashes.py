@@ -220,7 +220,7 @@ def renamed_cross_entropy(x, y, ignore=-100):  # other names: the op passes thes
     return x
 
 
-def test_a_plugin_kernel_that_cannot_take_the_op_s_arguments_is_named():
+def test_a_plugin_kernel_that_cannot_take_the_op_s_arguments_is_named(monkeypatch):
     mambaverse.register_plugin(
         Contributes(
             KernelSpec("attention", "narrow", narrow_attention, devices=("cpu",)),
@@ -241,6 +241,17 @@ def test_a_plugin_kernel_that_cannot_take_the_op_s_arguments_is_named():
     assert mambaverse.kernels.attention(q, q, q, impl="open") is q  # the op calls it as it is
     pick = mambaverse.get_kernel("cross_entropy", impl="renamed", device="cpu")
     assert pick is renamed_cross_entropy
+
+    # `mambaverse kernels` marks it as a call would find it; and when it is the choice, says so.
+    rows = {(r["op"], r["impl"]): r for r in mambaverse.list_kernels("cpu")}
+    assert "cannot take the op's arguments" in rows["attention", "narrow"]["unavailable"]
+    assert rows["attention", "open"]["unavailable"] is None
+    monkeypatch.setenv("MAMBAVERSE_KERNELS", "attention=narrow")
+    rows = [r for r in mambaverse.list_kernels("cpu") if r["op"] == "attention"]
+    assert not any(r["chosen"] for r in rows)
+    assert all(
+        r["reason"].startswith("none can be used: kernel attention/narrow of plugin") for r in rows
+    )
 
 
 def test_a_kernel_spec_given_lists_can_be_called():

@@ -205,3 +205,23 @@ def test_untied_transformers_zamba_with_separate_shared_blocks_is_refused(tmp_pa
     random_hf_lm("zamba", **config).save_pretrained(tmp_path)
     with pytest.raises(ConfigError, match=r"shared block differs between layers 0 and 3"):
         mambaverse.load_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("model_type", ["jamba", "bamba"])
+def test_key_value_heads_left_out_of_config_json_mean_transformers_default(model_type, tmp_path):
+    import json
+
+    config = dict(CASES[model_type][next(iter(CASES[model_type]))][0])
+    # 16 query heads, and the class default of 8 key-value heads, left out below
+    config |= {"num_attention_heads": 16, "num_key_value_heads": 8, "hidden_size": 64}
+    config.pop("mamba_n_heads", None), config.pop("mamba_d_head", None)
+    reference = random_hf_lm(model_type, **config)
+    reference.save_pretrained(tmp_path)
+    written = json.loads((tmp_path / "config.json").read_text())
+    del written["num_key_value_heads"]
+    (tmp_path / "config.json").write_text(json.dumps(written))
+    input_ids = torch.randint(0, VOCAB, (1, 9))
+    with torch.no_grad():
+        expected = reference(input_ids).logits
+        actual = mambaverse.load_pretrained(tmp_path).eval()(input_ids)[..., :VOCAB]
+    assert relative_error(actual, expected) < 1e-4

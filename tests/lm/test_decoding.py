@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -124,9 +125,42 @@ def test_generate_stops_at_eos_and_pads_finished_sequences():
             assert torch.equal(stopped[b], free[b])
         else:
             assert torch.equal(stopped[b, : end + 1], free[b, : end + 1])
-            assert (stopped[b, end + 1 :] == eos).all()
+            assert (stopped[b, end + 1 :] == stopped[b, end]).all()  # its own end token
     if all(end is not None for end in first_eos):
         assert stopped.shape[1] == max(first_eos) + 1
+
+
+@pytest.mark.parametrize("as_given", [list, np.int64, torch.tensor])
+def test_eos_ids_of_any_integer_kind_and_outside_the_vocabulary(as_given):
+    model = tiny_lm("mamba")
+    prompt = torch.randint(0, 50, (1, 4))
+    free = model.generate(prompt, max_new_tokens=8)
+    eos = int(free[0, 6])
+    ids = as_given([999, eos]) if as_given is not np.int64 else np.int64(eos)
+    # 999 is no token of this model: it is never emitted, and never fed back as padding.
+    stopped = model.generate(prompt, max_new_tokens=8, eos_token_id=ids)
+    end = next(i for i in range(4, 12) if int(free[0, i]) == eos)
+    assert torch.equal(stopped[0], free[0, : end + 1])
+
+
+def test_generated_ids_are_ordinary_tensors():
+    model = tiny_lm("mamba", dtype=torch.float32).train()
+    out = model.generate(torch.randint(0, 50, (2, 3)), max_new_tokens=4)
+    assert not torch.is_inference(out)
+    out[out == 7] = 0  # edited in place, as transformers' output can be
+    model(out).logsumexp(-1).mean().backward()  # and scored with gradients
+    assert model.lm_head.weight.grad is not None
+
+
+@pytest.mark.parametrize("mixer", ["mamba", "mamba2"])
+def test_a_second_prefill_into_a_used_state_is_refused(mixer):
+    model = tiny_lm(mixer)
+    state = model.allocate_state(1, max_seqlen=12)
+    ids = torch.randint(0, 50, (1, 11))
+    with torch.no_grad():
+        model(ids[:, :6], state)
+        with pytest.raises(ValueError, match=r"already holds a sequence.*allocate_state"):
+            model(ids[:, 6:], state)
 
 
 def test_sampling_is_reproducible_with_a_generator_and_top_k_1_is_greedy():

@@ -150,3 +150,97 @@ def test_imported_checkpoint_round_trips_through_save_pretrained(tmp_path):
     input_ids = torch.randint(0, hf.config.vocab_size, (1, 9))
     with torch.no_grad():
         assert torch.equal(again(input_ids), ours(input_ids))
+
+
+@pytest.mark.parametrize("model_type", ["mamba", "mamba2"])
+def test_keys_left_out_of_config_json_mean_transformers_defaults(model_type, tmp_path):
+    """A config.json that omits keys holding their class defaults (n_groups=8 for Mamba-2, say)
+    is read as transformers reads it."""
+    import json
+
+    from transformers import Mamba2Config, MambaConfig
+
+    from mambaverse.plugins.mamba_lm.convert import MAMBA2_DEFAULTS, MAMBA_DEFAULTS
+
+    config_class, ours = {
+        "mamba": (MambaConfig, MAMBA_DEFAULTS),
+        "mamba2": (Mamba2Config, MAMBA2_DEFAULTS),
+    }[model_type]
+    defaults = config_class().to_dict()
+    derived = {"time_step_rank"}  # "auto": transformers resolves it from hidden_size
+    for key, value in ours.items():
+        if key not in derived:
+            expected = (
+                [float(v) for v in defaults[key]] if key == "time_step_limit" else defaults[key]
+            )
+            got = [float(v) for v in value] if key == "time_step_limit" else value
+            assert got == expected, key
+    shape = (
+        dict(hidden_size=32, num_hidden_layers=2, state_size=8)
+        if model_type == "mamba"
+        else dict(hidden_size=32, num_hidden_layers=2, state_size=8, num_heads=8, head_dim=8)
+    )
+    hf = random_hf_lm(model_type, **shape, **({"n_groups": 8} if model_type == "mamba2" else {}))
+    save(hf, tmp_path)
+    written = json.loads((tmp_path / "config.json").read_text())
+    kept = {k: v for k, v in written.items() if k == "model_type" or defaults.get(k, object()) != v}
+    assert model_type == "mamba" or "n_groups" not in kept
+    (tmp_path / "config.json").write_text(json.dumps(kept))
+    ids = torch.randint(0, hf.config.vocab_size, (2, 7))
+    with torch.no_grad():
+        expected = hf(ids).logits
+        actual = mambaverse.load_pretrained(tmp_path).eval()(ids)
+    assert relative_error(actual, expected) < 1e-4
+
+
+def test_weights_are_found_as_transformers_finds_them(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    hf = random_hf_lm("mamba", hidden_size=32, num_hidden_layers=2, state_size=8)
+    ids = torch.randint(0, hf.config.vocab_size, (1, 6))
+    with torch.no_grad():
+        expected = hf(ids).logits
+    for layout, directory in (("one file", tmp_path / "one"), ("shards", tmp_path / "shards")):
+        hf.save_pretrained(directory, max_shard_size="20KB" if layout == "shards" else "5GB")
+        assert (directory / "model.safetensors.index.json").is_file() == (layout == "shards")
+        # Another weight file beside them (a backup, an adapter) is never read.
+        weights = {}
+        for file in directory.glob("*.safetensors"):
+            weights |= load_file(str(file))
+        save_file(
+            {k: torch.zeros_like(v) for k, v in weights.items()},
+            str(directory / "backup.safetensors"),
+        )
+        with torch.no_grad():
+            actual = mambaverse.load_pretrained(directory).eval()(ids)
+        assert relative_error(actual, expected) < 1e-4, layout
+    (tmp_path / "shards" / sorted((tmp_path / "shards").glob("model-*"))[0].name).unlink()
+    with pytest.raises(mambaverse.ConfigError, match="names shards that are missing"):
+        mambaverse.load_pretrained(tmp_path / "shards")
+
+
+def test_an_import_names_missing_tensors_and_refuses_to_retie_them(tmp_path):
+    import warnings
+
+    from safetensors.torch import load_file, save_file
+
+    hf = random_hf_lm(
+        "mamba", hidden_size=32, num_hidden_layers=2, state_size=8, tie_word_embeddings=False
+    )
+    save(hf, tmp_path)
+    with pytest.raises(mambaverse.ConfigError, match=r"tie_embeddings=True cannot be overridden"):
+        mambaverse.load_pretrained(tmp_path, tie_embeddings=True)
+    weights = load_file(str(tmp_path / "model.safetensors"))
+    del weights["backbone.layers.1.norm.weight"]
+    weights["backbone.extra.weight"] = torch.zeros(2)
+    save_file(weights, str(tmp_path / "model.safetensors"))
+    with pytest.raises(mambaverse.ConfigError) as err:
+        mambaverse.load_pretrained(tmp_path)
+    message = str(err.value)
+    assert "missing layers.1.norm.weight; unexpected extra.weight" in message
+    assert "strict=False" in message
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = mambaverse.load_pretrained(tmp_path, strict=False)
+    assert any("missing layers.1.norm.weight" in str(w.message) for w in caught)
+    assert torch.equal(model.layers[0].norm.weight, weights["backbone.layers.0.norm.weight"])

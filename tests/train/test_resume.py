@@ -154,6 +154,18 @@ def test_a_damaged_checkpoint_is_refused_and_the_good_one_kept(two_checkpoints, 
     assert checkpoint.damage(out / "checkpoints" / "step-00000010") is None
 
 
+def test_resuming_a_finished_run_reports_its_result_and_writes_nothing_twice(toys, tmp_path):
+    out = tmp_path / "done"
+    first = run(out, "checkpoint.every_steps=10")
+    before = comparable(out)
+    assert [r["step"] for r in before if r["split"] == "test"] == [10, 20, 30]
+
+    again = run(out, "checkpoint.every_steps=10", resume="latest")
+    assert comparable(out) == before  # step 30's test line is not written a second time
+    for key in ("steps", "test_accuracy", "test_loss", "test_samples"):
+        assert again[key] == first[key], key
+
+
 @pytest.mark.parametrize("given", ["step-00000010", "elsewhere/step-00000010"])
 def test_a_resume_path_that_does_not_exist_names_the_run_s_checkpoints(two_checkpoints, given):
     # A bare name or a typo: the way out is found in the run's output_dir, not beside the path.

@@ -136,7 +136,7 @@ def test_stages_choose_what_trains():
         mambaverse.create_model("cobra_tiny", stage="alignn")
 
 
-def test_the_finetune_stage_can_start_from_the_align_projector(model, tmp_path):
+def test_the_finetune_stage_can_start_from_the_align_projector(model, tmp_path, monkeypatch):
     mambaverse.save_pretrained(model, tmp_path / "align")
     finetune = mambaverse.create_model("cobra_tiny", projector_from=str(tmp_path / "align"))
     for (name, p), q in zip(
@@ -149,6 +149,17 @@ def test_the_finetune_stage_can_start_from_the_align_projector(model, tmp_path):
     )  # only the projector
     with pytest.raises(ConfigError, match="do not exist"):
         mambaverse.create_model("cobra_tiny", projector_from=str(tmp_path / "nothing"))
+
+    # The finetuned checkpoint holds the projector: it loads once the align run is gone, and
+    # from another working directory.
+    mambaverse.save_pretrained(finetune, tmp_path / "finetuned")
+    config = json.loads((tmp_path / "finetuned" / "config.json").read_text())
+    assert config["mambaverse"]["config"]["projector_from"] is None
+    __import__("shutil").rmtree(tmp_path / "align")
+    monkeypatch.chdir(tmp_path.parent)
+    again = mambaverse.load_pretrained(tmp_path / "finetuned")
+    for p, q in zip(finetune.state_dict().values(), again.state_dict().values()):
+        assert torch.equal(p, q)
 
 
 def test_the_language_model_is_chosen_by_name_and_covers_the_tokenizer():
@@ -230,3 +241,54 @@ def test_a_training_sequence_over_max_length_names_both_parts_and_the_fixes(mode
     assert "use smaller images (fewer image tokens) or shorter texts, or raise max_length" in str(
         err.value
     )
+
+
+def test_an_empty_prompt_is_a_prompt_and_stop_tokens_add_to_the_end_of_text(model, monkeypatch):
+    calls = []
+    lm_generate = model.language_model.generate
+
+    def spy(input_ids, *args, **kwargs):
+        out = lm_generate(input_ids, *args, **kwargs)
+        calls.append((input_ids.tolist(), kwargs["eos_token_id"], out[:, input_ids.shape[1] :]))
+        return out
+
+    monkeypatch.setattr(model.language_model, "generate", spy)
+    image, eot = torch.rand(1, 3, 16, 16), model.tokenizer.eot_token_id
+    model.generate(image, "", max_new_tokens=6)
+    assert calls[-1][0] == [model.template.prompt_ids(model.tokenizer, "")]  # not the default
+    free = calls[-1][2][0].tolist()
+    stop = free[1]
+    model.generate(image, "", max_new_tokens=6, eos_token_id=stop)
+    _, eos, new = calls[-1]
+    assert eos == [eot, stop]
+    assert new[0].tolist() == free[: free.index(stop) + 1]
+
+
+def test_images_as_uint8_tensors_lists_of_tensors_or_pil_give_the_same_answer(model):
+    from PIL import Image
+
+    from mambaverse.plugins.cobra.images import as_pixels
+
+    raw = torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8)
+    pixels = raw.float() / 255
+    torch.testing.assert_close(as_pixels(raw, 16), pixels)
+    torch.testing.assert_close(as_pixels(list(raw), 16), pixels)
+    pil = [Image.fromarray(img.permute(1, 2, 0).numpy()) for img in raw]
+    torch.testing.assert_close(as_pixels(pil, 16), pixels)
+    assert model.generate(raw, max_new_tokens=4) == model.generate(pixels, max_new_tokens=4)
+
+
+@pytest.mark.parametrize(
+    ("images", "message"),
+    [
+        (torch.rand(1, 3, 16, 16) * 255, r"pixel values from .* expected \[0, 1\].*divide"),
+        (torch.rand(1, 16, 16, 3), r"channels last: \.permute\(0, 3, 1, 2\)"),
+        (torch.rand(0, 3, 16, 16), r"batch >= 1"),
+        ([], r"none were given"),
+        ([torch.rand(3, 16, 16), torch.rand(3, 8, 8)], r"sizes \[\(8, 8\), \(16, 16\)\]"),
+        (torch.rand(1, 16, 16, 3).numpy(), r"numpy array .*torch\.from_numpy"),
+    ],
+)
+def test_images_the_model_cannot_take_are_named_with_the_fix(model, images, message):
+    with pytest.raises(ValueError, match=message):
+        model.generate(images, max_new_tokens=2)
