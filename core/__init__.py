@@ -32,7 +32,7 @@ from .errors import (
     UnknownNameError,
 )
 from .hookspecs import hookimpl
-from .pretrained import load_pretrained, save_pretrained
+from .pretrained import load_pretrained, save_hf, save_pretrained
 from .specs import BackboneSpec, DatasetSpec, KernelSpec, MixerSpec, ScanSpec
 
 try:
@@ -72,5 +72,6 @@ __all__ = [
     "model_info",
     "model_summary",
     "register_plugin",
+    "save_hf",
     "save_pretrained",
 ]

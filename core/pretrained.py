@@ -132,6 +132,8 @@ def save_pretrained(model: Any, directory: str | Path) -> Path:
     recorded = getattr(model, "checkpoint_config", None)
     if recorded is not None:  # the model's say in what rebuilds it from the checkpoint
         meta = {**meta, "config": recorded(dict(meta["config"]))}
+    if getattr(model, "generation_defaults", None):
+        meta = {**meta, "generation": dict(model.generation_defaults)}
 
     def write(tmp: Path) -> None:
         (tmp / CONFIG_FILE).write_text(json.dumps({"mambaverse": meta}, indent=2))
@@ -178,6 +180,40 @@ def _hf_weight_files(directory: Path) -> list[Path]:
     )
 
 
+def save_hf(model: Any, directory: str | Path) -> Path:
+    """Write ``model`` as a Hugging Face checkpoint directory (config.json, model.safetensors)
+    that transformers' ``AutoModelForCausalLM.from_pretrained`` loads, atomically; for backbones
+    that declare an exporter (``BackboneSpec.hf_export``: ``mamba_lm``, Mamba and Mamba-2)."""
+    from safetensors.torch import save_file
+
+    meta = getattr(model, "mambaverse_config", None)
+    if meta is None:
+        raise ConfigError(
+            "save_hf: this model was not built by mambaverse.create_model, so it has no config"
+        )
+    plugin, spec = catalogue().lookup("backbones", meta["backbone"])
+    if spec.hf_export is None:
+        exporting = sorted(
+            name
+            for name, owners in catalogue().entries["backbones"].items()
+            if any(s.hf_export is not None for _, s in owners)
+        )
+        raise ConfigError(
+            f"save_hf: backbone {spec.name!r} (from {plugin}) has no Hugging Face exporter; "
+            f"backbones with one: {', '.join(exporting) or 'none'} (save_pretrained writes a "
+            "mambaverse checkpoint of any model)"
+        )
+    hf_config, tensors = resolve_target(spec.hf_export)(model)
+    check_save_target(directory)
+
+    def write(tmp: Path) -> None:
+        (tmp / CONFIG_FILE).write_text(json.dumps(hf_config, indent=2))
+        contiguous = {name: t.detach().contiguous() for name, t in tensors.items()}
+        save_file(contiguous, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+
+    return write_atomically(directory, write)
+
+
 def _read_tensors(directory: Path) -> dict[str, Any]:
     import torch
     from safetensors.torch import load_file
@@ -189,6 +225,20 @@ def _read_tensors(directory: Path) -> dict[str, Any]:
         else:
             tensors.update(torch.load(file, map_location="cpu", weights_only=True))
     return tensors
+
+
+def _hf_eos_token_id(directory: Path, config: dict[str, Any]) -> Any:
+    """The end-of-sequence id(s) transformers' ``generate`` would stop at: generation_config.json's,
+    else config.json's (None when neither names one)."""
+    generation = directory / "generation_config.json"
+    if generation.is_file():
+        try:
+            eos = json.loads(generation.read_text()).get("eos_token_id")
+        except (json.JSONDecodeError, AttributeError):
+            eos = None
+        if eos is not None:
+            return eos
+    return config.get("eos_token_id")
 
 
 def _hf_converter(model_type: str) -> tuple[str, Any]:
@@ -260,11 +310,60 @@ def _load_converted(model: Any, state: dict[str, Any], strict: bool, directory: 
     model.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=False)
 
 
-def load_pretrained(path: str | Path, strict: bool = True, **overrides: Any) -> Any:
+_DTYPES = ("auto", "float32", "bfloat16", "float16", "float64")
+
+
+def _target_dtype(dtype: Any) -> Any:
+    """``dtype`` as load_pretrained takes it (None, "auto", a torch dtype or its name), checked."""
+    import torch
+
+    if dtype is None or dtype == "auto" or isinstance(dtype, torch.dtype):
+        return dtype
+    if isinstance(dtype, str) and dtype.removeprefix("torch.") in _DTYPES:
+        return getattr(torch, dtype.removeprefix("torch."))
+    raise ConfigError(f"load_pretrained: dtype={dtype!r}; give one of {', '.join(_DTYPES)}")
+
+
+def _stored_dtype(dtypes: list[Any]) -> Any:
+    """The floating dtype most of a checkpoint's tensors are stored in (None if none is)."""
+    floating = [d for d in dtypes if d.is_floating_point]
+    return max(set(floating), key=floating.count) if floating else None
+
+
+def _safetensors_dtypes(path: Path) -> list[Any]:
+    import torch
+    from safetensors import safe_open
+
+    names = {
+        "F64": torch.float64,
+        "F32": torch.float32,
+        "F16": torch.float16,
+        "BF16": torch.bfloat16,
+    }
+    with safe_open(str(path), "pt") as f:
+        return [names.get(f.get_slice(k).get_dtype(), torch.int64) for k in f.keys()]  # noqa: SIM118 (not a dict)
+
+
+def _place(model: Any, dtype: Any, device: Any, stored: Any) -> Any:
+    """``model`` moved to ``device`` and cast to ``dtype`` ("auto": the checkpoint's ``stored``)."""
+    if dtype == "auto":
+        dtype = stored
+    if dtype is not None or device is not None:
+        model.to(device=device, dtype=dtype)
+    return model
+
+
+def load_pretrained(
+    path: str | Path, strict: bool = True, dtype: Any = None, device: Any = None, **overrides: Any
+) -> Any:
     """Load a mambaverse or Hugging Face checkpoint directory into a mambaverse model.
 
     ``overrides`` change config values that do not affect the weights' shapes (e.g. ``kernels``).
+    ``dtype``: None keeps the model's own (float32), ``"auto"`` takes the one most of the
+    checkpoint's tensors are stored in (as transformers' ``dtype="auto"``), or a torch dtype
+    (``torch.bfloat16``, ``"bfloat16"``). ``device``: where the model goes (``"cuda"``).
     """
+    dtype = _target_dtype(dtype)
     directory = Path(path)
     config_file = directory / CONFIG_FILE
     if not directory.exists():
@@ -312,7 +411,10 @@ def load_pretrained(path: str | Path, strict: bool = True, **overrides: Any) -> 
             raise ConfigError(
                 f"{weights}: cannot be loaded into {meta['backbone']} ({err})"
             ) from None
-        return model
+        if meta.get("generation"):
+            model.generation_defaults = dict(meta["generation"])
+        stored = _safetensors_dtypes(weights) if dtype == "auto" else None
+        return _place(model, dtype, device, _stored_dtype(stored or []))
 
     if "model_type" in config:
         backbone, convert = _hf_converter(config["model_type"])
@@ -333,7 +435,10 @@ def load_pretrained(path: str | Path, strict: bool = True, **overrides: Any) -> 
             )
         model = build_backbone(backbone, {**our_config, **overrides})
         _load_converted(model, state_dict, strict, directory)
-        return model
+        eos = _hf_eos_token_id(directory, config)
+        if eos is not None:
+            model.generation_defaults = {"eos_token_id": eos}
+        return _place(model, dtype, device, _stored_dtype([t.dtype for t in state_dict.values()]))
 
     raise ConfigError(
         f"{config_file}: neither a mambaverse config nor a Hugging Face one (no model_type)"

@@ -157,6 +157,8 @@ class BackboneSpec:
     hf_model_types: Hugging Face ``config.json`` ``model_type`` -> converter
              ``convert(hf_config: dict, tensors: dict[str, Tensor]) -> (config, state_dict)``
              that :func:`mambaverse.load_pretrained` uses to import such a checkpoint directory.
+    hf_export: ``export(model) -> (hf_config, tensors)``, the inverse, that
+             :func:`mambaverse.save_hf` uses to write a checkpoint transformers loads.
     """
 
     name: str
@@ -165,6 +167,7 @@ class BackboneSpec:
     presets: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     description: str = ""
     hf_model_types: Mapping[str, Target] = field(default_factory=dict)
+    hf_export: Target | None = None
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:

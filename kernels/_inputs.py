@@ -7,7 +7,9 @@ implementation sees valid shapes and a mistake reads as one line: what was expec
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +20,24 @@ def require_ndim(op: str, name: str, tensor: torch.Tensor, layouts: Mapping[int,
     if tensor.dim() not in layouts:
         wanted = " or ".join(layouts.values())
         raise ValueError(f"{op}: {name} must be {wanted}, got shape {tuple(tensor.shape)}")
+
+
+def whole_number(op: str, name: str, value: Any, minimum: int | None = None) -> int:
+    """``value`` as an int: Python's or numpy's, never a bool or a float that would be truncated."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{op}: {name} must be an int, got {value!r} ({type(value).__name__})")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{op}: {name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def require_float_state(op: str, name: str, state: torch.Tensor) -> None:
+    """A decoding state is updated in place: an integer one would truncate every update."""
+    if not state.is_floating_point():
+        raise TypeError(
+            f"{op}: {name} is {state.dtype}, but it is updated in place with real values; "
+            "allocate it as a float tensor (float32 for an SSM state)"
+        )
 
 
 def require_shape(

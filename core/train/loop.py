@@ -211,8 +211,12 @@ class Run:
                 summary.unlink(missing_ok=True)
             self.output.mkdir(parents=True, exist_ok=True)
             (self.output / "config.yaml").write_text(to_yaml(config))
+        last_eval = self.progress.last_eval
         self.metrics = MetricsLog(
-            self.output, self.main, self.progress.step if self.resume_from else None
+            self.output,
+            self.main,
+            self.progress.step if self.resume_from else None,
+            None if last_eval is None else last_eval["step"],
         )
         self.display = Display(self.main, self.total_steps, self.progress.step)
         self.window = Window(self.accelerator.device)

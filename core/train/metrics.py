@@ -13,11 +13,19 @@ PLOT_FILE = "metrics.png"
 class MetricsLog:
     """Appends one JSON object per line to ``<output_dir>/metrics.jsonl`` (main process only).
 
-    A fresh run starts the file empty; a resumed run keeps the lines up to the checkpoint's step
-    and drops any written after it by the interrupted run, so that no step appears twice.
+    A fresh run starts the file empty; a resumed run keeps the lines that the checkpoint covers
+    and drops any written after it by the interrupted run, so that no step appears twice: those
+    up to its step, but a test line of that very step only if the checkpoint recorded it (an
+    evaluation after the save, such as a run's final one, is made again).
     """
 
-    def __init__(self, output_dir: Path, enabled: bool, resumed_at: int | None) -> None:
+    def __init__(
+        self,
+        output_dir: Path,
+        enabled: bool,
+        resumed_at: int | None,
+        evaluated_at: int | None = None,
+    ) -> None:
         self.path = output_dir / METRICS_FILE
         self.enabled = enabled
         if not enabled:
@@ -27,7 +35,7 @@ class MetricsLog:
             kept = [
                 line
                 for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line)["step"] <= resumed_at
+                if line.strip() and _covered(json.loads(line), resumed_at, evaluated_at)
             ]
         self.path.write_text("".join(line + "\n" for line in kept))
 
@@ -35,6 +43,16 @@ class MetricsLog:
         if self.enabled:
             with self.path.open("a") as f:
                 f.write(json.dumps(record) + "\n")
+
+
+def _covered(record: dict[str, Any], step: int, evaluated_at: int | None) -> bool:
+    """Whether a checkpoint at ``step`` whose latest evaluation was at ``evaluated_at`` covers
+    the metrics line ``record``."""
+    if record["step"] < step:
+        return True
+    if record["step"] > step:
+        return False
+    return record["split"] != "test" or evaluated_at == step
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

@@ -38,11 +38,16 @@ def add_rms_norm(
     dim = x.shape[-1]
     require_shape(op, "weight", weight, (dim,), "(d,)")
     require_shape(op, "residual", residual, tuple(x.shape), "x's shape")
+    residual_dtype_given = residual_dtype
     if residual_dtype is None:
         residual_dtype = (
             x.dtype if residual is None else torch.promote_types(x.dtype, residual.dtype)
         )
-    if not residual_dtype.is_floating_point:
-        raise TypeError(f"{op}: residual_dtype must be a float dtype, got {residual_dtype}")
+    if not isinstance(residual_dtype, torch.dtype) or not residual_dtype.is_floating_point:
+        given = "x + residual's dtype" if residual_dtype_given is None else "residual_dtype"
+        raise TypeError(
+            f"{op}: {given} must be a float torch.dtype, got {residual_dtype!r} "
+            "(give float x and residual, or residual_dtype=torch.float32)"
+        )
     kernel = mambaverse.get_kernel(op, impl=impl, device=x.device, dtype=x.dtype)
     return kernel(x, residual, weight, eps=eps, residual_dtype=residual_dtype)

@@ -172,6 +172,7 @@ def add_rms_norm(
             f"{OP} (triton): rows of {x.shape[-1]} channels; the kernel holds a row in one tile, "
             f"up to {MAX_DIM}; use impl='reference' for wider rows"
         )
+    weight = weight.contiguous()  # the kernels index it as contiguous (a no-op when it is)
     if records_gradient(x, residual, weight):
         return _AddRmsNormFn.apply(x, residual, weight, float(eps), residual_dtype)
     y, s, _ = _forward(x, residual, weight, float(eps), residual_dtype, store_rstd=False)

@@ -11,7 +11,7 @@ import torch
 
 import mambaverse
 
-from .._inputs import require_ndim, require_shape
+from .._inputs import require_float_state, require_ndim, require_shape
 
 ACTIVATIONS = (None, "silu", "swish")  # "swish" is another name for silu
 
@@ -21,6 +21,8 @@ def check_conv_weights(
 ) -> None:
     require_ndim(op, "weight", weight, {2: "(d, w)"})
     require_shape(op, "weight", weight, (dim, weight.shape[1]), "(d, w)")
+    if weight.shape[1] < 1:
+        raise ValueError(f"{op}: weight has width 0; a causal filter needs w >= 1 taps")
     require_shape(op, "bias", bias, (dim,), "(d,)")
     if activation not in ACTIVATIONS:
         raise ValueError(f"{op}: activation must be one of {ACTIVATIONS}, got {activation!r}")
@@ -74,5 +76,6 @@ def causal_conv1d_update(
     batch, dim = x.shape
     check_conv_weights(op, weight, bias, activation, dim)
     require_shape(op, "conv_state", conv_state, (batch, dim, weight.shape[1]), "(b, d, w)")
+    require_float_state(op, "conv_state", conv_state)
     kernel = mambaverse.get_kernel(op, impl=impl, device=x.device, dtype=x.dtype)
     return kernel(conv_state, x, weight, bias=bias, activation=activation)

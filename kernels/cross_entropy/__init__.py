@@ -11,7 +11,7 @@ import torch
 
 import mambaverse
 
-from .._inputs import require_integers_beside, require_ndim, require_shape
+from .._inputs import require_integers_beside, require_ndim, require_shape, whole_number
 
 
 def cross_entropy(
@@ -40,4 +40,4 @@ def cross_entropy(
         raise TypeError(f"{op}: logits must be floating point, got {logits.dtype}")
     require_integers_beside(op, "labels", labels, "logits", logits, "move them to that device")
     kernel = mambaverse.get_kernel(op, impl=impl, device=logits.device, dtype=logits.dtype)
-    return kernel(logits, labels, int(ignore_index))
+    return kernel(logits, labels, whole_number(op, "ignore_index", ignore_index))

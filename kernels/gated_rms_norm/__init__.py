@@ -11,7 +11,7 @@ import torch
 
 import mambaverse
 
-from .._inputs import require_multiple, require_shape
+from .._inputs import require_multiple, require_shape, whole_number
 
 
 def gated_rms_norm(
@@ -38,7 +38,7 @@ def gated_rms_norm(
     dim = x.shape[-1]
     require_shape(op, "z", z, tuple(x.shape), "x's shape")
     require_shape(op, "weight", weight, (dim,), "(d,)")
-    group_size = dim if group_size is None else int(group_size)
+    group_size = dim if group_size is None else whole_number(op, "group_size", group_size, 1)
     require_multiple(op, "d", dim, "group_size", group_size)
     kernel = mambaverse.get_kernel(op, impl=impl, device=x.device, dtype=x.dtype)
     return kernel(x, z, weight, group_size, eps=eps, norm_before_gate=norm_before_gate)

@@ -250,6 +250,7 @@ def gated_rms_norm(
             f"{OP} (triton): groups of {group_size} channels; the kernel holds a group in one "
             f"tile, up to {MAX_GROUP}; use impl='reference' for wider groups"
         )
+    weight = weight.contiguous()  # the kernels index it as contiguous (a no-op when it is)
     args = (x, z, weight, int(group_size), float(eps), bool(norm_before_gate))
     if records_gradient(x, z, weight):
         return _GatedRmsNormFn.apply(*args)

@@ -11,7 +11,7 @@ import torch
 
 import mambaverse
 
-from .._inputs import require_multiple, require_ndim, require_shape
+from .._inputs import require_float_state, require_multiple, require_ndim, require_shape
 
 SCAN = "selective_scan"
 STEP = "selective_state_update"
@@ -58,7 +58,8 @@ def selective_scan(
     Shapes: u, delta, z (b, d, l); A (d, n); B, C (b, n, l), or grouped (b, g, n, l) where
     channel d reads group d // (d/g); D, delta_bias (d,).
     Returns y (b, d, l) in u's dtype, and with ``return_last_state`` also h_{l-1} (b, d, n) in
-    float32 (float64 for float64 inputs).
+    float32 (float64 for float64 inputs), the state to decode from: it carries no gradient,
+    whichever implementation runs (the Triton kernels do not differentiate it).
     """
     op = SCAN
     require_ndim(op, "u", u, {3: "(b, d, l)"})
@@ -72,7 +73,7 @@ def selective_scan(
     require_shape(op, "z", z, (batch, dim, length), "(b, d, l)")
     require_shape(op, "delta_bias", delta_bias, (dim,), "(d,)")
     kernel = mambaverse.get_kernel(op, impl=impl, device=u.device, dtype=u.dtype)
-    return kernel(
+    out = kernel(
         u,
         delta,
         A,
@@ -84,6 +85,10 @@ def selective_scan(
         delta_softplus=delta_softplus,
         return_last_state=return_last_state,
     )
+    if return_last_state:
+        y, last = out
+        return y, last.detach()
+    return out
 
 
 def selective_state_update(
@@ -114,6 +119,7 @@ def selective_state_update(
     """
     op = STEP
     require_ndim(op, "state", state, {3: "(b, d, n)"})
+    require_float_state(op, "state", state)
     batch, dim, dstate = state.shape
     for name, t in (("x", x), ("dt", dt), ("z", z)):
         require_shape(op, name, t, (batch, dim), "(b, d)")

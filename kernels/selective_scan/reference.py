@@ -32,7 +32,7 @@ MIN_CHUNK = 16
 
 def chunk_length(length: int, batch: int, dim: int, dstate: int) -> int:
     """T: the largest power of two with T·b·d·n <= CHUNK_ELEMENTS, at least MIN_CHUNK."""
-    fits = max(CHUNK_ELEMENTS // (batch * dim * dstate), 1)
+    fits = max(CHUNK_ELEMENTS // max(batch * dim * dstate, 1), 1)  # an empty batch: any T
     return min(max(1 << (fits.bit_length() - 1), MIN_CHUNK), max(length, 1))
 
 
@@ -102,6 +102,8 @@ def scan_in_chunks(
         ys.append(C_t[steps] @ h.transpose(-1, -2))  # <C_t, h_t>: (T, b, g, 1, d/g)
         state = h[-1]
 
+    if not ys:  # length 0: no step, an empty y and the zero state
+        ys = [C_t.new_zeros(0, batch, groups, 1, dim // groups)]
     y = torch.cat(ys).reshape(length, batch, dim).permute(1, 2, 0).contiguous()  # (b, d, l)
     y = skip_and_gate(y, u, None if D is None else D[:, None], z).to(u.dtype)
     return (y, state.reshape(batch, dim, dstate)) if return_last_state else y

@@ -11,7 +11,13 @@ import torch
 
 import mambaverse
 
-from .._inputs import require_multiple, require_ndim, require_shape
+from .._inputs import (
+    require_float_state,
+    require_multiple,
+    require_ndim,
+    require_shape,
+    whole_number,
+)
 
 SCAN = "ssd_scan"
 STEP = "ssd_state_update"
@@ -53,6 +59,9 @@ def ssd_scan(
         y_t = y_t · silu(z_t)                        (only if z is given)
 
     computed in chunks of ``chunk_size`` steps (any length; the result does not depend on it).
+    The state must decay: Δ_t A_h ≤ 0 (A < 0 and Δ ≥ 0, which ``dt_softplus`` guarantees), as in
+    every Mamba-2; the Triton kernels rely on it (a growing state's exponents are clamped at 0
+    there), and checking it would wait for the GPU on every call. The reference computes any sign.
     Shapes: x, z (b, l, h, p); dt (b, l, h); A, dt_bias (h,); B, C (b, l, g, n), head h reading
     group h // (h/g); D (h,) or (h, p); initial_states (b, h, p, n).
     Returns y (b, l, h, p) in x's dtype, and with ``return_final_states`` also H_{l-1}
@@ -67,8 +76,7 @@ def ssd_scan(
     groups, dstate = B.shape[2:]
     require_shape(op, "B", B, (batch, length, groups, dstate), "(b, l, g, n)")
     _check_heads(op, B, C, D, heads, headdim)
-    if not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"{op}: chunk_size must be a positive int, got {chunk_size!r}")
+    chunk_size = whole_number(op, "chunk_size", chunk_size, 1)
     require_shape(op, "z", z, x.shape, "(b, l, h, p)")
     require_shape(op, "dt_bias", dt_bias, (heads,), "(h,)")
     states = (batch, heads, headdim, dstate)
@@ -117,6 +125,7 @@ def ssd_state_update(
     """
     op = STEP
     require_ndim(op, "state", state, {4: "(b, h, p, n)"})
+    require_float_state(op, "state", state)
     batch, heads, headdim, dstate = state.shape
     require_shape(op, "x", x, (batch, heads, headdim), "(b, h, p)")
     require_shape(op, "dt", dt, (batch, heads), "(b, h)")

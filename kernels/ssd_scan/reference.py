@@ -140,9 +140,9 @@ def ssd_scan(
     else:
         state = initial_states.to(dtype).reshape(*grouped, headdim, dstate)
 
-    chunk = min(chunk_size, length)
-    chunks_per_block = max(1, BLOCK_ELEMENTS // (batch * heads * chunk * chunk))
-    ys = []
+    chunk = max(min(chunk_size, length), 1)  # at least 1: a length-0 sequence has no block
+    chunks_per_block = max(1, BLOCK_ELEMENTS // max(batch * heads * chunk * chunk, 1))
+    ys = [x_s.new_zeros(*grouped, 0, headdim)]  # (b, g, h/g, l, p) pieces along l
     for start, end, size in _blocks(length, chunk, chunks_per_block):
 
         def rows(t: torch.Tensor) -> torch.Tensor:  # (..., l, k) -> this block's (..., K, T, k)

@@ -12,6 +12,9 @@ for s ≤ t (0 above the diagonal):
     y_t = exp(cs_t) S_prev C_t + Σ_{s ≤ t} (C_t · B_s) L[t, s] δ_s x_s + D x_t       (intra-chunk: tl.dot)
     S_next = exp(cs_last) S_prev + Σ_s exp(cs_last − cs_s) δ_s x_s ⊗ B_s               (inter-chunk)
 
+Requires δ_t A_h ≤ 0 (a decaying state, as softplus steps and A < 0 give): the in-chunk exponents
+cs_t − cs_s are clamped at 0, which only masked entries reach then.
+
 Shapes: x, z, out (b, l, h, p); dt (b, l, h); A, bias (h,); B, C (b, l, g, n); D (h,) or (h, p);
 initial / final states (b, h, p, n) fp32. Any length: the last chunk is masked.
 
@@ -739,6 +742,10 @@ def _or(t: torch.Tensor | None, placeholder: torch.Tensor) -> torch.Tensor:
     return t if t is not None else placeholder
 
 
+def _contiguous(t: torch.Tensor | None) -> torch.Tensor | None:
+    return None if t is None else t.contiguous()
+
+
 def _strides(t: torch.Tensor | None, rank: int) -> tuple[int, ...]:
     return tuple(t.stride()) if t is not None else (0,) * rank
 
@@ -979,6 +986,7 @@ class _SSDScanFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout, dfinal=None):
         x, dt, A, B, C, D, z, dt_bias, initial_states, cs, dtb, sprev, ypre = ctx.saved_tensors
+        dfinal = _contiguous(dfinal)  # read as contiguous; autograd may hand an expanded one
         saved = {"cs": cs, "dtb": dtb, "sprev": sprev, "ypre": ypre}
         grads = _backward(
             dout, dfinal, x, dt, A, B, C, ctx.chunk_size, D, z, dt_bias, ctx.softplus,
@@ -1045,6 +1053,8 @@ def ssd_scan(
     _check_heads(OP, nheads, B)
     if not isinstance(chunk_size, int) or not 1 <= chunk_size <= 256:
         raise ValueError(f"{OP} (triton): chunk_size must be an int in 1..256, got {chunk_size!r}")
+    # The kernels index these small per-head tensors as contiguous (a no-op when they are).
+    A, D, dt_bias, initial_states = (_contiguous(t) for t in (A, D, dt_bias, initial_states))
     return _SSDScanFn.apply(
         x,
         dt,
@@ -1098,6 +1108,7 @@ def ssd_state_update(
         check_shape(op, "D", D, (nheads,))
     _check_heads(op, nheads, B)
 
+    A, D, dt_bias = (_contiguous(t) for t in (A, D, dt_bias))  # indexed as contiguous
     y = torch.empty((batch, nheads, headdim), device=x.device, dtype=x.dtype)
     block_p = min(next_pow2(headdim), 16 if interpreting() else 32)
     _state_update[(batch * nheads, cdiv(headdim, block_p))](

@@ -104,6 +104,14 @@ class HierarchicalBackbone(VisionBackbone):
     def pool(self, x: torch.Tensor) -> torch.Tensor:
         return x.mean(dim=(2, 3)) if self.global_pool == "avg" else x
 
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Pooled: (B, C) -> (B, classes). Unpooled (``global_pool=""``): the classifier at every
+        position, (B, C, H, W) -> (B, classes, H, W), as timm's 1×1-conv heads give."""
+        if self.global_pool:
+            return super().forward_head(x, pre_logits)
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x.movedim(1, -1)).movedim(-1, 1)
+
     def forward_intermediates(
         self,
         x: torch.Tensor,

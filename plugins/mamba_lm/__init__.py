@@ -18,5 +18,6 @@ def mambaverse_backbones() -> list[BackboneSpec]:
                 "mamba": f"{_HERE}.convert:from_hf_mamba",
                 "mamba2": f"{_HERE}.convert:from_hf_mamba2",
             },
+            hf_export=f"{_HERE}.convert:to_hf",
         )
     ]

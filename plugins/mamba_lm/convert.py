@@ -1,6 +1,9 @@
 """Import Hugging Face ``MambaForCausalLM`` ("mamba") and ``Mamba2ForCausalLM`` ("mamba2")
 checkpoints: their config.json keys and tensor names mapped to ``mamba_lm``'s.
 
+:func:`to_hf` is the inverse (``mambaverse.save_hf``): a model of either mixer written as the
+checkpoint transformers' ``AutoModelForCausalLM`` loads.
+
 Tensor names, transformers -> mambaverse (i = layer):
     backbone.embeddings.weight (or .embedding.)  -> embedding.weight
     backbone.layers.i.norm.weight                -> layers.i.norm.weight
@@ -160,3 +163,97 @@ def _state_dict(
             "checkpoint has untied embeddings (tie_word_embeddings=false) but no lm_head.weight"
         )
     return state
+
+
+def to_hf(model: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(transformers config.json, tensors) of a ``mamba_lm`` model: the inverse of
+    :func:`from_hf_mamba` / :func:`from_hf_mamba2`. Settings transformers' Mamba models lack
+    (a LayerNorm, multi-head Mamba, Jamba's Δ/B/C norms, attention mixers) are refused."""
+    import inspect
+
+    from mambaverse.api import get_mixer
+
+    config = model.mambaverse_config["config"]
+    mixer = config.get("mixer", "mamba")
+    if mixer not in ("mamba", "mamba2"):
+        raise ConfigError(
+            f"save_hf: mixer {mixer!r} has no transformers Mamba model (mamba, mamba2)"
+        )
+    if config.get("norm", "rmsnorm") != "rmsnorm":
+        raise ConfigError(
+            f"save_hf: norm {config['norm']!r}; transformers' Mamba models use rmsnorm"
+        )
+    factory = get_mixer(mixer).load()
+    defaults = {
+        name: p.default
+        for name, p in inspect.signature(factory).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
+    mc = {**defaults, **(config.get("mixer_config") or {})}
+    eos = getattr(model, "generation_defaults", {}).get("eos_token_id")
+    hf: dict[str, Any] = {
+        "vocab_size": model.padded_vocab_size,  # the embedding's rows, as checkpoints store them
+        "hidden_size": model.d_model,
+        "num_hidden_layers": model.n_layer,
+        "state_size": mc["d_state"],
+        "conv_kernel": mc["d_conv"],
+        "expand": mc["expand"],
+        "use_conv_bias": mc["conv_bias"],
+        "use_bias": mc["bias"],
+        "time_step_min": mc["dt_min"],
+        "time_step_max": mc["dt_max"],
+        "time_step_floor": mc["dt_init_floor"],
+        "layer_norm_epsilon": config.get("norm_eps", 1e-5),
+        "residual_in_fp32": config.get("residual_in_fp32", True),
+        "tie_word_embeddings": config.get("tie_embeddings", True),
+        "hidden_act": "silu",
+        "eos_token_id": eos,
+        "bos_token_id": None,
+        "pad_token_id": None,
+    }
+    if mixer == "mamba":
+        if mc["nheads"] != 1 or mc["dt_bc_norm_eps"] is not None:
+            raise ConfigError(
+                "save_hf: a multi-head Mamba mixer or one with Δ/B/C norms (Zamba's, Jamba's) "
+                "has no transformers MambaForCausalLM"
+            )
+        ssm = model.layers[0].mixer.ssm
+        hf |= {
+            "model_type": "mamba",
+            "architectures": ["MambaForCausalLM"],
+            "intermediate_size": int(mc["expand"] * model.d_model),
+            "time_step_rank": ssm.dt_proj.in_features,
+            "time_step_init_scheme": mc["dt_init"],
+            "time_step_scale": mc["dt_scale"],
+        }
+    else:
+        if mc["norm_before_gate"]:
+            raise ConfigError("save_hf: norm_before_gate=True; transformers' Mamba-2 gates first")
+        d_inner = int(mc["expand"] * model.d_model)
+        hf |= {
+            "model_type": "mamba2",
+            "architectures": ["Mamba2ForCausalLM"],
+            "num_heads": d_inner // mc["headdim"],
+            "head_dim": mc["headdim"],
+            "n_groups": mc["ngroups"],
+            "chunk_size": mc["chunk_size"],
+            "time_step_limit": [float(v) for v in mc["dt_limit"]],
+        }
+    prefix = {"mamba": _mamba_hf_name, "mamba2": lambda name: name}[mixer]
+    tensors = {}
+    for name, tensor in model.state_dict().items():
+        if name == "lm_head.weight":
+            if not hf["tie_word_embeddings"]:
+                tensors[name] = tensor
+            continue
+        match = _LAYER.fullmatch(name)
+        if match:
+            name = f"layers.{match[1]}.mixer.{prefix(match[2])}"
+        if name.startswith("embedding."):
+            name = "embeddings." + name.removeprefix("embedding.")
+        tensors["backbone." + name] = tensor
+    return hf, tensors
+
+
+def _mamba_hf_name(name: str) -> str:
+    return name.removeprefix("ssm.")

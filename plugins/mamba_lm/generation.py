@@ -72,8 +72,10 @@ def generate(
     model's image tokens); the model's ``forward`` must take ``prefix_embeds``.
 
     do_sample: None = sample if temperature, top_k or top_p is set (temperature != 1), else
-    greedy (argmax). eos_token_id: a sequence that emits one stops; it is padded with the first
-    eos id until every sequence has stopped (then generation ends early).
+    greedy (argmax). eos_token_id: a sequence that emits one stops; it is padded with the
+    id it emitted until every sequence has stopped (then generation ends early). None = the
+    model's ``generation_defaults["eos_token_id"]`` (an imported checkpoint's end token), if
+    any; ``[]`` = none.
     generator: random source for reproducible sampling.
 
     cuda_graph: decode with one captured CUDA graph per step (:mod:`.decode_graph`): same
@@ -94,6 +96,8 @@ def generate(
         do_sample = temperature != 1.0 or top_k is not None or top_p is not None
     if do_sample:
         check_sampling(temperature, top_k, top_p)
+    if eos_token_id is None:
+        eos_token_id = getattr(model, "generation_defaults", {}).get("eos_token_id")
     eos_ids = _as_ids(eos_token_id, input_ids.device)
 
     batch, length = input_ids.shape

@@ -21,7 +21,10 @@ def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -
             f"temperature must be > 0, got {temperature} (use do_sample=False for greedy)"
         )
     if top_k is not None and top_k < 1:
-        raise ConfigError(f"top_k must be >= 1 or None, got {top_k}")
+        raise ConfigError(
+            f"top_k must be >= 1 or None, got {top_k} (None turns top-k off, as transformers' "
+            "top_k=0 does)"
+        )
     if top_p is not None and not 0 < top_p <= 1:
         raise ConfigError(f"top_p must be in (0, 1] or None, got {top_p}")
 

@@ -57,7 +57,7 @@ def test_half_inputs_sum_in_float32_and_keep_their_dtypes():
     [
         ({"weight": torch.ones(4)}, r"weight must have shape \(d,\) = \(5,\), got \(4,\)"),
         ({"residual": torch.ones(2, 4)}, r"residual must have shape x's shape = \(2, 5\)"),
-        ({"residual_dtype": torch.int32}, "residual_dtype must be a float dtype"),
+        ({"residual_dtype": torch.int32}, "residual_dtype must be a float torch.dtype"),
         ({"x": torch.ones(2, 0)}, r"x must be \(\.\.\., d\) with d > 0"),
     ],
 )

@@ -146,3 +146,79 @@ def test_the_snippets_of_docs_ssm_run():
     assert len(snippets) >= 5
     with contextlib.redirect_stdout(io.StringIO()):
         exec(compile("\n".join(snippets), str(page), "exec"), {})
+
+
+def test_empty_inputs_give_empty_outputs_and_the_entering_state():
+    from mambaverse import kernels as K
+
+    y, last = K.selective_scan(torch.randn(1, 4, 0), torch.rand(1, 4, 0), -torch.rand(4, 3),
+                               torch.randn(1, 3, 0), torch.randn(1, 3, 0), return_last_state=True)  # fmt: skip
+    assert y.shape == (1, 4, 0) and torch.equal(last, torch.zeros(1, 4, 3))
+    empty_batch = K.selective_scan(torch.randn(0, 4, 5), torch.rand(0, 4, 5), -torch.rand(4, 3),
+                                   torch.randn(0, 3, 5), torch.randn(0, 3, 5))  # fmt: skip
+    assert empty_batch.shape == (0, 4, 5)
+    h0 = torch.randn(1, 2, 3, 3)
+    y, final = K.ssd_scan(torch.randn(1, 0, 2, 3), torch.rand(1, 0, 2), -torch.rand(2),
+                          torch.randn(1, 0, 1, 3), torch.randn(1, 0, 1, 3), 4, initial_states=h0,
+                          return_final_states=True)  # fmt: skip
+    assert y.shape == (1, 0, 2, 3) and torch.equal(final, h0)
+    assert K.causal_conv1d(torch.randn(2, 3, 0), torch.randn(3, 4)).shape == (2, 3, 0)
+    with pytest.raises(ValueError, match="width 0"):
+        K.causal_conv1d(torch.randn(2, 3, 5), torch.randn(3, 0))
+
+
+def test_an_integer_decoding_state_is_refused_before_it_is_truncated():
+    from mambaverse import kernels as K
+
+    with pytest.raises(TypeError, match=r"state is torch.int64, but it is updated in place"):
+        K.selective_state_update(torch.zeros(1, 2, 3, dtype=torch.long), torch.randn(1, 2),
+                                 torch.rand(1, 2), -torch.rand(2, 3), torch.randn(1, 3),
+                                 torch.randn(1, 3))  # fmt: skip
+    with pytest.raises(TypeError, match=r"conv_state is torch.int32"):
+        K.causal_conv1d_update(torch.zeros(1, 2, 4, dtype=torch.int32), torch.randn(1, 2),
+                               torch.randn(2, 4))  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (
+            lambda K: K.gated_rms_norm(
+                torch.randn(2, 8), torch.randn(2, 8), torch.randn(8), group_size=2.5
+            ),
+            "group_size must be an int, got 2.5",
+        ),
+        (
+            lambda K: K.gated_rms_norm(
+                torch.randn(2, 8), torch.randn(2, 8), torch.randn(8), group_size=True
+            ),
+            "group_size must be an int, got True",
+        ),
+        (
+            lambda K: K.cross_entropy(torch.randn(3, 5), torch.tensor([1, 2, 3]), ignore_index=2.9),
+            "ignore_index must be an int, got 2.9",
+        ),
+        (
+            lambda K: K.ssd_scan(
+                torch.randn(1, 6, 2, 3),
+                torch.rand(1, 6, 2),
+                -torch.rand(2),
+                torch.randn(1, 6, 1, 3),
+                torch.randn(1, 6, 1, 3),
+                True,
+            ),
+            "chunk_size must be an int, got True",
+        ),
+        (
+            lambda K: K.add_rms_norm(
+                torch.randn(2, 8), None, torch.randn(8), residual_dtype="float32"
+            ),
+            "residual_dtype must be a float torch.dtype, got 'float32'",
+        ),
+    ],
+)
+def test_scalar_arguments_are_not_silently_truncated(call, message):
+    from mambaverse import kernels as K
+
+    with pytest.raises(TypeError, match=re.escape(message)):
+        call(K)

@@ -122,3 +122,12 @@ def test_public_op_dispatches_to_triton():
 )
 def test_gpu_matches_reference(shape, dtype):
     check(shape, dtype, label=f"gpu add_rms_norm {shape} {dtype}")
+
+
+@tiny
+def test_a_strided_weight_is_read_as_it_is():
+    x, residual = torch.randn(2, 5, 8, device=DEVICE), torch.randn(2, 5, 8, device=DEVICE)
+    stacked = torch.randn(8, 3, device=DEVICE)  # the weights of three layers, one per column
+    y, s = kernels.add_rms_norm(x, residual, stacked[:, 1])
+    y_ref, s_ref = reference.add_rms_norm(x, residual, stacked[:, 1].contiguous())
+    assert rel_err(y, y_ref) < 1e-6 and rel_err(s, s_ref) < 1e-6

@@ -122,3 +122,11 @@ def test_public_op_dispatches_to_triton():
 def test_gpu_matches_reference(shape, group_size, z_in_projection, dtype, norm_before_gate):
     check(shape, group_size, dtype, norm_before_gate, z_in_projection,
           label=f"gpu gated_rms_norm {shape} g{group_size} {dtype} before={norm_before_gate}")  # fmt: skip
+
+
+@tiny
+def test_a_strided_weight_is_read_as_it_is():
+    x, z = torch.randn(2, 5, 8, device=DEVICE), torch.randn(2, 5, 8, device=DEVICE)
+    stacked = torch.randn(8, 3, device=DEVICE)  # the weights of three layers, one per column
+    y = kernels.gated_rms_norm(x, z, stacked[:, 1], 4)
+    assert rel_err(y, reference.gated_rms_norm(x, z, stacked[:, 1].contiguous(), 4)) < 1e-6

@@ -171,6 +171,39 @@ def test_public_op_dispatches_to_triton():
     assert rel_err(y, y_ref) < 1e-5
 
 
+def _strided(t: torch.Tensor) -> torch.Tensor:
+    """The same values as a non-contiguous view: one slice of a larger tensor."""
+    wide = torch.zeros(*t.shape, 3, dtype=t.dtype, device=t.device)
+    wide[..., 1] = t
+    return wide[..., 1]
+
+
+@tiny
+def test_strided_parameters_states_and_final_state_gradients():
+    # A, D, dt_bias and initial_states as views (stacked parameters, a layer of a state cache),
+    # and final_states' gradient expanded (stride 0, as sum() hands it): read as they are.
+    t = make_inputs(1, 11, 4, 6, 5, groups=2, D_per_channel=True)
+    strided = {**t, **{k: _strided(t[k]) for k in ("A", "D", "dt_bias", "initial_states")}}
+    assert not any(strided[k].is_contiguous() for k in ("A", "D", "dt_bias", "initial_states"))
+    outs = []
+    for module, values in ((kernels, strided), (reference, t)):
+        x = values["x"].clone().requires_grad_()
+        args = {k: values[k] for k in NAMES if k != "x"}
+        y, final = module.ssd_scan(x, chunk_size=4, dt_softplus=True, return_final_states=True,
+                                   **args)  # fmt: skip
+        (y.sum() + final.sum()).backward()
+        outs.append((y, final, x.grad))
+    for ours, ref in zip(*outs):
+        assert rel_err(ours, ref) < 1e-5
+    state = torch.randn(1, 4, 6, 5, device=DEVICE)
+    step = {"x": t["x"][:, 0], "dt": t["dt"][:, 0], "B": t["B"][:, 0], "C": t["C"][:, 0]}
+    y = kernels.ssd_state_update(state.clone(), **step, A=strided["A"], D=strided["D"],
+                                 dt_bias=strided["dt_bias"], dt_softplus=True)  # fmt: skip
+    y_ref = reference.ssd_state_update(state.clone(), **step, A=t["A"], D=t["D"],
+                                       dt_bias=t["dt_bias"], dt_softplus=True)  # fmt: skip
+    assert rel_err(y, y_ref) < 1e-5
+
+
 @tiny
 @pytest.mark.parametrize("D_per_channel", [False, True])
 def test_state_update_matches_reference(D_per_channel):

@@ -244,3 +244,91 @@ def test_an_import_names_missing_tensors_and_refuses_to_retie_them(tmp_path):
         model = mambaverse.load_pretrained(tmp_path, strict=False)
     assert any("missing layers.1.norm.weight" in str(w.message) for w in caught)
     assert torch.equal(model.layers[0].norm.weight, weights["backbone.layers.0.norm.weight"])
+
+
+def test_an_imported_model_stops_where_transformers_generate_stops(tmp_path):
+    hf = random_hf_lm("mamba", seed=2, hidden_size=32, num_hidden_layers=2, state_size=8)
+    prompt = torch.randint(0, hf.config.vocab_size, (1, 5))
+    free = hf.generate(prompt, max_new_tokens=12, do_sample=False)[0, 5:].tolist()
+    stop = next(t for t in free[2:] if t not in free[:2])  # first emitted at step >= 2
+    hf.generation_config.eos_token_id = stop
+    hf.generation_config.pad_token_id = stop
+    ours = mambaverse.load_pretrained(save(hf, tmp_path / "hf")).eval()
+    expected = hf.generate(prompt, max_new_tokens=12, do_sample=False)
+    assert expected[0, -1] == stop and expected.shape[1] < 5 + 12
+    assert torch.equal(ours.generate(prompt, max_new_tokens=12), expected)
+    # Kept through a mambaverse checkpoint; [] asks for no end token.
+    mambaverse.save_pretrained(ours, tmp_path / "ours")
+    again = mambaverse.load_pretrained(tmp_path / "ours").eval()
+    assert torch.equal(again.generate(prompt, max_new_tokens=12), expected)
+    assert again.generate(prompt, max_new_tokens=12, eos_token_id=[]).shape[1] == 5 + 12
+
+
+@pytest.mark.parametrize("source", ["hf", "mambaverse"])
+def test_a_checkpoint_loads_in_the_dtype_asked_for(source, tmp_path):
+    hf = random_hf_lm("mamba", hidden_size=32, num_hidden_layers=2, state_size=8)
+    hf.to(torch.bfloat16).save_pretrained(tmp_path / "hf")
+    path = tmp_path / "hf"
+    if source == "mambaverse":
+        mambaverse.save_pretrained(mambaverse.load_pretrained(path, dtype="auto"), tmp_path / "m")
+        path = tmp_path / "m"
+    assert {p.dtype for p in mambaverse.load_pretrained(path).parameters()} == {torch.float32}
+    auto = mambaverse.load_pretrained(path, dtype="auto")
+    assert {p.dtype for p in auto.parameters()} == {torch.bfloat16}
+    half = mambaverse.load_pretrained(path, dtype=torch.float16, device="cpu")
+    assert {p.dtype for p in half.parameters()} == {torch.float16}
+    stored = hf.state_dict()["backbone.embeddings.weight"]
+    assert torch.equal(auto.embedding.weight, stored)
+    with pytest.raises(mambaverse.ConfigError, match="dtype='bf16'; give one of auto, float32"):
+        mambaverse.load_pretrained(path, dtype="bf16")
+
+
+@pytest.mark.parametrize(
+    ("model_type", "hf_config"),
+    [
+        ("mamba", MAMBA_CASES["biases-untied-conv3"][0]),
+        ("mamba", MAMBA_CASES["default-shape"][0]),
+        ("mamba2", MAMBA2_CASES["groups2-length-not-chunk-multiple"][0]),
+        ("mamba2", MAMBA2_CASES["tied-biases-several-chunks"][0]),
+    ],
+)
+def test_save_hf_writes_what_transformers_loads_and_inverts_the_import(
+    model_type, hf_config, tmp_path
+):
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    if model_type == "mamba2":
+        _skip_if_gated_norm_ignores_groups(hf_config)
+    hf = random_hf_lm(model_type, seed=3, **hf_config)
+    ours = mambaverse.load_pretrained(save(hf, tmp_path / "hf")).eval()
+    mambaverse.save_hf(ours, tmp_path / "out")
+    # The import's inverse: the same tensors under the same names.
+    written, original = (
+        load_file(str(d / "model.safetensors")) for d in (tmp_path / "out", tmp_path / "hf")
+    )
+    assert written.keys() == original.keys()
+    assert all(torch.equal(written[k], original[k]) for k in written)
+    # And transformers computes our logits from it.
+    again = AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    ids = torch.randint(0, hf.config.vocab_size, (2, 9))
+    with torch.no_grad():
+        assert relative_error(again(ids).logits, ours(ids)) < 1e-5
+
+
+def test_save_hf_of_a_fresh_model_and_of_one_it_cannot_export(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    model = mambaverse.create_model("mamba2_micro").eval()  # a vocabulary padded to 8
+    mambaverse.save_hf(model, tmp_path / "m2")
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path / "m2").eval()
+    ids = torch.randint(0, model.vocab_size, (1, 7))
+    with torch.no_grad():
+        assert relative_error(hf(ids).logits, model(ids)) < 1e-5
+    with pytest.raises(mambaverse.ConfigError, match="mixer 'attention' has no transformers"):
+        attention = mambaverse.create_model("mamba_micro", mixer="attention", mixer_config={})
+        mambaverse.save_hf(attention, tmp_path / "a")
+    with pytest.raises(
+        mambaverse.ConfigError, match=r"backbone 'vim' .* backbones with one: mamba_lm"
+    ):
+        mambaverse.save_hf(mambaverse.create_model("vim_micro"), tmp_path / "v")

@@ -154,13 +154,15 @@ def test_a_damaged_checkpoint_is_refused_and_the_good_one_kept(two_checkpoints, 
     assert checkpoint.damage(out / "checkpoints" / "step-00000010") is None
 
 
-def test_resuming_a_finished_run_reports_its_result_and_writes_nothing_twice(toys, tmp_path):
+@pytest.mark.parametrize("every", ["10", "null"])  # null: the final evaluation follows the save
+def test_resuming_a_finished_run_reports_its_result_and_writes_nothing_twice(toys, tmp_path, every):
     out = tmp_path / "done"
-    first = run(out, "checkpoint.every_steps=10")
+    first = run(out, "checkpoint.every_steps=10", f"eval.every_steps={every}")
     before = comparable(out)
-    assert [r["step"] for r in before if r["split"] == "test"] == [10, 20, 30]
+    tests = [r["step"] for r in before if r["split"] == "test"]
+    assert tests == ([10, 20, 30] if every == "10" else [23, 30])  # null: each epoch and the end
 
-    again = run(out, "checkpoint.every_steps=10", resume="latest")
+    again = run(out, "checkpoint.every_steps=10", f"eval.every_steps={every}", resume="latest")
     assert comparable(out) == before  # step 30's test line is not written a second time
     for key in ("steps", "test_accuracy", "test_loss", "test_samples"):
         assert again[key] == first[key], key

@@ -145,6 +145,18 @@ def test_vim_position_embedding_resize_keeps_the_class_row_and_the_grid():
 
 
 @pytest.mark.parametrize("name", HIERARCHICAL)
+def test_unpooled_hierarchical_models_classify_every_position(name):
+    model = mambaverse.create_model(name, global_pool="", num_classes=5).eval()
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        features = model.forward_features(images)  # (B, C, H, W)
+        expected = torch.einsum("bchw,kc->bkhw", features, model.head.weight)
+        expected = expected + model.head.bias[:, None, None]
+        assert torch.allclose(model(images), expected, atol=1e-5)
+        assert torch.equal(model.forward_head(features, pre_logits=True), features)
+
+
+@pytest.mark.parametrize("name", HIERARCHICAL)
 def test_hierarchical_models_take_any_multiple_of_the_stride(name):
     model = mambaverse.create_model(name, num_classes=4).eval()
     assert model(torch.randn(1, 3, 64, 32)).shape == (1, 4)
