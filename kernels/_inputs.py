@@ -31,12 +31,20 @@ def whole_number(op: str, name: str, value: Any, minimum: int | None = None) -> 
     return int(value)
 
 
-def require_float_state(op: str, name: str, state: torch.Tensor) -> None:
-    """A decoding state is updated in place: an integer one would truncate every update."""
+def require_state(op: str, name: str, state: torch.Tensor) -> None:
+    """A decoding state is updated in place: an integer one would truncate every update, and
+    one whose elements share memory (an ``expand``-ed tensor) would be written by several
+    updates at once."""
     if not state.is_floating_point():
         raise TypeError(
             f"{op}: {name} is {state.dtype}, but it is updated in place with real values; "
             "allocate it as a float tensor (float32 for an SSM state)"
+        )
+    if any(stride == 0 and size > 1 for stride, size in zip(state.stride(), state.shape)):
+        raise ValueError(
+            f"{op}: {name} has shape {tuple(state.shape)} but strides {state.stride()}: its "
+            "elements share memory (an expand()-ed tensor), and each is updated in place; "
+            "give it its own memory (.clone())"
         )
 
 

@@ -56,6 +56,8 @@ class Progress:
     # The latest test record (as in metrics.jsonl): a run resumed from its last step reports it
     # instead of evaluating, and so writing, the same step's test line again.
     last_eval: dict[str, Any] | None = None
+    # The training sums since the last log line (loss, hits, positions, samples; all processes).
+    window_sums: list[float] | None = None
 
 
 def checkpoint_dir(output_dir: str | Path) -> Path:
@@ -206,7 +208,7 @@ def load(accelerator: Any, directory: Path, output_dir: str | Path) -> Progress:
     except Exception as err:
         raise CheckpointError(
             f"checkpoint {directory} cannot be loaded into this run "
-            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
+            f"({type(err).__name__}: {' '.join(str(err).split())}); "
             "was it saved with another model or optimiser config?"
         ) from None
     return progress

@@ -96,7 +96,7 @@ class TrainConfig(Section):
     precision: Literal["no", "fp16", "bf16"] | None = Field(
         None, description="null: what `accelerate launch` was given (default no)"
     )
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32, description="numpy's and torch's seed range")
     freeze: list[str] = Field(
         default_factory=list, description="parameter-name patterns (fnmatch) to keep fixed"
     )

@@ -147,6 +147,11 @@ class Run:
             ),
         )
         self.main = self.accelerator.is_main_process
+        if self.accelerator.mixed_precision == "fp16" and self.accelerator.device.type == "cpu":
+            raise ConfigError(
+                f"{source}: precision: fp16 on the CPU would run in float32 (accelerate has no "
+                "fp16 autocast there); use precision=bf16 or precision=no"
+            )
         self.resume_from = self._checkpoint_to_resume(resume)
 
         info = model_info(config.model.name, count_params=False)
@@ -220,6 +225,11 @@ class Run:
         )
         self.display = Display(self.main, self.total_steps, self.progress.step)
         self.window = Window(self.accelerator.device)
+        if self.resume_from is not None and self.progress.window_sums is not None and self.main:
+            # The sums since the last log, over all processes: the next log line then covers
+            # the same steps as an uninterrupted run's (the seconds start again).
+            self.window.sums += torch.tensor(self.progress.window_sums, dtype=torch.float64)
+        self.lr_used = self.scheduler.get_last_lr()[0]
 
     def _checkpoint_to_resume(self, resume: str | None) -> Path | None:
         """Check, before any work, that the checkpoint to resume is intact (or that a fresh run
@@ -301,6 +311,7 @@ class Run:
             if config.optim.clip_grad_norm is not None:
                 accelerator.clip_grad_norm_(self.model.parameters(), config.optim.clip_grad_norm)
             self.optimizer.step()
+            self.lr_used = self.scheduler.get_last_lr()[0]  # the step's, before it moves on
             if not accelerator.optimizer_step_was_skipped:  # an fp16 overflow skips the step
                 self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
@@ -358,7 +369,7 @@ class Run:
             "split": "train",
             "loss": loss_sum / max(count, 1),
             "accuracy": correct / max(count, 1),
-            "lr": self.scheduler.get_last_lr()[0],
+            "lr": self.lr_used,
             "samples_per_s": samples / max(seconds, 1e-9),
             "train_seconds": self.progress.train_seconds,
         }
@@ -392,6 +403,9 @@ class Run:
 
     def _save_checkpoint(self) -> Path:
         running = self._pause()
+        self.progress.window_sums = self.accelerator.reduce(
+            self.window.sums.clone(), "sum"
+        ).tolist()
         path = checkpoint.save(
             self.accelerator,
             self.output,
@@ -519,7 +533,9 @@ def train(config: TrainConfig, resume: str | None = None, source: str = "config"
         _restore(threads)
         raise
     try:
-        return run.train()
+        summary = run.train()
+        run.accelerator.wait_for_everyone()  # every process done before the group goes
+        return summary
     finally:
         run.display.close()
         run.accelerator.end_training()
@@ -528,6 +544,10 @@ def train(config: TrainConfig, resume: str | None = None, source: str = "config"
 
 def _restore(threads: int) -> None:
     torch.set_num_threads(threads)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # A run refused during setup: leave no process group behind (gloo aborts the process
+        # at exit otherwise, "terminate called without an active exception").
+        torch.distributed.destroy_process_group()
     # accelerate keeps its state (device, precision) in a process-wide singleton; forget it so
     # that a later train() in this process may choose other settings.
     AcceleratorState._reset_state(reset_partial_state=True)

@@ -11,7 +11,7 @@ import torch
 
 import mambaverse
 
-from .._inputs import require_float_state, require_ndim, require_shape
+from .._inputs import require_ndim, require_shape, require_state
 
 ACTIVATIONS = (None, "silu", "swish")  # "swish" is another name for silu
 
@@ -76,6 +76,6 @@ def causal_conv1d_update(
     batch, dim = x.shape
     check_conv_weights(op, weight, bias, activation, dim)
     require_shape(op, "conv_state", conv_state, (batch, dim, weight.shape[1]), "(b, d, w)")
-    require_float_state(op, "conv_state", conv_state)
+    require_state(op, "conv_state", conv_state)
     kernel = mambaverse.get_kernel(op, impl=impl, device=x.device, dtype=x.dtype)
     return kernel(conv_state, x, weight, bias=bias, activation=activation)

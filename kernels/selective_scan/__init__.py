@@ -11,7 +11,7 @@ import torch
 
 import mambaverse
 
-from .._inputs import require_float_state, require_multiple, require_ndim, require_shape
+from .._inputs import require_multiple, require_ndim, require_shape, require_state
 
 SCAN = "selective_scan"
 STEP = "selective_state_update"
@@ -119,7 +119,7 @@ def selective_state_update(
     """
     op = STEP
     require_ndim(op, "state", state, {3: "(b, d, n)"})
-    require_float_state(op, "state", state)
+    require_state(op, "state", state)
     batch, dim, dstate = state.shape
     for name, t in (("x", x), ("dt", dt), ("z", z)):
         require_shape(op, name, t, (batch, dim), "(b, d)")

@@ -12,10 +12,10 @@ import torch
 import mambaverse
 
 from .._inputs import (
-    require_float_state,
     require_multiple,
     require_ndim,
     require_shape,
+    require_state,
     whole_number,
 )
 
@@ -125,7 +125,7 @@ def ssd_state_update(
     """
     op = STEP
     require_ndim(op, "state", state, {4: "(b, h, p, n)"})
-    require_float_state(op, "state", state)
+    require_state(op, "state", state)
     batch, heads, headdim, dstate = state.shape
     require_shape(op, "x", x, (batch, heads, headdim), "(b, h, p)")
     require_shape(op, "dt", dt, (batch, heads), "(b, h)")

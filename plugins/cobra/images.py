@@ -15,23 +15,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from mambaverse.errors import ConfigError
+from mambaverse.train.data.images import open_rgb
 
-
-def load_image(path: str | Path, where: str = "") -> Any:
-    """The image at ``path`` as a PIL image, fully read; errors say which file (and ``where``)."""
-    from PIL import Image, UnidentifiedImageError
-
-    prefix = f"{where}: " if where else ""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{prefix}image {str(path)!r} does not exist")
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return image.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError) as err:
-        raise ConfigError(f"{prefix}image {str(path)!r} cannot be read ({err})") from None
+# Training rows, the digits and ``caption`` read files the way image datasets do (one reader:
+# errors name the file, 16-bit images are scaled to 8 bits).
+load_image = open_rgb
 
 
 def to_pixels(image: Any, size: int) -> torch.Tensor:

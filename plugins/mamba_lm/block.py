@@ -34,11 +34,17 @@ class ResidualBlock(nn.Module):
         self.residual_in_fp32 = residual_in_fp32
 
     def forward(
-        self, hidden: torch.Tensor, residual: torch.Tensor | None, state: Any = None
+        self,
+        hidden: torch.Tensor,
+        residual: torch.Tensor | None,
+        state: Any = None,
+        padding: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """hidden, residual: (B, L, dim) -> the same; ``state`` is filled for decoding when given."""
+        """hidden, residual: (B, L, dim) -> the same; ``state`` is filled for decoding when given;
+        ``padding`` (B, L), False at left padding, goes to the mixer (which must support it)."""
         normed, residual = add_and_norm(self.norm, hidden, residual, self.stream_dtype(hidden))
-        return self.mixer(normed, state), residual
+        mixed = self.mixer(normed, state) if padding is None else self.mixer(normed, state, padding)
+        return mixed, residual
 
     def step(
         self, hidden: torch.Tensor, residual: torch.Tensor | None, state: Any

@@ -17,6 +17,7 @@ launching each of them from Python. Choosing the token (argmax or sampling) stay
 from __future__ import annotations
 
 import functools
+import inspect
 import numbers
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -65,6 +66,7 @@ def generate(
     generator: torch.Generator | None = None,
     prefix_embeds: torch.Tensor | None = None,
     cuda_graph: bool | None = None,
+    attention_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Continue ``input_ids`` (B, L) by up to ``max_new_tokens``; returns (B, L + new) ids.
 
@@ -77,6 +79,10 @@ def generate(
     model's ``generation_defaults["eos_token_id"]`` (an imported checkpoint's end token), if
     any; ``[]`` = none.
     generator: random source for reproducible sampling.
+
+    attention_mask: (B, L), 0 at the left padding of prompts of several lengths (transformers'
+    convention, ``padding_side="left"``): each row continues its own prompt, as if alone. For
+    models whose forward takes it (mamba_lm with Mamba or Mamba-2 mixers).
 
     cuda_graph: decode with one captured CUDA graph per step (:mod:`.decode_graph`): same
     tokens, fewer kernel launches. None = when it can (the model on CUDA, fixed-size states, a
@@ -102,6 +108,13 @@ def generate(
 
     batch, length = input_ids.shape
     prefix = {} if prefix_embeds is None else {"prefix_embeds": prefix_embeds}
+    if attention_mask is not None:
+        if "attention_mask" not in inspect.signature(model.forward).parameters:
+            raise ValueError(
+                f"generate: {type(model).__name__} takes no attention_mask; batch prompts of "
+                "equal length together"
+            )
+        prefix["attention_mask"] = attention_mask
     prefix_length = 0 if prefix_embeds is None else prefix_embeds.shape[1]
     # The loop below calls the step max_new_tokens - 1 times (the last token needs none).
     max_seqlen = prefix_length + length + max_new_tokens

@@ -58,6 +58,33 @@ def check_token_ids(
         )
 
 
+def left_padding(
+    attention_mask: torch.Tensor | None,
+    input_ids: torch.Tensor,
+    prefix_embeds: torch.Tensor | None = None,
+) -> torch.Tensor | None:
+    """``attention_mask`` (B, L) as the mixers' ``padding``: bool, True at tokens; None when it
+    pads nothing. Only left padding is meaningful for a causal model read left to right."""
+    if attention_mask is None:
+        return None
+    if attention_mask.shape != input_ids.shape:
+        raise ValueError(
+            f"attention_mask must have input_ids' shape {tuple(input_ids.shape)}, got "
+            f"{tuple(attention_mask.shape)}"
+        )
+    real = attention_mask.to(device=input_ids.device, dtype=torch.bool)
+    if bool(real.all()):
+        return None
+    if prefix_embeds is not None:
+        raise ValueError("attention_mask with prefix_embeds: pad nothing, or leave the prefix out")
+    if bool((real[:, :-1] & ~real[:, 1:]).any()) or not bool(real[:, -1].all()):
+        raise ValueError(
+            "attention_mask: only left padding is supported (zeros, then ones, and every row "
+            "ending with a token), as in tokenizer(..., padding_side='left')"
+        )
+    return real
+
+
 def embed_tokens(
     embedding: nn.Embedding, input_ids: torch.Tensor, prefix_embeds: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -172,18 +199,24 @@ class MambaLM(nn.Module):
         state: list[Any] | None = None,
         num_last_tokens: int = 0,
         prefix_embeds: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """input_ids (B, L) -> logits (B, L, padded vocab) (B, P + L, ... with a prefix).
 
         state: from :meth:`allocate_state`; filled with each layer's state after the last token.
         num_last_tokens: if > 0, only the logits of the last that many positions.
         prefix_embeds: (B, P, d_model) embeddings placed before the tokens (a VLM's image tokens).
+        attention_mask: (B, L), 1 at tokens and 0 at the left padding of prompts of several
+        lengths (transformers' convention): each row computes as its prompt alone, for SSM
+        mixers (Mamba, Mamba-2); the logits at pad positions mean nothing.
         """
         self._check_ids(input_ids, 2, "(batch, length)")
+        padding = left_padding(attention_mask, input_ids, prefix_embeds)
         with kernel_scope(self.kernels):
             hidden, residual = embed_tokens(self.embedding, input_ids, prefix_embeds), None
             for i, block in enumerate(self.layers):
-                hidden, residual = block(hidden, residual, None if state is None else state[i])
+                layer_state = None if state is None else state[i]
+                hidden, residual = block(hidden, residual, layer_state, padding)
             return self.lm_head(final_norm(self.norm_f, hidden, residual, num_last_tokens))
 
     def step(self, input_ids: torch.Tensor, state: list[Any]) -> torch.Tensor:

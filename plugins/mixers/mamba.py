@@ -159,19 +159,30 @@ class SelectiveSSM(DecayRates, nn.Module):
         self.D = nn.Parameter(torch.ones(d_inner))
 
     def forward(
-        self, x: torch.Tensor, z: torch.Tensor | None = None, state: SSMState | None = None
+        self,
+        x: torch.Tensor,
+        z: torch.Tensor | None = None,
+        state: SSMState | None = None,
+        padding: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """x, z: (B, d_inner, L) -> y (B, d_inner, L), y = scan(conv(x)) * silu(z).
 
         With ``state`` (starting from empty), store the last d_conv inputs and the final SSM state.
+        padding: (B, L) bool, False at the left padding of a prompt: zeroing x there before and
+        after the conv (as transformers' Mamba does) leaves the conv window and the state as an
+        empty start, since Δ·x·B is then 0 at every pad.
         """
         length = x.shape[-1]
+        if padding is not None:
+            x = x * padding[:, None, :]
         if state is not None:
             state.begin_prefill()
             # F.pad left-pads with zeros when length < d_conv and crops when it is longer.
             state.conv.copy_(F.pad(x, (self.d_conv - length, 0)))
         if self.conv1d is not None:
             x = causal_conv1d(x, self.conv1d.weight.squeeze(1), self.conv1d.bias, activation="silu")
+        if padding is not None:
+            x = x * padding[:, None, :]
         dt, B, C = self._dt_B_C(x.transpose(1, 2))  # (B, L, d_inner), (B, L, [nheads,] d_state) × 2
         y = selective_scan(
             x,
@@ -314,6 +325,7 @@ class Mamba(TokenMixer):
     """
 
     mixer_name = "mamba"
+    supports_padding = True
 
     def __init__(
         self,
@@ -361,11 +373,13 @@ class Mamba(TokenMixer):
             if linear.bias is not None:
                 nn.init.zeros_(linear.bias)
 
-    def mix(self, u: torch.Tensor, state: SSMState | None) -> torch.Tensor:
+    def mix(
+        self, u: torch.Tensor, state: SSMState | None, padding: torch.Tensor | None = None
+    ) -> torch.Tensor:
         # Split before transposing: the gradients of x and z (channels innermost, as the kernels
         # return them) then join into (B, L, 2·d_inner) without a transposing copy.
         x, z = self.in_proj(u).chunk(2, dim=-1)  # (B, L, d_inner) each
-        y = self.ssm(x.transpose(1, 2), z.transpose(1, 2), state)  # (B, d_inner, L)
+        y = self.ssm(x.transpose(1, 2), z.transpose(1, 2), state, padding)  # (B, d_inner, L)
         return self.out_proj(y.transpose(1, 2).to(u.dtype))
 
     def mix_step(self, u: torch.Tensor, state: SSMState) -> torch.Tensor:

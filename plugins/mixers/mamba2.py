@@ -45,6 +45,7 @@ class Mamba2(DecayRates, TokenMixer):
     """
 
     mixer_name = "mamba2"
+    supports_padding = True
 
     def __init__(
         self,
@@ -109,18 +110,24 @@ class Mamba2(DecayRates, TokenMixer):
             if linear.bias is not None:
                 nn.init.zeros_(linear.bias)
 
-    def mix(self, u: torch.Tensor, state: SSMState | None) -> torch.Tensor:
+    def mix(
+        self, u: torch.Tensor, state: SSMState | None, padding: torch.Tensor | None = None
+    ) -> torch.Tensor:
         length = u.shape[1]
         # Pieces whose gradients the kernels write into one buffer (no cat in the backward).
         z, xBC, dt = split_sharing_grad(
             self.in_proj(u), [self.d_inner, self.conv_dim, self.nheads], dim=-1
         )
         xBC = xBC.transpose(1, 2)  # (B, conv_dim, L)
+        if padding is not None:  # left padding: zero x, B, C there before and after the conv
+            xBC = xBC * padding[:, None, :]
         if state is not None:
             state.begin_prefill()
             # The last d_conv inputs (zero-padded on the left when the prompt is shorter).
             state.conv.copy_(F.pad(xBC, (self.d_conv - length, 0)))
         xBC = causal_conv1d(xBC, self.conv1d.weight.squeeze(1), self.conv1d.bias, activation="silu")
+        if padding is not None:
+            xBC = xBC * padding[:, None, :]
         x, B, C = split_sharing_grad(
             xBC.transpose(1, 2),
             [self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state],

@@ -8,7 +8,7 @@ import torch
 
 import mambaverse
 from mambaverse.errors import ConfigError
-from mambaverse.plugins.hybrid.moe import load_balancing_loss
+from mambaverse.plugins.hybrid.moe import MoE, load_balancing_loss
 
 
 def dense_moe(moe: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -65,3 +65,16 @@ def test_bad_moe_config_is_one_clear_error():
         ConfigError, match=r"need 1 <= top_k <= num_experts, got top_k=3, num_experts=2"
     ):
         mambaverse.create_mixer("moe", 8, num_experts=2, top_k=3)
+
+
+def test_an_expert_no_token_reaches_still_takes_part_in_the_backward():
+    # DistributedDataParallel needs a gradient for every parameter on every step.
+    moe = MoE(8, num_experts=4, top_k=1)
+    with torch.no_grad():
+        moe.router.weight.zero_()
+        moe.router.weight[0] = 10.0  # positive inputs all go to expert 0
+    moe(torch.rand(5, 8) + 0.1).sum().backward()
+    for e, expert in enumerate(moe.experts):
+        for name, p in expert.named_parameters():
+            assert p.grad is not None, f"expert {e} {name}"
+            assert (p.grad == 0).all() == (e != 0), f"expert {e} {name}"

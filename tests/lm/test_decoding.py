@@ -245,3 +245,45 @@ def test_batched_decay_rates_stay_float32_in_a_bfloat16_model(monkeypatch):
         rates = [layer.decoding_A() for layer in layers]
     assert all(A.dtype == torch.float32 for A in rates)
     torch.testing.assert_close(rates[1], -torch.exp(layers[1].A_log.float()), rtol=0, atol=0)
+
+
+def _left_padded(prompts, pad_id=5):
+    length = max(len(p) for p in prompts)
+    ids = torch.stack([torch.cat([torch.full((length - len(p),), pad_id), p]) for p in prompts])
+    mask = torch.stack(
+        [torch.cat([torch.zeros(length - len(p)), torch.ones(len(p))]) for p in prompts]
+    ).long()
+    return ids, mask
+
+
+@pytest.mark.parametrize("mixer", ["mamba", "mamba2"])
+def test_left_padded_prompts_compute_and_generate_as_if_alone(mixer):
+    config = {**MIXERS[mixer], "bias": True}  # biases: a pad's projection is not zero
+    model = tiny_lm(mixer, mixer_config=config)
+    prompts = [torch.randint(0, 50, (n,)) for n in (3, 9, 1)]
+    ids, mask = _left_padded(prompts)
+    with torch.no_grad():
+        logits = model(ids, attention_mask=mask)
+        for row, prompt in enumerate(prompts):
+            alone = model(prompt[None])[0]
+            torch.testing.assert_close(logits[row, -len(prompt) :], alone, rtol=1e-10, atol=1e-10)
+    out = model.generate(ids, max_new_tokens=6, attention_mask=mask)
+    for row, prompt in enumerate(prompts):
+        alone = model.generate(prompt[None], max_new_tokens=6)[0, len(prompt) :]
+        assert torch.equal(out[row, ids.shape[1] :], alone)
+
+
+def test_padding_that_cannot_be_honoured_is_refused():
+    model = tiny_lm("mamba")
+    ids, mask = _left_padded([torch.randint(0, 50, (n,)) for n in (2, 4)])
+    with pytest.raises(ValueError, match="only left padding is supported"):
+        model(ids, attention_mask=mask.flip(-1))  # right padding
+    attention = tiny_lm("attention")
+    with pytest.raises(ValueError, match=r"attention mixer: left-padded prompts .* equal length"):
+        attention.generate(ids, max_new_tokens=2, attention_mask=mask)
+    hybrid = mambaverse.create_model("jamba_micro")
+    with pytest.raises(ValueError, match="HybridLM takes no attention_mask"):
+        hybrid.generate(ids, max_new_tokens=2, attention_mask=mask)
+    # No padding at all: the mask changes nothing, whatever the mixers.
+    full = torch.ones_like(ids)
+    assert torch.equal(attention.generate(ids, 3, attention_mask=full), attention.generate(ids, 3))

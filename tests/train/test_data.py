@@ -93,6 +93,50 @@ def test_token_file_errors(tmp_path):
         build("lm", name="tokens", path=str(tmp_path / "short.npy"), seq_len=64)
 
 
+@pytest.mark.parametrize(
+    ("name", "content", "options", "message"),
+    [
+        (
+            "ids.npy",
+            np.arange(50),
+            {"vocab_size": 20},
+            r"ids go up to 49, past data.vocab_size=20; set it to at least 50",
+        ),
+        ("neg.npy", np.arange(-3, 40), {}, r"ids go down to -3; ids must be >= 0"),
+        ("empty.npy", np.zeros(0, dtype=np.int32), {}, r"holds no tokens"),
+        ("odd.bin", b"\x01\x02\x03", {}, r"3 bytes are not a whole number of uint16 tokens"),
+        (
+            "wide.bin",
+            np.full(40, 2**40, dtype=np.int64).tobytes(),
+            {"bin_dtype": "int64"},
+            r"ids go up to 1099511627776: is data.bin_dtype right\?",
+        ),
+        ("t.npz", b"PK", {}, r"a \.npz file is no token file"),
+        (
+            "text.txt",
+            "héllo wörld".encode() * 20,
+            {"vocab_size": 128},
+            r"ids go up to 195, past data.vocab_size=128",
+        ),
+    ],
+)
+def test_token_files_are_checked_before_training(tmp_path, name, content, options, message):
+    path = tmp_path / name
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        np.save(path, content)
+    with pytest.raises(ConfigError, match=message):
+        build("lm", name="tokens", path=str(path), seq_len=4, **options)
+
+
+def test_token_file_suffixes_are_read_in_any_case(tmp_path):
+    write_tokens(tmp_path / "ids.npy", np.arange(100) % 37)
+    (tmp_path / "ids.npy").rename(tmp_path / "IDS.NPY")
+    splits = build("lm", name="tokens", path=str(tmp_path / "IDS.NPY"), seq_len=8)
+    assert splits.model_defaults == {"vocab_size": 37}
+
+
 def test_selective_copying_asks_for_the_data_tokens_in_order():
     splits = build("lm", name="selective_copying", seq_len=40, num_tokens=5, vocab_size=10,
                    train_samples=20, test_samples=4)  # fmt: skip
@@ -200,3 +244,56 @@ def test_caption_lines_pair_images_and_text(tmp_path):
     (tmp_path / "one.jsonl").write_text(lines[0] + "\n")
     with pytest.raises(ConfigError, match=r"1 sample\(s\) cannot be split into train and test"):
         build("vlm", name="captions", path=str(tmp_path / "one.jsonl"), test_fraction=0.2)
+
+
+def _png(path, size=8, mode="RGB", value=None):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(len(str(path)))
+    if mode == "I;16":
+        array = (
+            np.full((size, size), value, np.uint16)
+            if value is not None
+            else (rng.integers(0, 65536, (size, size), dtype=np.uint16))
+        )
+        Image.fromarray(array).save(path)  # PIL writes I;16 PNGs from uint16 arrays
+    else:
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def test_image_folders_skip_hidden_folders_and_need_two_classes(tmp_path):
+    for name in ("cat", "dog", ".ipynb_checkpoints"):
+        for i in range(4):
+            _png(tmp_path / "a" / name / f"{i}.png")
+    splits = build("vision", name="imagefolder", path=str(tmp_path / "a"), img_size=8,
+                   test_fraction=0.5)  # fmt: skip
+    assert splits.model_defaults["num_classes"] == 2
+    for i in range(4):  # a root holding train/ alone: its classes, a share held out
+        _png(tmp_path / "b" / "train" / ("cat" if i % 2 else "dog") / f"{i}.png")
+    splits = build("vision", name="imagefolder", path=str(tmp_path / "b"), img_size=8,
+                   test_fraction=0.5)  # fmt: skip
+    assert splits.model_defaults["num_classes"] == 2
+    _png(tmp_path / "c" / "cat" / "0.png")
+    with pytest.raises(ConfigError, match=r"has 1 class folder\(s\) \(cat\); a classifier needs"):
+        build("vision", name="imagefolder", path=str(tmp_path / "c"), img_size=8)
+
+
+def test_unreadable_and_sixteen_bit_images(tmp_path):
+    from mambaverse.train.data.images import open_rgb
+
+    grey = open_rgb(_png(tmp_path / "g.png", mode="I;16", value=32896))  # 32896 = 128 · 257
+    assert Image.open(tmp_path / "g.png").mode.startswith("I")
+    assert np.asarray(grey).tolist() == np.full((8, 8, 3), 128).tolist()  # not clipped white
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    with pytest.raises(ConfigError, match=r"image '.*bad.png' cannot be read .*remove or replace"):
+        open_rgb(tmp_path / "bad.png")
+    for name in ("cat", "dog"):
+        for i in range(3):
+            _png(tmp_path / "set" / name / f"{i}.png")
+    (tmp_path / "set" / "cat" / "2.png").write_bytes(b"not a png")
+    splits = build("vision", name="imagefolder", path=str(tmp_path / "set"), img_size=8,
+                   test_fraction=0.5)  # fmt: skip
+    with pytest.raises(ConfigError, match=r"cat/2.png' cannot be read"):
+        [splits.train[i] for i in range(len(splits.train))] + [
+            splits.test[i] for i in range(len(splits.test))
+        ]

@@ -159,3 +159,28 @@ def test_token_ids_past_the_model_s_vocabulary_are_named_before_training(toys, t
 def test_bf16_autocast_on_cpu(toys, tmp_path):
     summary = run(tmp_path, "precision=bf16", "max_steps=3")
     assert summary["steps"] == 3 and np.isfinite(summary["test_loss"])
+
+
+def test_each_logged_lr_is_the_one_its_step_trained_with(toys, tmp_path):
+    from mambaverse.train.config import ScheduleSection
+    from mambaverse.train.optim import lr_factor
+
+    run(tmp_path, "max_steps=6", "log_every=1", "schedule.warmup_steps=4", "optim.lr=0.01")
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    logged = [r["lr"] for r in records if r["split"] == "train"]
+    schedule = ScheduleSection(warmup_steps=4)
+    expected = [0.01 * lr_factor(step, 6, schedule) for step in range(6)]  # 0-based steps
+    assert logged == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("seed=-1", r"seed: Input should be greater than or equal to 0"),
+        ("seed=4294967296", r"seed: Input should be less than 4294967296"),
+        ("precision=fp16", r"precision: fp16 on the CPU would run in float32"),
+    ],
+)
+def test_settings_the_cpu_run_cannot_honour_are_refused(toys, tmp_path, override, message):
+    with pytest.raises(ConfigError, match=message):
+        run(tmp_path, "max_steps=1", override)

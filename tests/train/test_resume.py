@@ -51,14 +51,19 @@ def comparable(out):
     ]
 
 
-@pytest.mark.parametrize("name", ["SIGTERM", "SIGINT"])  # SIGINT: a first Ctrl-C
-def test_a_stop_signal_then_resume_equals_an_uninterrupted_run(toys, tmp_path, monkeypatch, name):
-    run(tmp_path / "straight")
+@pytest.mark.parametrize(
+    ("name", "logs"),
+    [("SIGTERM", "log_every=5"), ("SIGINT", "log_every=5"), ("SIGTERM", "log_every=4")],
+)  # SIGINT: a first Ctrl-C; log_every=4: the stop (step 10) falls between two log lines
+def test_a_stop_signal_then_resume_equals_an_uninterrupted_run(
+    toys, tmp_path, monkeypatch, name, logs
+):
+    run(tmp_path / "straight", logs)
 
     # A real signal, sent to this process by the model during micro-batch 19 (step 10's second).
     monkeypatch.setenv("TOY_SIGNAL_AT", "19")
     monkeypatch.setenv("TOY_SIGNAL", name)
-    stopped = run(tmp_path / "resumed")
+    stopped = run(tmp_path / "resumed", logs)
     assert stopped["interrupted"] == name and stopped["step"] == 10
     assert stopped["batches_done"] == 20 and stopped["epoch"] == 0  # mid-epoch
     assert checkpoint.committed(tmp_path / "resumed") == [
@@ -67,7 +72,7 @@ def test_a_stop_signal_then_resume_equals_an_uninterrupted_run(toys, tmp_path, m
     assert not (tmp_path / "resumed" / "model").exists()
 
     monkeypatch.delenv("TOY_SIGNAL_AT")
-    finished = run(tmp_path / "resumed", resume="latest")
+    finished = run(tmp_path / "resumed", logs, resume="latest")
     assert finished["steps"] == 30
     assert_same_weights(weights(tmp_path / "resumed"), weights(tmp_path / "straight"))
     # The resumed log continues the interrupted one: the same records as the straight run's.

@@ -13,7 +13,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch.utils.data import Dataset, Subset
 
 from ...errors import ConfigError
@@ -84,6 +84,17 @@ class ImageFileOptions(DatasetOptions):
     test_fraction: float = Field(0.1, gt=0, lt=1)
     split_seed: int = 0
 
+    @model_validator(mode="after")
+    def _one_statistic_per_channel(self) -> ImageFileOptions:
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if len(values) not in (1, 3) or len(values) < self.channels:
+                raise ValueError(
+                    f"data.{name} has {len(values)} value(s) for {self.channels} channel(s); "
+                    f"give one per channel (3 for RGB, the first is used for channels=1)"
+                )
+        return self
+
 
 def image_transform(options: ImageFileOptions) -> Any:
     """Resize the short side, centre-crop to a square, normalise: an RGB PIL image -> (C, S, S)."""
@@ -128,15 +139,53 @@ class LabelledImages(Dataset):
         return {"images": image, "labels": torch.tensor(label)}
 
 
+def open_rgb(path: str | Path, where: str = "") -> Any:
+    """The image at ``path`` as an 8-bit RGB PIL image, fully read. 16-bit images (``I;16``
+    PNGs, 32-bit ``I``) are scaled to 8 bits, where PIL's own conversion would clip them to
+    white. Errors name the file (and ``where``)."""
+    from PIL import Image, UnidentifiedImageError
+
+    prefix = f"{where}: " if where else ""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{prefix}image {str(path)!r} does not exist")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if image.mode.startswith("I"):  # 16 or 32-bit integers: 0-65535 -> 0-255
+                wide = np.asarray(image, dtype=np.float64)
+                image = Image.fromarray(np.clip(wide / 257.0, 0, 255).round().astype(np.uint8))
+            return image.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise ConfigError(
+            f"{prefix}image {str(path)!r} cannot be read ({err}); remove or replace the file"
+        ) from None
+
+
 def _image_folder(path: Path, transform: Any) -> Any:
     from torchvision.datasets import ImageFolder
 
+    class VisibleClassFolders(ImageFolder):
+        """torchvision's ImageFolder without hidden folders (.ipynb_checkpoints) as classes."""
+
+        def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
+            classes, _ = super().find_classes(directory)
+            visible = [name for name in classes if not name.startswith(".")]
+            return visible, {name: i for i, name in enumerate(visible)}
+
     try:
-        return ImageFolder(str(path), transform=transform)
+        folder = VisibleClassFolders(str(path), transform=transform, loader=open_rgb)
     except FileNotFoundError as err:  # no class folders, or a class without images
         raise ConfigError(
             f"data.path: {path}: {err} (expected <class>/<image> folders, e.g. {path}/cat/1.png)"
         ) from None
+    if len(folder.classes) < 2:
+        raise ConfigError(
+            f"data.path: {path} has {len(folder.classes)} class folder(s) "
+            f"({', '.join(folder.classes) or 'none'}); a classifier needs at least 2: "
+            f"<class>/<image> folders, e.g. {path}/cat/1.png and {path}/dog/1.png"
+        )
+    return folder
 
 
 def build_image_folder(options: ImageFolderOptions) -> Splits:
@@ -152,7 +201,8 @@ def build_image_folder(options: ImageFolderOptions) -> Splits:
             )
         classes = train.classes
     else:
-        everything = _image_folder(root, transform)
+        # train/ alone: its classes, with test_fraction of each held out
+        everything = _image_folder(root / "train" if (root / "train").is_dir() else root, transform)
         train_idx, test_idx = split_indices(
             len(everything), options.test_fraction, options.split_seed, everything.targets
         )
@@ -206,7 +256,9 @@ def read_caption_lines(path: Path) -> list[tuple[Path, str]]:
             continue
         try:
             record = json.loads(line)
-            pairs.append((path.parent / record["image"], str(record["caption"])))
+            if not isinstance(record["caption"], str):
+                raise TypeError(f"caption is {type(record['caption']).__name__}, not text")
+            pairs.append((path.parent / record["image"], record["caption"]))
         except (json.JSONDecodeError, KeyError, TypeError) as err:
             raise ConfigError(
                 f'{path}:{number}: expected {{"image": ..., "caption": ...}} ({type(err).__name__}: {err})'
@@ -224,11 +276,8 @@ class CaptionedImages(Dataset):
         return len(self.pairs)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        from PIL import Image
-
         image_path, caption = self.pairs[index]
-        with Image.open(image_path) as image:
-            pixels = self.transform(image.convert("RGB"))
+        pixels = self.transform(open_rgb(image_path))
         input_ids, labels = encode_caption(caption, self.max_length)
         return {"images": pixels, "input_ids": input_ids, "labels": labels}
 

@@ -22,7 +22,8 @@ from .base import IGNORE_INDEX, DatasetOptions, Splits
 # -- token files --------------------------------------------------------------------------------
 class TokenFileOptions(DatasetOptions):
     """A token file: ``.npy`` (1-D integer array), ``.bin`` (raw integers of ``bin_dtype``), or any
-    other file read as bytes (vocabulary 256). The last ``test_fraction`` of it is the test split;
+    other file read as bytes (vocabulary 256); suffixes in any case, and binary formats that hold
+    no token sequence (``.npz``, ``.pt``, ...) refused. The last ``test_fraction`` of it is the test split;
     both splits are cut into non-overlapping windows of ``seq_len`` + 1 tokens."""
 
     path: str
@@ -32,21 +33,56 @@ class TokenFileOptions(DatasetOptions):
     vocab_size: int | None = Field(None, gt=0, description="null: 256 for bytes, else max id + 1")
 
 
+# Binary formats that hold no plain token sequence: refused rather than read as bytes.
+NOT_TOKEN_FILES = (".npz", ".pt", ".pth", ".safetensors", ".pkl", ".pickle", ".h5", ".parquet")
+# Ids past this are taken for a wrong data.bin_dtype unless data.vocab_size says otherwise.
+LARGEST_GUESSED_VOCAB = 1 << 24
+
+
 def read_tokens(options: TokenFileOptions) -> tuple[np.ndarray, int]:
+    """The file's tokens and the vocabulary size, checked: some tokens, ids in [0, vocab)."""
     path = Path(options.path).expanduser()
     if not path.is_file():
         raise ConfigError(f"data.path: token file {str(path)!r} does not exist")
-    if path.suffix == ".npy":
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
         tokens = np.load(path, mmap_mode="r", allow_pickle=False)
         if tokens.ndim != 1 or tokens.dtype.kind not in "iu":
             raise ConfigError(
                 f"{path}: expected a 1-D integer array, got {tokens.ndim}-D {tokens.dtype}"
             )
-    elif path.suffix == ".bin":
+    elif suffix == ".bin":
+        width = np.dtype(options.bin_dtype).itemsize
+        if path.stat().st_size % width:
+            raise ConfigError(
+                f"{path}: {path.stat().st_size} bytes are not a whole number of "
+                f"{options.bin_dtype} tokens ({width} bytes each); is data.bin_dtype right?"
+            )
         tokens = np.memmap(path, dtype=options.bin_dtype, mode="r")
+    elif suffix in NOT_TOKEN_FILES:
+        raise ConfigError(
+            f"{path}: a {suffix} file is no token file; give a 1-D integer array saved with "
+            "numpy.save (.npy), raw integers (.bin, data.bin_dtype), or text (read as bytes)"
+        )
     else:
-        return np.frombuffer(path.read_bytes(), dtype=np.uint8), options.vocab_size or 256
-    vocab_size = options.vocab_size or int(tokens.max()) + 1
+        tokens = np.frombuffer(path.read_bytes(), dtype=np.uint8)
+    if len(tokens) == 0:
+        raise ConfigError(f"{path}: the file holds no tokens")
+    low, high = int(tokens.min()), int(tokens.max())
+    if low < 0:
+        raise ConfigError(f"{path}: token ids go down to {low}; ids must be >= 0")
+    if options.vocab_size is None and high >= LARGEST_GUESSED_VOCAB:
+        raise ConfigError(
+            f"{path}: token ids go up to {high}: is data.bin_dtype right? (set data.vocab_size "
+            "if the vocabulary really is that large)"
+        )
+    byte_vocab = 256 if suffix not in (".npy", ".bin") else None
+    vocab_size = options.vocab_size or byte_vocab or high + 1
+    if high >= vocab_size:
+        raise ConfigError(
+            f"{path}: token ids go up to {high}, past data.vocab_size={vocab_size}; set it to "
+            f"at least {high + 1}, or leave it out to take the file's"
+        )
     return tokens, vocab_size
 
 
