@@ -363,5 +363,10 @@ def create_mixer(name: str, dim: int, **config: Any) -> Any:
     """Build mixer ``name`` for width ``dim``; unknown config keys list the valid ones."""
     spec = get_mixer(name)
     factory = spec.load()
-    check_config(f"mixer {name!r} config", factory, {"dim": dim, **config}, skip=("dim",))
+    # The width goes first by position: check it under the factory's own name for it.
+    first = next(
+        (p.name for p in inspect.signature(factory).parameters.values() if p.name != "self"),
+        "dim",
+    )
+    check_config(f"mixer {name!r} config", factory, {**config, first: dim}, skip=(first,))
     return factory(dim, **config)

@@ -144,10 +144,10 @@ def save_pretrained(model: Any, directory: str | Path) -> Path:
 
 # Hugging Face's weight files, in the order transformers looks for them.
 _HF_WEIGHTS = (
-    "model.safetensors.index.json",
     "model.safetensors",
-    "pytorch_model.bin.index.json",
+    "model.safetensors.index.json",
     "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
 )
 
 

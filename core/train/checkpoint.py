@@ -56,8 +56,13 @@ class Progress:
     # The latest test record (as in metrics.jsonl): a run resumed from its last step reports it
     # instead of evaluating, and so writing, the same step's test line again.
     last_eval: dict[str, Any] | None = None
-    # The training sums since the last log line (loss, hits, positions, samples; all processes).
+    # The training sums since the last log line (loss, hits, positions, samples; all processes)
+    # and the seconds they took, so that the first log line after a resume is the same.
     window_sums: list[float] | None = None
+    window_seconds: float = 0.0
+    # False in checkpoints written before last_eval was recorded: there, a test line of the
+    # checkpoint's step in metrics.jsonl is kept on resume, as it always was.
+    records_last_eval: bool = False
 
 
 def checkpoint_dir(output_dir: str | Path) -> Path:

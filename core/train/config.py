@@ -27,7 +27,8 @@ from ..validation import validate
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # A command-line value reads as YAML: output_dir=2024 is a number, meant as a name.
+    model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True)
 
 
 class ModelSection(BaseModel):

@@ -216,19 +216,24 @@ class Run:
                 summary.unlink(missing_ok=True)
             self.output.mkdir(parents=True, exist_ok=True)
             (self.output / "config.yaml").write_text(to_yaml(config))
-        last_eval = self.progress.last_eval
+        progress = self.progress
+        if not progress.records_last_eval:  # an older checkpoint: its step's test line stays
+            evaluated_at = progress.step
+        else:
+            evaluated_at = None if progress.last_eval is None else progress.last_eval["step"]
         self.metrics = MetricsLog(
-            self.output,
-            self.main,
-            self.progress.step if self.resume_from else None,
-            None if last_eval is None else last_eval["step"],
+            self.output, self.main, progress.step if self.resume_from else None, evaluated_at
         )
         self.display = Display(self.main, self.total_steps, self.progress.step)
         self.window = Window(self.accelerator.device)
         if self.resume_from is not None and self.progress.window_sums is not None and self.main:
             # The sums since the last log, over all processes: the next log line then covers
             # the same steps as an uninterrupted run's (the seconds start again).
-            self.window.sums += torch.tensor(self.progress.window_sums, dtype=torch.float64)
+            self.window.sums += torch.tensor(
+                self.progress.window_sums, dtype=torch.float64, device=self.window.device
+            )
+        if self.resume_from is not None:
+            self.window.seconds = self.progress.window_seconds
         self.lr_used = self.scheduler.get_last_lr()[0]
 
     def _checkpoint_to_resume(self, resume: str | None) -> Path | None:
@@ -403,6 +408,8 @@ class Run:
 
     def _save_checkpoint(self) -> Path:
         running = self._pause()
+        self.progress.records_last_eval = True
+        self.progress.window_seconds = self.window.seconds
         self.progress.window_sums = self.accelerator.reduce(
             self.window.sums.clone(), "sum"
         ).tolist()

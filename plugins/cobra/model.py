@@ -159,15 +159,15 @@ class CobraVLM(nn.Module):
             labels[i, : len(target)] = torch.tensor(target)
         return {"input_ids": input_ids, "labels": labels}
 
-    @torch.inference_mode()
     def checkpoint_config(self, config: dict[str, Any]) -> dict[str, Any]:
         """The config a checkpoint records (``save_pretrained``): without ``projector_from``,
         whose weights the checkpoint holds, and with a tokenizer directory as an absolute path,
         so that loading works from any working directory."""
         if config.get("tokenizer") is not None:
-            config["tokenizer"] = str(Path(config["tokenizer"]).resolve())
+            config["tokenizer"] = str(Path(config["tokenizer"]).expanduser().resolve())
         return {**config, "projector_from": None}
 
+    @torch.inference_mode()
     def generate(
         self,
         images: Any,

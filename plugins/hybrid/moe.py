@@ -97,9 +97,10 @@ class MoE(nn.Module):
         out = torch.zeros_like(tokens)
         for e, expert in enumerate(self.experts):
             rows, slot = torch.where(chosen == e)  # tokens routed to e, and at which of their k
-            # Called with no rows too: every expert then takes part in the backward (zero
-            # gradients), which DistributedDataParallel requires of every parameter.
-            out.index_add_(0, rows, expert(tokens[rows]) * weights[rows, slot, None])
+            # Called with no rows too while training: every expert then takes part in the
+            # backward (zero gradients), which DistributedDataParallel requires of every parameter.
+            if rows.numel() or torch.is_grad_enabled():
+                out.index_add_(0, rows, expert(tokens[rows]) * weights[rows, slot, None])
         return out.reshape(x.shape)
 
     @property

@@ -266,3 +266,19 @@ class TestDispatch:
             assert "runs on cuda, not on cpu" in row["reason"]
         with pytest.raises(UnknownNameError, match="device type 'cdua': did you mean 'cuda'"):
             mambaverse.list_kernels("cdua")
+
+
+def test_a_plugin_mixer_may_name_its_width_as_it_likes(fresh_catalogue):
+    class Widen(torch.nn.Module):
+        def __init__(self, d_model: Positive, expand: Positive = 2) -> None:
+            super().__init__()
+            self.width = d_model * expand
+
+    mambaverse.register_plugin(
+        type("WidthPlugin", (), {"mambaverse_mixers": mambaverse.hookimpl(
+            lambda self: [mambaverse.MixerSpec("widen", Widen)])})(),
+        "width_plugin",
+    )  # fmt: skip
+    assert mambaverse.create_mixer("widen", 8, expand=3).width == 24
+    with pytest.raises(ConfigError, match=r"mixer 'widen' config: d_model=0 is out of range"):
+        mambaverse.create_mixer("widen", 0)

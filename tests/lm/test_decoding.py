@@ -133,14 +133,19 @@ def test_generate_stops_at_eos_and_pads_finished_sequences():
 @pytest.mark.parametrize("as_given", [list, np.int64, torch.tensor])
 def test_eos_ids_of_any_integer_kind_and_outside_the_vocabulary(as_given):
     model = tiny_lm("mamba")
-    prompt = torch.randint(0, 50, (1, 4))
+    prompt = torch.randint(0, 50, (2, 4))
     free = model.generate(prompt, max_new_tokens=8)
     eos = int(free[0, 6])
     ids = as_given([999, eos]) if as_given is not np.int64 else np.int64(eos)
-    # 999 is no token of this model: it is never emitted, and never fed back as padding.
+    # 999 is no token of this model: it is never emitted, and never fed back as padding while
+    # the other row goes on.
     stopped = model.generate(prompt, max_new_tokens=8, eos_token_id=ids)
     end = next(i for i in range(4, 12) if int(free[0, i]) == eos)
-    assert torch.equal(stopped[0], free[0, : end + 1])
+    assert torch.equal(stopped[0, : end + 1], free[0, : end + 1])
+    assert (stopped[0, end + 1 :] == eos).all()
+    ends = [i for i in range(4, 12) if int(free[1, i]) == eos]
+    last = ends[0] + 1 if ends else 12
+    assert torch.equal(stopped[1, :last], free[1, :last])
 
 
 def test_generated_ids_are_ordinary_tensors():

@@ -332,3 +332,16 @@ def test_save_hf_of_a_fresh_model_and_of_one_it_cannot_export(tmp_path):
         mambaverse.ConfigError, match=r"backbone 'vim' .* backbones with one: mamba_lm"
     ):
         mambaverse.save_hf(mambaverse.create_model("vim_micro"), tmp_path / "v")
+
+
+def test_a_single_weights_file_is_read_before_an_index(tmp_path):
+    hf = random_hf_lm("mamba", hidden_size=32, num_hidden_layers=2, state_size=8)
+    save(hf, tmp_path)
+    # A stale index beside the file, naming a shard that is gone: transformers reads the file.
+    (tmp_path / "model.safetensors.index.json").write_text(
+        '{"weight_map": {"backbone.embeddings.weight": "model-00001-of-00002.safetensors"}}'
+    )
+    ids = torch.randint(0, hf.config.vocab_size, (1, 5))
+    with torch.no_grad():
+        actual = mambaverse.load_pretrained(tmp_path).eval()(ids)
+        assert relative_error(actual, hf(ids).logits) < 1e-4

@@ -13,6 +13,7 @@ from mambaverse.errors import ConfigError, UnknownNameError
 from mambaverse.train.config import TrainConfig, apply_override, load_config, parse_value
 from mambaverse.train.data import build_dataset
 from mambaverse.train.data.images import DigitsOptions
+from mambaverse.train.data.tokens import TokenFileOptions
 
 from .conftest import ROOT
 
@@ -150,3 +151,9 @@ def test_a_model_s_boolean_parameter_takes_yes_and_no(tmp_path):
     model = mambaverse.create_model("mamba_micro", **overrides)
     assert model.mambaverse_config["config"]["tie_embeddings"] is False
     assert model.lm_head.weight is not model.embedding.weight
+
+
+def test_a_number_given_for_a_name_or_a_path_is_that_name():
+    config = load_config(None, ["output_dir=2024", "data.name=tokens", "data.path=2024"])
+    assert config.output_dir == "2024"
+    assert TokenFileOptions(name="tokens", **config.data.options()).path == "2024"

@@ -273,6 +273,15 @@ def test_image_folders_skip_hidden_folders_and_need_two_classes(tmp_path):
     splits = build("vision", name="imagefolder", path=str(tmp_path / "b"), img_size=8,
                    test_fraction=0.5)  # fmt: skip
     assert splits.model_defaults["num_classes"] == 2
+    for name in ("bus", "train"):  # a class named train (as in CIFAR-100) is a class
+        for i in range(2):
+            _png(tmp_path / "d" / name / f"{i}.png")
+    splits = build("vision", name="imagefolder", path=str(tmp_path / "d"), img_size=8,
+                   test_fraction=0.5)  # fmt: skip
+    assert splits.model_defaults["num_classes"] == 2
+    import pickle  # DataLoader workers started with spawn get the dataset pickled
+
+    assert len(pickle.loads(pickle.dumps(splits.train))) == len(splits.train)
     _png(tmp_path / "c" / "cat" / "0.png")
     with pytest.raises(ConfigError, match=r"has 1 class folder\(s\) \(cat\); a classifier needs"):
         build("vision", name="imagefolder", path=str(tmp_path / "c"), img_size=8)

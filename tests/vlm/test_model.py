@@ -292,3 +292,16 @@ def test_images_as_uint8_tensors_lists_of_tensors_or_pil_give_the_same_answer(mo
 def test_images_the_model_cannot_take_are_named_with_the_fix(model, images, message):
     with pytest.raises(ValueError, match=message):
         model.generate(images, max_new_tokens=2)
+
+
+def test_generate_runs_in_inference_mode(model, monkeypatch):
+    seen = []
+    embed = model.embed_images
+
+    def spy(pixels):
+        seen.append(torch.is_inference_mode_enabled())
+        return embed(pixels)
+
+    monkeypatch.setattr(model, "embed_images", spy)
+    model.generate(torch.rand(1, 3, 16, 16), max_new_tokens=2)
+    assert seen == [True]

@@ -16,7 +16,7 @@ IGNORE_INDEX = -100  # label of positions that carry no loss (padding, prompts, 
 class DatasetOptions(BaseModel):
     """Base of a dataset's options; the config's ``data`` section is validated against it."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True)  # path=2024 is a name
     name: str
 
 

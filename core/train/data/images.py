@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch.utils.data import Dataset, Subset
+from torchvision.datasets import ImageFolder
 
 from ...errors import ConfigError
 from .base import IGNORE_INDEX, DatasetOptions, Splits, TensorItems
@@ -139,6 +140,15 @@ class LabelledImages(Dataset):
         return {"images": image, "labels": torch.tensor(label)}
 
 
+class VisibleClassFolders(ImageFolder):
+    """torchvision's ImageFolder without hidden folders (.ipynb_checkpoints) as classes."""
+
+    def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
+        classes, _ = super().find_classes(directory)
+        visible = [name for name in classes if not name.startswith(".")]
+        return visible, {name: i for i, name in enumerate(visible)}
+
+
 def open_rgb(path: str | Path, where: str = "") -> Any:
     """The image at ``path`` as an 8-bit RGB PIL image, fully read. 16-bit images (``I;16``
     PNGs, 32-bit ``I``) are scaled to 8 bits, where PIL's own conversion would clip them to
@@ -163,16 +173,6 @@ def open_rgb(path: str | Path, where: str = "") -> Any:
 
 
 def _image_folder(path: Path, transform: Any) -> Any:
-    from torchvision.datasets import ImageFolder
-
-    class VisibleClassFolders(ImageFolder):
-        """torchvision's ImageFolder without hidden folders (.ipynb_checkpoints) as classes."""
-
-        def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
-            classes, _ = super().find_classes(directory)
-            visible = [name for name in classes if not name.startswith(".")]
-            return visible, {name: i for i, name in enumerate(visible)}
-
     try:
         folder = VisibleClassFolders(str(path), transform=transform, loader=open_rgb)
     except FileNotFoundError as err:  # no class folders, or a class without images
@@ -201,8 +201,10 @@ def build_image_folder(options: ImageFolderOptions) -> Splits:
             )
         classes = train.classes
     else:
-        # train/ alone: its classes, with test_fraction of each held out
-        everything = _image_folder(root / "train" if (root / "train").is_dir() else root, transform)
+        # train/ alone (no class folder beside it): its classes, test_fraction of each held out
+        beside = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+        only_train = [p.name for p in beside] == ["train"]
+        everything = _image_folder(root / "train" if only_train else root, transform)
         train_idx, test_idx = split_indices(
             len(everything), options.test_fraction, options.split_seed, everything.targets
         )

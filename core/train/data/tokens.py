@@ -68,7 +68,8 @@ def read_tokens(options: TokenFileOptions) -> tuple[np.ndarray, int]:
         tokens = np.frombuffer(path.read_bytes(), dtype=np.uint8)
     if len(tokens) == 0:
         raise ConfigError(f"{path}: the file holds no tokens")
-    low, high = int(tokens.min()), int(tokens.max())
+    low = int(tokens.min()) if tokens.dtype.kind == "i" else 0  # unsigned: no second pass
+    high = int(tokens.max())
     if low < 0:
         raise ConfigError(f"{path}: token ids go down to {low}; ids must be >= 0")
     if options.vocab_size is None and high >= LARGEST_GUESSED_VOCAB:
