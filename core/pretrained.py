@@ -359,8 +359,9 @@ def load_pretrained(
     """Load a mambaverse or Hugging Face checkpoint directory into a mambaverse model.
 
     ``overrides`` change config values that do not affect the weights' shapes (e.g. ``kernels``).
-    ``dtype``: None keeps the model's own (float32), ``"auto"`` takes the one most of the
-    checkpoint's tensors are stored in (as transformers' ``dtype="auto"``), or a torch dtype
+    ``dtype``: None keeps the model's own (float32), ``"auto"`` takes the checkpoint's (a
+    Hugging Face config.json's ``dtype`` / ``torch_dtype`` as transformers' ``dtype="auto"``,
+    else the one most of the stored tensors have), or a torch dtype
     (``torch.bfloat16``, ``"bfloat16"``). ``device``: where the model goes (``"cuda"``).
     """
     dtype = _target_dtype(dtype)
@@ -438,7 +439,13 @@ def load_pretrained(
         eos = _hf_eos_token_id(directory, config)
         if eos is not None:
             model.generation_defaults = {"eos_token_id": eos}
-        return _place(model, dtype, device, _stored_dtype([t.dtype for t in state_dict.values()]))
+        declared = config.get("dtype") or config.get("torch_dtype")  # transformers 5 / 4
+        stored = (
+            _target_dtype(declared)
+            if declared in _DTYPES[1:]
+            else _stored_dtype([t.dtype for t in state_dict.values()])
+        )
+        return _place(model, dtype, device, stored)
 
     raise ConfigError(
         f"{config_file}: neither a mambaverse config nor a Hugging Face one (no model_type)"

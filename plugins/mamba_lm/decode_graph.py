@@ -115,7 +115,7 @@ def reset_state(state: Any) -> Any:
         else:
             part.conv.zero_()
             part.ssm.zero_()
-            part.filled = False
+            part.holds_tokens = False
     return state
 
 

@@ -176,7 +176,7 @@ class SelectiveSSM(DecayRates, nn.Module):
         if padding is not None:
             x = x * padding[:, None, :]
         if state is not None:
-            state.begin_prefill()
+            state.require_empty()
             # F.pad left-pads with zeros when length < d_conv and crops when it is longer.
             state.conv.copy_(F.pad(x, (self.d_conv - length, 0)))
         if self.conv1d is not None:
@@ -200,10 +200,12 @@ class SelectiveSSM(DecayRates, nn.Module):
             return y
         y, last_state = y
         state.ssm.copy_(last_state)
+        state.holds_tokens = True
         return y
 
     def step(self, x: torch.Tensor, z: torch.Tensor | None, state: SSMState) -> torch.Tensor:
         """x, z: (B, d_inner) for one new token -> y (B, d_inner); ``state`` updated in place."""
+        state.holds_tokens = True
         if self.conv1d is not None:
             x = causal_conv1d_update(
                 state.conv, x, self.conv1d.weight.squeeze(1), self.conv1d.bias, activation="silu"

@@ -122,7 +122,7 @@ class Mamba2(DecayRates, TokenMixer):
         if padding is not None:  # left padding: zero x, B, C there before and after the conv
             xBC = xBC * padding[:, None, :]
         if state is not None:
-            state.begin_prefill()
+            state.require_empty()
             # The last d_conv inputs (zero-padded on the left when the prompt is shorter).
             state.conv.copy_(F.pad(xBC, (self.d_conv - length, 0)))
         xBC = causal_conv1d(xBC, self.conv1d.weight.squeeze(1), self.conv1d.bias, activation="silu")
@@ -148,10 +148,12 @@ class Mamba2(DecayRates, TokenMixer):
         if state is not None:
             y, final_state = y
             state.ssm.copy_(final_state)
+            state.holds_tokens = True
         y = self.norm(y.flatten(-2), z)  # (B, L, d_inner)
         return self.out_proj(y.to(u.dtype))
 
     def mix_step(self, u: torch.Tensor, state: SSMState) -> torch.Tensor:
+        state.holds_tokens = True
         z, xBC, dt = self.in_proj(u).split([self.d_inner, self.conv_dim, self.nheads], dim=-1)
         xBC = causal_conv1d_update(
             state.conv, xBC, self.conv1d.weight.squeeze(1), self.conv1d.bias, activation="silu"

@@ -19,18 +19,17 @@ class SSMState:
 
     conv: torch.Tensor
     ssm: torch.Tensor
-    filled: bool = False  # a prefill has stored a sequence here (see begin_prefill)
+    holds_tokens: bool = False  # a prefill or a step has stored tokens here
 
-    def begin_prefill(self) -> None:
+    def require_empty(self) -> None:
         """Called by a layer's prefill, which overwrites the state from an empty one: refuse a
-        state that already holds a sequence, rather than silently dropping it."""
-        if self.filled:
+        state that already holds tokens, rather than silently dropping them."""
+        if self.holds_tokens:
             raise ValueError(
                 "this decoding state already holds a sequence, and an SSM layer's prefill starts "
                 "from an empty state: pass the whole prompt in one call and continue with "
                 "step(), or allocate a new state (model.allocate_state)"
             )
-        self.filled = True
 
     @property
     def batch_size(self) -> int:

@@ -166,6 +166,10 @@ def test_a_second_prefill_into_a_used_state_is_refused(mixer):
         model(ids[:, :6], state)
         with pytest.raises(ValueError, match=r"already holds a sequence.*allocate_state"):
             model(ids[:, 6:], state)
+        stepped = model.allocate_state(1, max_seqlen=12)  # tokens stored by steps count too
+        model.step(ids[:, 0], stepped)
+        with pytest.raises(ValueError, match=r"already holds a sequence"):
+            model(ids[:, 1:], stepped)
 
 
 def test_sampling_is_reproducible_with_a_generator_and_top_k_1_is_greedy():

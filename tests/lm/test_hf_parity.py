@@ -281,6 +281,14 @@ def test_a_checkpoint_loads_in_the_dtype_asked_for(source, tmp_path):
     assert torch.equal(auto.embedding.weight, stored)
     with pytest.raises(mambaverse.ConfigError, match="dtype='bf16'; give one of auto, float32"):
         mambaverse.load_pretrained(path, dtype="bf16")
+    if source == "hf":  # "auto" takes config.json's dtype first, as transformers does
+        import json
+
+        config = json.loads((path / "config.json").read_text())
+        config["dtype"] = "float16"
+        (path / "config.json").write_text(json.dumps(config))
+        auto = mambaverse.load_pretrained(path, dtype="auto")
+        assert {p.dtype for p in auto.parameters()} == {torch.float16}
 
 
 @pytest.mark.parametrize(
