@@ -28,6 +28,16 @@ def _keyword_parameters(fn: Callable[..., Any]) -> tuple[dict[str, Any], bool]:
     return params, open_ended
 
 
+def with_defaults(fn: Callable[..., Any], config: Mapping[str, Any]) -> dict[str, Any]:
+    """``config`` completed with the defaults of ``fn``'s keyword parameters: the full config a
+    builder (or mixer factory) runs with."""
+    params, _ = _keyword_parameters(fn)
+    return {
+        **{k: v for k, v in params.items() if v is not inspect.Parameter.empty},
+        **config,
+    }
+
+
 def check_keys(what: str, fn: Callable[..., Any], keys: Any, skip: tuple[str, ...] = ()) -> None:
     """Raise :class:`ConfigError` listing the valid keys if ``keys`` has one ``fn`` does not take."""
     params, open_ended = _keyword_parameters(fn)
@@ -275,9 +285,7 @@ def model_summary(name: str) -> dict[str, Any]:
 def model_info(name: str, count_params: bool = True) -> dict[str, Any]:
     """What ``name`` is: :func:`model_summary` plus the full config and the parameter count."""
     info = model_summary(name)
-    params, _ = _keyword_parameters(_backbone(_preset(name))[1].load())
-    defaults = {k: v for k, v in params.items() if v is not inspect.Parameter.empty}
-    info["config"] = {**defaults, **_preset(name).config}
+    info["config"] = with_defaults(_backbone(_preset(name))[1].load(), _preset(name).config)
     if count_params:
         info["parameters"] = count_parameters(name)
     return info

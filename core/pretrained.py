@@ -87,18 +87,18 @@ def write_atomically(
     return directory
 
 
-def check_save_target(directory: str | Path) -> None:
+def check_save_target(directory: str | Path, caller: str = "save_pretrained") -> None:
     """The save replaces ``directory`` as a whole: refuse one that holds anything but an
     earlier save (so that no file of the user's is deleted), and the working directory or one
     holding it (which the move would take away from under the process)."""
     directory = Path(directory)
     if Path.cwd().resolve().is_relative_to(directory.resolve()):
         raise ConfigError(
-            f"save_pretrained: {directory} is the working directory or holds it, which the "
+            f"{caller}: {directory} is the working directory or holds it, which the "
             "save would replace as a whole; save into a subdirectory"
         )
     if directory.exists() and not directory.is_dir():
-        raise ConfigError(f"save_pretrained: {directory} is a file; give a directory to save into")
+        raise ConfigError(f"{caller}: {directory} is a file; give a directory to save into")
     foreign = sorted(
         entry.name
         for entry in (directory.iterdir() if directory.is_dir() else ())
@@ -109,9 +109,20 @@ def check_save_target(directory: str | Path) -> None:
             f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
         )
         raise ConfigError(
-            f"save_pretrained: {directory} holds files that are not a saved model ({shown}), "
+            f"{caller}: {directory} holds files that are not a saved model ({shown}), "
             "which the save would delete; save into a new or empty directory"
         )
+
+
+def _built_config(model: Any, caller: str) -> dict[str, Any]:
+    """What :func:`mambaverse.create_model` recorded on ``model`` (backbone, preset, config)."""
+    meta = getattr(model, "mambaverse_config", None)
+    if meta is None:
+        raise ConfigError(
+            f"{caller}: this model was not built by mambaverse.create_model, so it has no config "
+            "to save"
+        )
+    return meta
 
 
 def save_pretrained(model: Any, directory: str | Path) -> Path:
@@ -123,11 +134,7 @@ def save_pretrained(model: Any, directory: str | Path) -> Path:
     absolute, a source of initial weights dropped: the checkpoint holds the weights)."""
     from safetensors.torch import save_model
 
-    meta = getattr(model, "mambaverse_config", None)
-    if meta is None:
-        raise ConfigError(
-            "this model was not built by mambaverse.create_model, so it has no config to save"
-        )
+    meta = _built_config(model, "save_pretrained")
     check_save_target(directory)
     recorded = getattr(model, "checkpoint_config", None)
     if recorded is not None:  # the model's say in what rebuilds it from the checkpoint
@@ -186,11 +193,7 @@ def save_hf(model: Any, directory: str | Path) -> Path:
     that declare an exporter (``BackboneSpec.hf_export``: ``mamba_lm``, Mamba and Mamba-2)."""
     from safetensors.torch import save_file
 
-    meta = getattr(model, "mambaverse_config", None)
-    if meta is None:
-        raise ConfigError(
-            "save_hf: this model was not built by mambaverse.create_model, so it has no config"
-        )
+    meta = _built_config(model, "save_hf")
     plugin, spec = catalogue().lookup("backbones", meta["backbone"])
     if spec.hf_export is None:
         exporting = sorted(
@@ -204,7 +207,7 @@ def save_hf(model: Any, directory: str | Path) -> Path:
             "mambaverse checkpoint of any model)"
         )
     hf_config, tensors = resolve_target(spec.hf_export)(model)
-    check_save_target(directory)
+    check_save_target(directory, "save_hf")
 
     def write(tmp: Path) -> None:
         (tmp / CONFIG_FILE).write_text(json.dumps(hf_config, indent=2))
@@ -344,10 +347,8 @@ def _safetensors_dtypes(path: Path) -> list[Any]:
         return [names.get(f.get_slice(k).get_dtype(), torch.int64) for k in f.keys()]  # noqa: SIM118 (not a dict)
 
 
-def _place(model: Any, dtype: Any, device: Any, stored: Any) -> Any:
-    """``model`` moved to ``device`` and cast to ``dtype`` ("auto": the checkpoint's ``stored``)."""
-    if dtype == "auto":
-        dtype = stored
+def _place(model: Any, dtype: Any, device: Any) -> Any:
+    """``model`` moved to ``device`` and cast to ``dtype`` (None: left as they are)."""
     if dtype is not None or device is not None:
         model.to(device=device, dtype=dtype)
     return model
@@ -414,8 +415,9 @@ def load_pretrained(
             ) from None
         if meta.get("generation"):
             model.generation_defaults = dict(meta["generation"])
-        stored = _safetensors_dtypes(weights) if dtype == "auto" else None
-        return _place(model, dtype, device, _stored_dtype(stored or []))
+        if dtype == "auto":
+            dtype = _stored_dtype(_safetensors_dtypes(weights))
+        return _place(model, dtype, device)
 
     if "model_type" in config:
         backbone, convert = _hf_converter(config["model_type"])
@@ -439,13 +441,14 @@ def load_pretrained(
         eos = _hf_eos_token_id(directory, config)
         if eos is not None:
             model.generation_defaults = {"eos_token_id": eos}
-        declared = config.get("dtype") or config.get("torch_dtype")  # transformers 5 / 4
-        stored = (
-            _target_dtype(declared)
-            if declared in _DTYPES[1:]
-            else _stored_dtype([t.dtype for t in state_dict.values()])
-        )
-        return _place(model, dtype, device, stored)
+        if dtype == "auto":
+            declared = config.get("dtype") or config.get("torch_dtype")  # transformers 5 / 4
+            dtype = (
+                _target_dtype(declared)
+                if declared in _DTYPES[1:]
+                else _stored_dtype([t.dtype for t in state_dict.values()])
+            )
+        return _place(model, dtype, device)
 
     raise ConfigError(
         f"{config_file}: neither a mambaverse config nor a Hugging Face one (no model_type)"

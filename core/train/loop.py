@@ -226,14 +226,14 @@ class Run:
         )
         self.display = Display(self.main, self.total_steps, self.progress.step)
         self.window = Window(self.accelerator.device)
-        if self.resume_from is not None and self.progress.window_sums is not None and self.main:
-            # The sums since the last log, over all processes: the next log line then covers
-            # the same steps as an uninterrupted run's (the seconds start again).
-            self.window.sums += torch.tensor(
-                self.progress.window_sums, dtype=torch.float64, device=self.window.device
-            )
         if self.resume_from is not None:
+            # The sums and seconds since the last log line: the next one then covers the same
+            # steps as an uninterrupted run's. The sums are over all processes: held by one.
             self.window.seconds = self.progress.window_seconds
+            if self.progress.window_sums is not None and self.main:
+                self.window.sums += torch.tensor(
+                    self.progress.window_sums, dtype=torch.float64, device=self.window.device
+                )
         self.lr_used = self.scheduler.get_last_lr()[0]
 
     def _checkpoint_to_resume(self, resume: str | None) -> Path | None:

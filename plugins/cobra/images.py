@@ -48,7 +48,7 @@ def as_pixels(images: Any, size: int) -> torch.Tensor:
     if len(images) == 0:
         raise ValueError("images: none were given; give at least one image")
     if all(isinstance(i, torch.Tensor) for i in images):
-        return _tensor_pixels(torch.stack([_tensor_pixels(i)[0] for i in _same_sizes(images)]))
+        return torch.cat([_tensor_pixels(i) for i in _same_sizes(images)])
     pictures = [load_image(i) if isinstance(i, (str, Path)) else i for i in images]
     odd = [type(p).__name__ for p in pictures if not hasattr(p, "convert")]
     if odd:

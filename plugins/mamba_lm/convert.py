@@ -169,27 +169,19 @@ def to_hf(model: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     """(transformers config.json, tensors) of a ``mamba_lm`` model: the inverse of
     :func:`from_hf_mamba` / :func:`from_hf_mamba2`. Settings transformers' Mamba models lack
     (a LayerNorm, multi-head Mamba, Jamba's Δ/B/C norms, attention mixers) are refused."""
-    import inspect
+    from mambaverse.api import get_mixer, with_defaults
 
-    from mambaverse.api import get_mixer
-
-    config = model.mambaverse_config["config"]
-    mixer = config.get("mixer", "mamba")
+    config = with_defaults(type(model), model.mambaverse_config["config"])
+    mixer = config["mixer"]
     if mixer not in ("mamba", "mamba2"):
         raise ConfigError(
             f"save_hf: mixer {mixer!r} has no transformers Mamba model (mamba, mamba2)"
         )
-    if config.get("norm", "rmsnorm") != "rmsnorm":
+    if config["norm"] != "rmsnorm":
         raise ConfigError(
             f"save_hf: norm {config['norm']!r}; transformers' Mamba models use rmsnorm"
         )
-    factory = get_mixer(mixer).load()
-    defaults = {
-        name: p.default
-        for name, p in inspect.signature(factory).parameters.items()
-        if p.default is not inspect.Parameter.empty
-    }
-    mc = {**defaults, **(config.get("mixer_config") or {})}
+    mc = with_defaults(get_mixer(mixer).load(), config["mixer_config"] or {})
     eos = getattr(model, "generation_defaults", {}).get("eos_token_id")
     hf: dict[str, Any] = {
         "vocab_size": model.padded_vocab_size,  # the embedding's rows, as checkpoints store them
@@ -203,9 +195,9 @@ def to_hf(model: Any) -> tuple[dict[str, Any], dict[str, Any]]:
         "time_step_min": mc["dt_min"],
         "time_step_max": mc["dt_max"],
         "time_step_floor": mc["dt_init_floor"],
-        "layer_norm_epsilon": config.get("norm_eps", 1e-5),
-        "residual_in_fp32": config.get("residual_in_fp32", True),
-        "tie_word_embeddings": config.get("tie_embeddings", True),
+        "layer_norm_epsilon": config["norm_eps"],
+        "residual_in_fp32": config["residual_in_fp32"],
+        "tie_word_embeddings": config["tie_embeddings"],
         "hidden_act": "silu",
         "eos_token_id": eos,
         "bos_token_id": None,

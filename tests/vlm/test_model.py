@@ -273,6 +273,7 @@ def test_images_as_uint8_tensors_lists_of_tensors_or_pil_give_the_same_answer(mo
     pixels = raw.float() / 255
     torch.testing.assert_close(as_pixels(raw, 16), pixels)
     torch.testing.assert_close(as_pixels(list(raw), 16), pixels)
+    torch.testing.assert_close(as_pixels([raw[:1], raw[1:]], 16), pixels)  # batches, joined
     pil = [Image.fromarray(img.permute(1, 2, 0).numpy()) for img in raw]
     torch.testing.assert_close(as_pixels(pil, 16), pixels)
     assert model.generate(raw, max_new_tokens=4) == model.generate(pixels, max_new_tokens=4)

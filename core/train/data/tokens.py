@@ -45,6 +45,7 @@ def read_tokens(options: TokenFileOptions) -> tuple[np.ndarray, int]:
     if not path.is_file():
         raise ConfigError(f"data.path: token file {str(path)!r} does not exist")
     suffix = path.suffix.lower()
+    file_vocab = None  # the vocabulary the format implies (bytes: 256), else the largest id + 1
     if suffix == ".npy":
         tokens = np.load(path, mmap_mode="r", allow_pickle=False)
         if tokens.ndim != 1 or tokens.dtype.kind not in "iu":
@@ -52,10 +53,10 @@ def read_tokens(options: TokenFileOptions) -> tuple[np.ndarray, int]:
                 f"{path}: expected a 1-D integer array, got {tokens.ndim}-D {tokens.dtype}"
             )
     elif suffix == ".bin":
-        width = np.dtype(options.bin_dtype).itemsize
-        if path.stat().st_size % width:
+        width, size = np.dtype(options.bin_dtype).itemsize, path.stat().st_size
+        if size % width:
             raise ConfigError(
-                f"{path}: {path.stat().st_size} bytes are not a whole number of "
+                f"{path}: {size} bytes are not a whole number of "
                 f"{options.bin_dtype} tokens ({width} bytes each); is data.bin_dtype right?"
             )
         tokens = np.memmap(path, dtype=options.bin_dtype, mode="r")
@@ -65,7 +66,7 @@ def read_tokens(options: TokenFileOptions) -> tuple[np.ndarray, int]:
             "numpy.save (.npy), raw integers (.bin, data.bin_dtype), or text (read as bytes)"
         )
     else:
-        tokens = np.frombuffer(path.read_bytes(), dtype=np.uint8)
+        tokens, file_vocab = np.frombuffer(path.read_bytes(), dtype=np.uint8), 256
     if len(tokens) == 0:
         raise ConfigError(f"{path}: the file holds no tokens")
     low = int(tokens.min()) if tokens.dtype.kind == "i" else 0  # unsigned: no second pass
@@ -77,8 +78,7 @@ def read_tokens(options: TokenFileOptions) -> tuple[np.ndarray, int]:
             f"{path}: token ids go up to {high}: is data.bin_dtype right? (set data.vocab_size "
             "if the vocabulary really is that large)"
         )
-    byte_vocab = 256 if suffix not in (".npy", ".bin") else None
-    vocab_size = options.vocab_size or byte_vocab or high + 1
+    vocab_size = options.vocab_size or file_vocab or high + 1
     if high >= vocab_size:
         raise ConfigError(
             f"{path}: token ids go up to {high}, past data.vocab_size={vocab_size}; set it to "
